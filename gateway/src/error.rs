@@ -1,0 +1,151 @@
+//! RFC 9457 problem details, and the one table that maps gRPC codes to HTTP statuses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error answered to a client as `application/problem+json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What was wrong and how to fix it; shown verbatim.
+    pub detail: String,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl ApiError {
+    /// An error with `status` and `detail`.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// 404 Not Found.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    /// 413 Payload Too Large.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = serde_json::to_vec(&Problem {
+            kind: "about:blank",
+            title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+        })
+        .unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    /// The gateway's only gRPC → HTTP table. Client errors keep the service's message;
+    /// everything else becomes a generic message (the service has logged the cause).
+    fn from(status: tonic::Status) -> Self {
+        use tonic::Code;
+        let http = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Ok
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Internal
+            | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let detail = match http {
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(code = ?status.code(), message = status.message(), "upstream error");
+                "the server failed to handle this request; it has been logged".to_owned()
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "upstream unavailable");
+                "a backend service is unavailable; try again shortly".to_owned()
+            }
+            _ => status.message().to_owned(),
+        };
+        Self::new(http, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_the_documented_http_statuses() {
+        use tonic::Code;
+        let table = [
+            (Code::NotFound, 404),
+            (Code::InvalidArgument, 400),
+            (Code::AlreadyExists, 409),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::ResourceExhausted, 429),
+            (Code::Unavailable, 503),
+            (Code::Internal, 500),
+            (Code::Unknown, 500),
+        ];
+        for (code, http) in table {
+            let error = ApiError::from(tonic::Status::new(code, "SELECT secret FROM x"));
+            assert_eq!(error.status.as_u16(), http, "{code:?}");
+            if http >= 500 {
+                assert!(!error.detail.contains("SELECT"), "{code:?} leaked its message");
+            } else {
+                assert_eq!(error.detail, "SELECT secret FROM x");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn problems_are_rendered_as_rfc9457_json() {
+        let response = ApiError::bad_request("parameter `timestamp` is bad").into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["status"], 400);
+        assert_eq!(value["title"], "Bad Request");
+        assert_eq!(value["type"], "about:blank");
+        assert_eq!(value["detail"], "parameter `timestamp` is bad");
+    }
+}

@@ -1,0 +1,179 @@
+//! The polyproto HTTP gateway: the only public face of the home server. It holds nothing
+//! durable; every route is translated into gRPC calls to the identity, session, discovery and
+//! events services.
+//!
+//! Layout:
+//! - [`GatewayConfig`]: the component's flags (`polyproto gateway --help`).
+//! - [`AppState`]: the gRPC clients (trace context propagated) and public settings.
+//! - [`error`]: RFC 9457 problem details and the one gRPC → HTTP table.
+//! - [`params`]: lenient parameters (query or JSON body, numbers as strings).
+//! - [`routes`]: the handlers, grouped like API.md.
+//!
+//! Entry points: [`router`] builds the axum app (routes only); [`serve`] runs it on a
+//! pre-bound listener with the cross-cutting layers (trailing-slash leniency, body limit,
+//! request spans) until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use clap::Args;
+use p2_proto::discovery::v1::discovery_client::DiscoveryClient;
+use p2_proto::events::v1::events_client::EventsClient;
+use p2_proto::identity::v1::identity_client::IdentityClient;
+use p2_proto::session::v1::session_client::SessionClient;
+use p2_runtime::grpc::TracedChannel;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
+
+pub mod error;
+pub mod params;
+pub mod routes;
+
+pub use error::ApiError;
+
+/// Default HTTP listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default request body limit, in bytes (API.md "Limits").
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Flags of the gateway.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayConfig {
+    /// Address the HTTP server listens on (`host:port`; port 0 picks a free one).
+    #[arg(long = "listen", env = "P2_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Public base URL of this server as clients reach it (e.g. `https://p2.example.com`);
+    /// defaults to `http://<listen address>`.
+    #[arg(long = "public-url", env = "P2_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// URL of the identity service.
+    #[arg(long = "identity-url", env = "P2_IDENTITY_URL", default_value = "http://127.0.0.1:50051")]
+    pub identity_url: String,
+    /// URL of the session service.
+    #[arg(long = "session-url", env = "P2_SESSION_URL", default_value = "http://127.0.0.1:50052")]
+    pub session_url: String,
+    /// URL of the discovery service.
+    #[arg(long = "discovery-url", env = "P2_DISCOVERY_URL", default_value = "http://127.0.0.1:50053")]
+    pub discovery_url: String,
+    /// URL of the events service.
+    #[arg(long = "events-url", env = "P2_EVENTS_URL", default_value = "http://127.0.0.1:50054")]
+    pub events_url: String,
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    #[arg(long = "max-body-bytes", env = "P2_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// OpenID Connect issuer announced in `/.well-known/polyproto-core`, if any.
+    #[arg(long = "oidc-issuer", env = "P2_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+}
+
+/// What every handler shares: gRPC clients and public settings. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    public_url: String,
+    oidc_issuer: Option<String>,
+    max_body_bytes: usize,
+    identity: IdentityClient<TracedChannel>,
+    session: SessionClient<TracedChannel>,
+    discovery: DiscoveryClient<TracedChannel>,
+    events: EventsClient<TracedChannel>,
+    upstreams: Vec<(&'static str, TracedChannel)>,
+}
+
+impl AppState {
+    /// Builds the clients (connecting lazily) for `config`; `bound` is the address actually
+    /// listened on (used for the default public URL when `--listen` had port 0).
+    pub fn new(config: &GatewayConfig, bound: SocketAddr) -> anyhow::Result<Self> {
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let identity = p2_runtime::grpc::channel(&config.identity_url)?;
+        let session = p2_runtime::grpc::channel(&config.session_url)?;
+        let discovery = p2_runtime::grpc::channel(&config.discovery_url)?;
+        let events = p2_runtime::grpc::channel(&config.events_url)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                public_url,
+                oidc_issuer: config.oidc_issuer.clone(),
+                max_body_bytes: config.max_body_bytes,
+                identity: IdentityClient::new(identity.clone()),
+                session: SessionClient::new(session.clone()),
+                discovery: DiscoveryClient::new(discovery.clone()),
+                events: EventsClient::new(events.clone()),
+                upstreams: vec![
+                    ("polyproto.identity.v1.Identity", identity),
+                    ("polyproto.session.v1.Session", session),
+                    ("polyproto.discovery.v1.Discovery", discovery),
+                    ("polyproto.events.v1.Events", events),
+                ],
+            }),
+        })
+    }
+
+    /// Public base URL, without a trailing slash.
+    pub fn public_url(&self) -> &str {
+        &self.inner.public_url
+    }
+
+    /// A client of the identity service.
+    pub fn identity(&self) -> IdentityClient<TracedChannel> {
+        self.inner.identity.clone()
+    }
+
+    /// A client of the session service.
+    pub fn session(&self) -> SessionClient<TracedChannel> {
+        self.inner.session.clone()
+    }
+
+    /// A client of the discovery service.
+    pub fn discovery(&self) -> DiscoveryClient<TracedChannel> {
+        self.inner.discovery.clone()
+    }
+
+    /// A client of the events service.
+    pub fn events(&self) -> EventsClient<TracedChannel> {
+        self.inner.events.clone()
+    }
+}
+
+/// The routes, without the outer layers that [`serve`] adds.
+pub fn router(state: AppState) -> Router {
+    let limit = state.inner.max_body_bytes;
+    routes::router()
+        .layer(axum::middleware::from_fn_with_state(limit, routes::reject_large_bodies))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(routes::request_span),
+        )
+        .with_state(state)
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled, then drains in-flight
+/// requests.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // Trailing-slash leniency must run before routing, so it wraps the whole router.
+    let app = tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash()
+        .layer(router(state));
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    axum::serve(
+        listener,
+        axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! polyproto core routes that need no registration: server identity.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use p2_proto::identity::v1 as identity;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::params::Params;
+
+/// `GET /.well-known/polyproto-core`: where the polyproto API of this server lives.
+pub async fn well_known(State(state): State<AppState>) -> Response {
+    #[derive(Serialize)]
+    struct WellKnown<'a> {
+        api: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        oidc_issuer: Option<&'a str>,
+    }
+    axum::Json(WellKnown {
+        api: format!("{}/.p2/core/", state.public_url()),
+        oidc_issuer: state.inner.oidc_issuer.as_deref(),
+    })
+    .into_response()
+}
+
+/// A CacheableIdCert as JSON. Field order is the JCS (RFC 8785) key order, and serde_json's
+/// compact output escapes strings as JCS does, so serialising this struct yields canonical
+/// JSON: the SDK compares bytes. u64 values are decimal strings (API.md "Wire dialect").
+#[derive(Debug, Serialize)]
+pub struct CacheableIdCertJson {
+    #[serde(rename = "cacheNotValidAfter")]
+    cache_not_valid_after: String,
+    #[serde(rename = "cacheNotValidBefore")]
+    cache_not_valid_before: String,
+    #[serde(rename = "cacheSignature")]
+    cache_signature: String,
+    #[serde(rename = "idCertPem")]
+    id_cert_pem: String,
+    invalidated: bool,
+    #[serde(rename = "invalidatedAt", skip_serializing_if = "Option::is_none")]
+    invalidated_at: Option<String>,
+}
+
+impl From<p2_proto::common::v1::CacheableIdCert> for CacheableIdCertJson {
+    fn from(cert: p2_proto::common::v1::CacheableIdCert) -> Self {
+        Self {
+            cache_not_valid_after: cert.cache_not_valid_after.to_string(),
+            cache_not_valid_before: cert.cache_not_valid_before.to_string(),
+            cache_signature: cert.cache_signature,
+            id_cert_pem: cert.id_cert_pem,
+            invalidated: cert.invalidated_at.is_some(),
+            invalidated_at: cert.invalidated_at.map(|t| t.to_string()),
+        }
+    }
+}
+
+/// Serialises `value` compactly as `application/json` (canonical for the types above).
+pub fn canonical_json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "serialising a response failed");
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "the server failed to encode its response",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Which PEM media type the client asked for, if it prefers bare PEM over JSON.
+fn pem_preference(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    if accept.contains("application/json") {
+        return None;
+    }
+    if accept.contains("application/x-pem-file") {
+        Some("application/x-pem-file")
+    } else if accept.contains("text/plain") {
+        Some("text/plain; charset=utf-8")
+    } else {
+        None
+    }
+}
+
+fn pem_response(content_type: &'static str, pem: String) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], pem).into_response()
+}
+
+/// `GET /.p2/core/v1/idcert/server`: the root ID-Cert valid at `timestamp` (else the current
+/// one) as CacheableIdCert JSON, or bare PEM when the client accepts only PEM/text.
+#[tracing::instrument(skip_all)]
+pub async fn server_id_cert(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let timestamp = params.u64("timestamp")?;
+    let cert = state
+        .identity()
+        .get_server_id_cert(identity::GetServerIdCertRequest { timestamp })
+        .await?
+        .into_inner()
+        .cert
+        .ok_or_else(|| ApiError::not_found("the server has no identity certificate"))?;
+    Ok(match pem_preference(&headers) {
+        Some(content_type) => pem_response(content_type, cert.id_cert_pem),
+        None => canonical_json(&CacheableIdCertJson::from(cert)),
+    })
+}
+
+/// `GET /.p2/core/v1/key/server`: the server's public key (SPKI PEM) valid at `timestamp`.
+#[tracing::instrument(skip_all)]
+pub async fn server_public_key(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let timestamp = params.u64("timestamp")?;
+    let key = state
+        .identity()
+        .get_server_public_key(identity::GetServerPublicKeyRequest { timestamp })
+        .await?
+        .into_inner();
+    Ok(pem_response("text/plain; charset=utf-8", key.public_key_pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cacheable_id_certs_serialise_as_canonical_json() {
+        let json = serde_json::to_string(&CacheableIdCertJson::from(
+            p2_proto::common::v1::CacheableIdCert {
+                id_cert_pem: "-----BEGIN CERTIFICATE-----\nAB/+\n-----END CERTIFICATE-----\n".into(),
+                cache_not_valid_before: 10,
+                cache_not_valid_after: 20,
+                cache_signature: "ab".into(),
+                invalidated_at: Some(15),
+            },
+        ))
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"cacheNotValidAfter":"20","cacheNotValidBefore":"10","cacheSignature":"ab","idCertPem":"-----BEGIN CERTIFICATE-----\nAB/+\n-----END CERTIFICATE-----\n","invalidated":true,"invalidatedAt":"15"}"#
+        );
+    }
+
+    #[test]
+    fn pem_is_served_only_to_clients_that_prefer_it() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(pem_preference(&headers), None);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/x-pem-file"));
+        assert_eq!(pem_preference(&headers), Some("application/x-pem-file"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/plain"));
+        assert!(pem_preference(&headers).is_some());
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/plain"));
+        assert_eq!(pem_preference(&headers), None);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert_eq!(pem_preference(&headers), None);
+    }
+}

@@ -1,0 +1,59 @@
+//! Route table and cross-cutting middleware.
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub mod core;
+pub mod health;
+
+/// Every route (paths without trailing slashes; [`crate::serve`] strips them).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/polyproto-core", get(core::well_known))
+        .route("/.p2/core/v1/idcert/server", get(core::server_id_cert))
+        .route("/.p2/core/v1/key/server", get(core::server_public_key))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+/// Answers 413 problem+json before reading a body whose declared length is over the limit.
+pub async fn reject_large_bodies(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return ApiError::too_large(limit).into_response();
+    }
+    next.run(request).await
+}
+
+/// One span per HTTP request, joined to the client's trace context when it sent one.
+pub fn request_span(request: &Request) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http",
+        otel.kind = "server",
+        otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
+        http.method = %request.method(),
+        http.target = %request.uri().path(),
+    );
+    p2_runtime::telemetry::set_parent_from_headers(&span, request.headers());
+    span
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against a real PostgreSQL and a real Redis.
+#
+#   scripts/test.sh [EXTRA CARGO TEST ARGS...]
+#       e.g. scripts/test.sh -p p2-model      scripts/test.sh -p p2-session -- --nocapture
+#   scripts/test.sh --services-only -- CMD [ARGS...]
+#       start the servers, run CMD with the variables below exported, stop the servers
+#
+# What it does:
+#   1. installs the PostgreSQL server, redis-server and redis-tools with apt-get if missing
+#      (Debian/Ubuntu, as root or with sudo);
+#   2. starts a throwaway PostgreSQL cluster (trust auth, user `postgres`) and a Redis without
+#      persistence in a fresh temp dir, each on a free 127.0.0.1 port;
+#   3. exports P2_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/postgres and
+#      P2_TEST_REDIS_URL=redis://127.0.0.1:PORT/ and waits until both answer;
+#   4. runs `cargo test --workspace --all-targets [EXTRA ARGS]`, then, if that passed,
+#      `cargo test --workspace --doc`;
+#   5. always (success, failure, Ctrl-C) stops both servers and removes the temp dir, and exits
+#      with cargo's status.
+#
+# If P2_TEST_POSTGRES_URL and/or P2_TEST_REDIS_URL are already set, those servers are used
+# (they must answer within 10 s) and nothing is started for them.
+# Other environment is passed through to the tests unchanged, e.g. TEST_LOG=1 to see the
+# services' logs in test output, RUST_BACKTRACE=1, CARGO_TARGET_DIR.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=scripts/lib-services.sh
+. "$ROOT/scripts/lib-services.sh"
+
+services_only=0
+if [ "${1:-}" = "--services-only" ]; then
+    services_only=1
+    shift
+    [ "${1:-}" != "--" ] || shift
+    [ "$#" -gt 0 ] || p2_die "usage: $0 --services-only -- CMD [ARGS...]"
+elif [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+fi
+
+# shellcheck disable=SC2317  # invoked by the trap
+on_exit() {
+    local status=$?
+    trap - EXIT INT TERM
+    p2_services_stop
+    exit "$status"
+}
+trap on_exit EXIT
+# Ctrl-C / kill: leave through the EXIT trap with the conventional status.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ "$services_only" -eq 0 ]; then
+    p2_ensure_cargo
+fi
+p2_services_start
+
+status=0
+if [ "$services_only" -eq 1 ]; then
+    p2_log "running: $*"
+    "$@" || status=$?
+else
+    p2_log "cargo test --workspace --all-targets $*"
+    cargo test --workspace --all-targets "$@" || status=$?
+    if [ "$status" -eq 0 ]; then
+        p2_log "cargo test --workspace --doc"
+        cargo test --workspace --doc || status=$?
+    fi
+    if [ "$status" -eq 0 ]; then
+        p2_log "all tests passed"
+    else
+        p2_log "tests failed (exit $status)"
+    fi
+fi
+exit "$status"

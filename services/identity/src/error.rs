@@ -1,0 +1,69 @@
+//! The identity service's errors and their one mapping to gRPC status codes.
+
+use p2_model::ModelError;
+
+/// What can go wrong in the identity service. Every variant but [`IdentityError::Internal`]
+/// is something the caller can act on; its message is shown to clients verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The server had no key pair at the requested time.
+    #[error("the server had no identity key at timestamp {timestamp}; its first key dates from {first}")]
+    NoServerKeyAt {
+        /// The requested UNIX time.
+        timestamp: u64,
+        /// When the first key became active.
+        first: u64,
+    },
+    /// A request field is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A domain rule of polyproto rejected the input (bad FID, CSR, certificate...).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Anything unexpected (storage, crypto plumbing): logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<IdentityError> for tonic::Status {
+    fn from(error: IdentityError) -> Self {
+        match error {
+            IdentityError::NoServerKeyAt { .. } => tonic::Status::not_found(error.to_string()),
+            IdentityError::InvalidArgument(message) => tonic::Status::invalid_argument(message),
+            IdentityError::Model(model) => tonic::Status::invalid_argument(model.to_string()),
+            IdentityError::Internal(error) => p2_runtime::error::internal(&error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_the_code_a_client_can_act_on() {
+        let cases: Vec<(IdentityError, tonic::Code)> = vec![
+            (
+                IdentityError::NoServerKeyAt { timestamp: 1, first: 2 },
+                tonic::Code::NotFound,
+            ),
+            (
+                IdentityError::InvalidArgument("timestamp".into()),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                IdentityError::Model(ModelError::BadSignature),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                IdentityError::Internal(anyhow::anyhow!("disk on fire")),
+                tonic::Code::Internal,
+            ),
+        ];
+        for (error, code) in cases {
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), code);
+            assert!(!status.message().contains("disk on fire"));
+        }
+    }
+}

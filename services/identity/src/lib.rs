@@ -1,0 +1,174 @@
+//! The identity service: the home server's key pairs and root ID-Certs (current and past),
+//! actors, issued actor ID-Certs and their revocation, and cache signatures.
+//!
+//! Layout:
+//! - [`IdentityConfig`]: the component's flags (`polyproto identity --help`).
+//! - [`cipher`]: encryption of private keys at rest (`P2_KEY_ENCRYPTION_KEY`).
+//! - [`store`]: SQL storage (SQLite or PostgreSQL through one portable implementation).
+//! - [`keyring`]: the server's key generations in memory, refreshed from storage, with
+//!   memoised cache signatures.
+//! - [`grpc`]: the `polyproto.identity.v1.Identity` implementation.
+//! - [`error`]: [`IdentityError`] and its one mapping to `tonic::Status`.
+//!
+//! Entry points: [`serve`] runs the service on a pre-bound listener until shutdown;
+//! [`grpc_service`] builds the tonic service for callers that serve it themselves.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod cipher;
+pub mod error;
+pub mod grpc;
+pub mod keyring;
+pub mod store;
+
+pub use error::IdentityError;
+
+/// Default gRPC listen address of the identity service.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default validity of a newly generated root ID-Cert, in days.
+pub const DEFAULT_ROOT_VALIDITY_DAYS: u64 = 730;
+/// How often a replica looks for key generations created by another replica.
+pub const KEYRING_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Flags of the identity service.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityConfig {
+    /// Address the gRPC server listens on (`host:port`; port 0 picks a free one).
+    #[arg(long = "listen", env = "P2_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// The home server's domain: the `dc` components of its root ID-Cert and the domain part of
+    /// every federation ID it issues.
+    #[arg(long = "domain", env = "P2_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+    /// Database URL: `sqlite:PATH` or `postgres://USER:PASSWORD@HOST/DB`.
+    #[arg(long = "database-url", env = "P2_DATABASE_URL")]
+    pub database_url: String,
+    /// 32-byte key (64 hex characters) that encrypts the server's private keys at rest.
+    #[arg(long = "key-encryption-key", env = "P2_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub key_encryption_key: Option<SecretString>,
+    /// File holding the key encryption key (64 hex characters), e.g. a mounted Kubernetes
+    /// Secret. Used when `--key-encryption-key` is not given.
+    #[arg(long = "key-encryption-key-file", env = "P2_KEY_ENCRYPTION_KEY_FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
+    /// Validity of a newly generated root ID-Cert, in days. A root with fewer than 60 days
+    /// left is replaced at start, so actor certs (at most 60 days) always fit inside it.
+    #[arg(long = "root-validity-days", env = "P2_ROOT_VALIDITY_DAYS", default_value_t = DEFAULT_ROOT_VALIDITY_DAYS)]
+    pub root_validity_days: u64,
+}
+
+impl IdentityConfig {
+    /// The key encryption key, from the flag/env or the file.
+    pub fn load_cipher(&self) -> anyhow::Result<cipher::KeyCipher> {
+        use secrecy::ExposeSecret as _;
+        if let Some(key) = &self.key_encryption_key {
+            return cipher::KeyCipher::from_hex(key.expose_secret())
+                .context("invalid P2_KEY_ENCRYPTION_KEY");
+        }
+        if let Some(path) = &self.key_encryption_key_file {
+            return cipher::KeyCipher::from_file(path);
+        }
+        anyhow::bail!(
+            "no key encryption key: set P2_KEY_ENCRYPTION_KEY (64 hex characters, e.g. from \
+             `openssl rand -hex 32`) or P2_KEY_ENCRYPTION_KEY_FILE"
+        )
+    }
+}
+
+/// Everything the gRPC handlers share.
+#[derive(Clone)]
+pub struct IdentityState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: store::Store,
+    keyring: keyring::Keyring,
+}
+
+impl IdentityState {
+    /// Connects storage, runs migrations, and loads (or on first start creates) the server's
+    /// key pair and root ID-Cert for `config.domain`.
+    pub async fn open(config: &IdentityConfig) -> anyhow::Result<Self> {
+        let domain = p2_model::validate_domain(&config.domain)
+            .map_err(|e| anyhow::anyhow!("invalid --domain {:?}: {e}", config.domain))?;
+        let cipher = config.load_cipher()?;
+        let db = p2_runtime::storage::connect(&config.database_url, "identity", store::MIGRATIONS)
+            .await?;
+        let store = store::Store::new(db);
+        let keyring = keyring::Keyring::open(
+            store.clone(),
+            cipher,
+            domain,
+            config.root_validity_days.saturating_mul(86_400),
+        )
+        .await?;
+        Ok(Self {
+            inner: Arc::new(Inner { store, keyring }),
+        })
+    }
+
+    /// The server's key generations.
+    pub fn keyring(&self) -> &keyring::Keyring {
+        &self.inner.keyring
+    }
+
+    /// The storage.
+    pub fn store(&self) -> &store::Store {
+        &self.inner.store
+    }
+}
+
+/// The tonic service for `state`.
+pub fn grpc_service(
+    state: IdentityState,
+) -> p2_proto::identity::v1::identity_server::IdentityServer<grpc::IdentityGrpc> {
+    p2_proto::identity::v1::identity_server::IdentityServer::new(grpc::IdentityGrpc::new(state))
+}
+
+/// Runs the identity service on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    config: IdentityConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = IdentityState::open(&config).await?;
+    serve_state(state, listener, shutdown).await
+}
+
+/// Runs the identity service for an already opened `state`.
+pub async fn serve_state(
+    state: IdentityState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let refresher = tokio::spawn({
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(KEYRING_REFRESH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(error) = state.keyring().refresh().await {
+                            tracing::warn!(error = format!("{error:#}"), "key generation refresh failed");
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let result = p2_runtime::grpc::serve(grpc_service(state), listener, shutdown).await;
+    refresher.abort();
+    result
+}

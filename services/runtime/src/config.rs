@@ -1,0 +1,35 @@
+//! Configuration blocks shared by several components. Every flag has an environment twin;
+//! defaults are named constants so README and `--help` agree.
+
+use clap::Args;
+
+/// Default log filter when `P2_LOG`/`--log` is not given.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// Logging and tracing.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryConfig {
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax, e.g. `info,p2_identity=debug`.
+    #[arg(long = "log", env = "P2_LOG", default_value = DEFAULT_LOG_FILTER, global = true)]
+    pub log: String,
+    /// Emit logs as JSON lines instead of human-readable text.
+    #[arg(long = "log-json", env = "P2_LOG_JSON", default_value_t = false, global = true)]
+    pub log_json: bool,
+    /// OTLP/gRPC endpoint for trace export (e.g. `http://jaeger:4317`); unset disables export.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+    /// Service name attached to exported traces; defaults to `polyproto-<component>`.
+    #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME", global = true)]
+    pub service_name: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log: DEFAULT_LOG_FILTER.to_owned(),
+            log_json: false,
+            otlp_endpoint: None,
+            service_name: None,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Serving a tonic service: on a pre-bound listener, with the gRPC health protocol, one span
+//! per call joined to the caller's trace, and graceful shutdown.
+
+use std::convert::Infallible;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::telemetry::{TraceContextInterceptor, set_parent_from_headers};
+
+/// A gRPC client channel that carries the caller's trace context.
+pub type TracedChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TraceContextInterceptor>;
+
+/// Opens a lazily connecting channel to `url` (e.g. `http://identity:50051`) that propagates
+/// trace context. Lazy, so a component starts even while a dependency is still starting;
+/// calls fail with `UNAVAILABLE` until it answers.
+pub fn channel(url: &str) -> anyhow::Result<TracedChannel> {
+    use anyhow::Context as _;
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid service URL {url:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        endpoint.connect_lazy(),
+        TraceContextInterceptor,
+    ))
+}
+
+fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc",
+        otel.kind = "server",
+        otel.name = %request.uri().path(),
+        rpc.system = "grpc",
+    );
+    set_parent_from_headers(&span, request.headers());
+    span
+}
+
+/// Serves `service` (plus `grpc.health.v1.Health`) on `listener` until `shutdown` is
+/// cancelled. On shutdown the service is first reported NOT_SERVING, then the listener stops
+/// accepting and in-flight calls drain.
+pub async fn serve<S>(
+    service: S,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<S>().await;
+    let addr = listener.local_addr()?;
+    tracing::info!(service = S::NAME, %addr, "gRPC service listening");
+    let signal = async move {
+        shutdown.cancelled().await;
+        reporter.set_not_serving::<S>().await;
+    };
+    Server::builder()
+        .trace_fn(call_span)
+        .add_service(health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+        .await?;
+    Ok(())
+}

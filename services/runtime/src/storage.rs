@@ -1,0 +1,207 @@
+//! SQL storage chosen by URL: `sqlite:` (embedded mode, one file per service) or `postgres:`
+//! (production). Both go through sqlx's `Any` driver with portable SQL (`BIGINT`, `TEXT`, `$1`
+//! placeholders), so one implementation serves both and is tested against both.
+//!
+//! Migrations are compiled in and run at start, each service with its own migrations table,
+//! so services may even share one database without touching each other's tables.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{MigrationType, Migrator};
+use sqlx::{Executor as _, SqlSafeStr as _};
+
+use crate::redact_url;
+
+/// How long start-up waits for the database before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One versioned schema change, compiled into the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Strictly increasing version.
+    pub version: i64,
+    /// Short description, stored in the migrations table.
+    pub description: &'static str,
+    /// Portable SQL (runs on SQLite and PostgreSQL).
+    pub sql: &'static str,
+}
+
+/// Which engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (embedded mode).
+    Sqlite,
+    /// PostgreSQL (production).
+    Postgres,
+}
+
+impl Backend {
+    /// The engine named by `url`'s scheme.
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            anyhow::bail!(
+                "unsupported database URL {:?}: use sqlite:PATH or postgres://USER@HOST/DB",
+                redact_url(url)
+            )
+        }
+    }
+}
+
+/// A connection pool plus what it talks to.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// The pool.
+    pub pool: AnyPool,
+    /// Its engine.
+    pub backend: Backend,
+}
+
+/// Connects to `url`, checks that it answers, and runs `migrations` recorded in the table
+/// `_p2_<component>_migrations`. Errors name the component and the (redacted) URL.
+pub async fn connect(
+    url: &str,
+    component: &str,
+    migrations: &[Migration],
+) -> anyhow::Result<Database> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::from_url(url)?;
+    let url = match backend {
+        // Create the file on first start.
+        Backend::Sqlite if !url.contains("mode=") => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            Cow::Owned(format!("{url}{sep}mode=rwc"))
+        }
+        _ => Cow::Borrowed(url),
+    };
+    let mut options = AnyPoolOptions::new()
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .max_connections(match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        });
+    if backend == Backend::Sqlite {
+        options = options.after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
+                    .await?;
+                Ok(())
+            })
+        });
+    }
+    let what = || format!("cannot connect to the {component} database at {}", redact_url(&url));
+    let pool = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(&url))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
+        .with_context(what)?
+        .with_context(what)?;
+    if backend == Backend::Sqlite {
+        // WAL lets readers proceed during a write; it is a property of the file.
+        pool.execute("PRAGMA journal_mode = WAL;")
+            .await
+            .with_context(what)?;
+    }
+
+    let mut migrator = Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|m| {
+                sqlx::migrate::Migration::new(
+                    m.version,
+                    Cow::Borrowed(m.description),
+                    MigrationType::Simple,
+                    m.sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    migrator.dangerous_set_table_name(format!("_p2_{component}_migrations"));
+    migrator
+        .run(&pool)
+        .await
+        .with_context(|| format!("cannot migrate the {component} database"))?;
+    Ok(Database { pool, backend })
+}
+
+/// The SQLite URL of `component`'s database file inside `data_dir`.
+pub fn sqlite_url_in(data_dir: &std::path::Path, component: &str) -> String {
+    format!("sqlite://{}", data_dir.join(format!("{component}.db")).display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIGRATIONS: &[Migration] = &[Migration {
+        version: 1,
+        description: "things",
+        sql: "CREATE TABLE things (id BIGINT PRIMARY KEY, name TEXT NOT NULL)",
+    }];
+
+    #[test]
+    fn unknown_url_schemes_are_rejected_with_a_hint() {
+        let err = Backend::from_url("mysql://u:pw@h/db").unwrap_err().to_string();
+        assert!(err.contains("sqlite:"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_databases_are_created_and_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url_in(dir.path(), "unit");
+        let db = connect(&url, "unit", MIGRATIONS).await.unwrap();
+        sqlx::query("INSERT INTO things (id, name) VALUES ($1, $2)")
+            .bind(1_i64)
+            .bind("a")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        db.pool.close().await;
+        // A second start runs no migration again and keeps the data.
+        let db = connect(&url, "unit", MIGRATIONS).await.unwrap();
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM things")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(count, 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_names_the_component_and_hides_the_password() {
+        // Port 1 on loopback refuses connections.
+        let err = connect("postgres://p2:hunter2@127.0.0.1:1/x", "identity", MIGRATIONS)
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("identity database"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn postgres_databases_are_migrated() {
+        let url = std::env::var("P2_TEST_POSTGRES_URL")
+            .expect("P2_TEST_POSTGRES_URL must be set: run scripts/test.sh");
+        let db = connect(&url, "runtime_unit_test", MIGRATIONS).await.unwrap();
+        sqlx::query("DELETE FROM things").execute(&db.pool).await.unwrap();
+        sqlx::query("INSERT INTO things (id, name) VALUES ($1, $2)")
+            .bind(7_i64)
+            .bind("seven")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let (name,): (String,) = sqlx::query_as("SELECT name FROM things WHERE id = $1")
+            .bind(7_i64)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(name, "seven");
+    }
+}

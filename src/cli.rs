@@ -1,0 +1,152 @@
+//! The `polyproto` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use p2_runtime::config::TelemetryConfig;
+use p2_runtime::shutdown::{CancellationToken, cancel_on_signal};
+use secrecy::ExposeSecret as _;
+
+use crate::stack::{self, StackConfig, Storage};
+
+/// A polyproto home server.
+#[derive(Debug, Parser)]
+#[command(name = "polyproto", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Logging and tracing.
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process with embedded storage (SQLite under --data-dir); prints
+    /// `listening on http://ADDR` once every route answers.
+    Up(UpConfig),
+    /// The HTTP gateway alone (talks to the four services over gRPC).
+    Gateway(p2_gateway::GatewayConfig),
+    /// The identity gRPC service alone.
+    Identity(p2_identity::IdentityConfig),
+    /// The session gRPC service alone.
+    Session(p2_session::SessionConfig),
+    /// The discovery gRPC service alone.
+    Discovery(p2_discovery::DiscoveryConfig),
+    /// The events gRPC service alone.
+    Events(p2_events::EventsConfig),
+}
+
+/// Flags of `polyproto up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpConfig {
+    /// Address the gateway listens on (`host:port`; port 0 picks a free one).
+    #[arg(long = "listen", env = "P2_LISTEN", default_value = p2_gateway::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// The home server's domain (the domain part of every federation ID it issues).
+    #[arg(long = "domain", env = "P2_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+    /// Public base URL as clients reach it; defaults to `http://<listen address>`.
+    #[arg(long = "public-url", env = "P2_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Directory for the SQLite databases and the generated key encryption key.
+    #[arg(long = "data-dir", env = "P2_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// 32-byte key (64 hex characters) that encrypts the server's private keys at rest;
+    /// generated into `<data-dir>/key-encryption.key` (mode 0600) when unset.
+    #[arg(long = "key-encryption-key", env = "P2_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    pub key_encryption_key: Option<secrecy::SecretString>,
+    /// Validity of a newly generated root ID-Cert, in days.
+    #[arg(long = "root-validity-days", env = "P2_ROOT_VALIDITY_DAYS", default_value_t = p2_identity::DEFAULT_ROOT_VALIDITY_DAYS)]
+    pub root_validity_days: u64,
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    #[arg(long = "max-body-bytes", env = "P2_MAX_BODY_BYTES", default_value_t = p2_gateway::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// OpenID Connect issuer announced in `/.well-known/polyproto-core`, if any.
+    #[arg(long = "oidc-issuer", env = "P2_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+}
+
+impl UpConfig {
+    /// The stack configuration for embedded storage.
+    pub fn stack_config(&self) -> StackConfig {
+        StackConfig {
+            listen: self.listen,
+            domain: self.domain.clone(),
+            public_url: self.public_url.clone(),
+            storage: Storage::Embedded {
+                data_dir: self.data_dir.clone(),
+            },
+            key_encryption_key: self
+                .key_encryption_key
+                .as_ref()
+                .map(|k| k.expose_secret().to_owned()),
+            root_validity_days: self.root_validity_days,
+            max_body_bytes: self.max_body_bytes,
+            oidc_issuer: self.oidc_issuer.clone(),
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Runs the parsed command until it finishes or a signal stops it.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let component = match &cli.command {
+        Command::Up(_) => "up",
+        Command::Gateway(_) => "gateway",
+        Command::Identity(_) => "identity",
+        Command::Session(_) => "session",
+        Command::Discovery(_) => "discovery",
+        Command::Events(_) => "events",
+    };
+    let telemetry = p2_runtime::telemetry::init(&cli.telemetry, component)?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    let result = match cli.command {
+        Command::Up(config) => {
+            let stack = stack::start(config.stack_config()).await?;
+            let token = stack.shutdown_token();
+            let addr = stack.addr;
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                token.cancel();
+            });
+            // Scripts and tests wait for exactly this line on stdout.
+            println!("listening on http://{addr}");
+            tracing::info!(public_url = %stack.public_url, "polyproto home server ready");
+            stack.wait().await
+        }
+        Command::Gateway(config) => {
+            let listener = bind(config.listen).await?;
+            let state = p2_gateway::AppState::new(&config, listener.local_addr()?)?;
+            p2_gateway::serve(state, listener, shutdown).await
+        }
+        Command::Identity(config) => {
+            let listener = bind(config.listen).await?;
+            p2_identity::serve(config, listener, shutdown).await
+        }
+        Command::Session(config) => {
+            let listener = bind(config.listen).await?;
+            p2_session::serve(config, listener, shutdown).await
+        }
+        Command::Discovery(config) => {
+            let listener = bind(config.listen).await?;
+            p2_discovery::serve(config, listener, shutdown).await
+        }
+        Command::Events(config) => {
+            let listener = bind(config.listen).await?;
+            p2_events::serve(config, listener, shutdown).await
+        }
+    };
+    telemetry.shutdown().await;
+    result
+}

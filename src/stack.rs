@@ -1,0 +1,254 @@
+//! Start the whole home server inside one process: four gRPC services on loopback ports and
+//! the gateway in front of them. Storage is either embedded (SQLite files in a data directory,
+//! in-process challenge and event stores) or external (one database URL per service plus
+//! Redis).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use p2_runtime::shutdown::CancellationToken;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// File name of the generated key encryption key inside an embedded data directory.
+pub const KEY_FILE_NAME: &str = "key-encryption.key";
+
+/// Where the services keep their data.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// SQLite files under `data_dir`, in-process challenge and event stores.
+    Embedded {
+        /// The data directory (created if missing).
+        data_dir: PathBuf,
+    },
+    /// External servers.
+    External {
+        /// Database URL of the identity service.
+        identity_database_url: String,
+        /// Database URL of the session service.
+        session_database_url: String,
+        /// Database URL of the discovery service.
+        discovery_database_url: String,
+        /// Redis URL for challenges, key trials and event streams.
+        redis_url: String,
+    },
+}
+
+/// Everything [`start`] needs.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Gateway listen address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The home server's domain.
+    pub domain: String,
+    /// Public base URL; defaults to `http://<bound gateway address>`.
+    pub public_url: Option<String>,
+    /// Storage choice.
+    pub storage: Storage,
+    /// Key encryption key (64 hex); in embedded mode, generated into the data directory when
+    /// absent.
+    pub key_encryption_key: Option<String>,
+    /// Validity of new root certs, in days.
+    pub root_validity_days: u64,
+    /// Request body limit of the gateway.
+    pub max_body_bytes: usize,
+    /// OIDC issuer announced in `.well-known`, if any.
+    pub oidc_issuer: Option<String>,
+}
+
+impl StackConfig {
+    /// Embedded storage in `data_dir`, gateway on `listen`, defaults elsewhere.
+    pub fn embedded(listen: SocketAddr, domain: &str, data_dir: &Path) -> Self {
+        Self {
+            listen,
+            domain: domain.to_owned(),
+            public_url: None,
+            storage: Storage::Embedded {
+                data_dir: data_dir.to_owned(),
+            },
+            key_encryption_key: None,
+            root_validity_days: p2_identity::DEFAULT_ROOT_VALIDITY_DAYS,
+            max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
+            oidc_issuer: None,
+        }
+    }
+}
+
+/// A running stack. Dropping it cancels the shutdown token (tasks then drain and stop).
+pub struct Stack {
+    /// The gateway's bound address.
+    pub addr: SocketAddr,
+    /// Public base URL the gateway announces.
+    pub public_url: String,
+    /// Bound gRPC addresses: identity, session, discovery, events.
+    pub grpc_addrs: [SocketAddr; 4],
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl Stack {
+    /// The token whose cancellation stops every component.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every component has stopped; the first failure stops the others and is
+    /// returned.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let (name, result) = joined.context("a component task panicked")?;
+            if let Err(error) = result {
+                self.shutdown.cancel();
+                first_error.get_or_insert(error.context(format!("{name} failed")));
+            } else if !self.shutdown.is_cancelled() {
+                self.shutdown.cancel();
+                first_error.get_or_insert(anyhow::anyhow!("{name} stopped unexpectedly"));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Cancels every component and waits for them to drain.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+/// Opens every component's storage, binds every listener, and starts serving. Returns once
+/// every listener is bound and all storage answered, so routes answer as soon as it returns.
+pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let (identity_db, session_db, discovery_db, redis_url, key_file) = match &config.storage {
+        Storage::Embedded { data_dir } => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+            let key_file = data_dir.join(KEY_FILE_NAME);
+            if config.key_encryption_key.is_none() {
+                p2_identity::cipher::KeyCipher::load_or_create_file(&key_file)?;
+            }
+            (
+                p2_runtime::storage::sqlite_url_in(data_dir, "identity"),
+                p2_runtime::storage::sqlite_url_in(data_dir, "session"),
+                p2_runtime::storage::sqlite_url_in(data_dir, "discovery"),
+                None,
+                Some(key_file),
+            )
+        }
+        Storage::External {
+            identity_database_url,
+            session_database_url,
+            discovery_database_url,
+            redis_url,
+        } => (
+            identity_database_url.clone(),
+            session_database_url.clone(),
+            discovery_database_url.clone(),
+            Some(redis_url.clone()),
+            None,
+        ),
+    };
+
+    let identity_listener = bind(loopback, "identity service").await?;
+    let session_listener = bind(loopback, "session service").await?;
+    let discovery_listener = bind(loopback, "discovery service").await?;
+    let events_listener = bind(loopback, "events service").await?;
+    let gateway_listener = bind(config.listen, "gateway").await?;
+    let grpc_addrs = [
+        identity_listener.local_addr()?,
+        session_listener.local_addr()?,
+        discovery_listener.local_addr()?,
+        events_listener.local_addr()?,
+    ];
+    let url = |addr: SocketAddr| format!("http://{addr}");
+
+    let identity_config = p2_identity::IdentityConfig {
+        listen: grpc_addrs[0],
+        domain: config.domain.clone(),
+        database_url: identity_db,
+        key_encryption_key: config.key_encryption_key.clone().map(Into::into),
+        key_encryption_key_file: key_file,
+        root_validity_days: config.root_validity_days,
+    };
+    let session_config = p2_session::SessionConfig {
+        listen: grpc_addrs[1],
+        database_url: session_db,
+        redis_url: redis_url.clone(),
+        identity_url: url(grpc_addrs[0]),
+        events_url: url(grpc_addrs[3]),
+    };
+    let discovery_config = p2_discovery::DiscoveryConfig {
+        listen: grpc_addrs[2],
+        database_url: discovery_db,
+        identity_url: url(grpc_addrs[0]),
+    };
+    let events_config = p2_events::EventsConfig {
+        listen: grpc_addrs[3],
+        redis_url,
+    };
+    let gateway_config = p2_gateway::GatewayConfig {
+        listen: config.listen,
+        public_url: config.public_url.clone(),
+        identity_url: url(grpc_addrs[0]),
+        session_url: url(grpc_addrs[1]),
+        discovery_url: url(grpc_addrs[2]),
+        events_url: url(grpc_addrs[3]),
+        max_body_bytes: config.max_body_bytes,
+        oidc_issuer: config.oidc_issuer.clone(),
+    };
+
+    // Open every backend before serving anything, so a bad URL fails start-up as a whole.
+    let identity = p2_identity::IdentityState::open(&identity_config).await?;
+    let session = p2_session::SessionGrpc::open(&session_config).await?;
+    let discovery = p2_discovery::DiscoveryGrpc::open(&discovery_config).await?;
+    let events = p2_events::EventsGrpc::open(&events_config).await?;
+    let addr = gateway_listener.local_addr()?;
+    let gateway = p2_gateway::AppState::new(&gateway_config, addr)?;
+    let public_url = gateway.public_url().to_owned();
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        ("identity", p2_identity::serve_state(identity, identity_listener, token).await)
+    });
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let service = p2_session::grpc_service(session);
+        ("session", p2_runtime::grpc::serve(service, session_listener, token).await)
+    });
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let service = p2_discovery::grpc_service(discovery);
+        ("discovery", p2_runtime::grpc::serve(service, discovery_listener, token).await)
+    });
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let service = p2_events::grpc_service(events);
+        ("events", p2_runtime::grpc::serve(service, events_listener, token).await)
+    });
+    let token = shutdown.clone();
+    tasks.spawn(async move { ("gateway", p2_gateway::serve(gateway, gateway_listener, token).await) });
+
+    Ok(Stack {
+        addr,
+        public_url,
+        grpc_addrs,
+        shutdown,
+        tasks,
+    })
+}
