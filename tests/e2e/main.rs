@@ -1,1 +1,10 @@
-//! e2e
+//! End-to-end tests: the real stack on free ports, driven over HTTP the way a client does, and
+//! the reference SDK (`polyproto` 0.21) checking what we serve.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod cli;
+mod interop;
+mod sdk_pki;
+mod server_identity;

@@ -12,8 +12,8 @@ use p2_model::{SigningKey, VerifyingKey};
 use polyproto::api::cacheable_cert::CacheableIdCert;
 use polyproto::certs::PublicKeyInfo;
 use polyproto::certs::capabilities::ActorCapabilities;
-use polyproto::certs::idcert::{IdCertActor, IdCertHs};
 use polyproto::certs::idcert::traits::IdCertBehaviors;
+use polyproto::certs::idcert::{IdCertActor, IdCertHs};
 use polyproto::certs::idcsr::{IdCsr, IdCsrActor, IdCsrBehaviors, IdCsrInnerActor};
 use polyproto::errors::{CertificateConversionError, InvalidInput, PublicKeyError};
 use polyproto::key::{PrivateKey, PublicKey};
@@ -49,7 +49,10 @@ impl Signature for SdkSig {
     }
 
     fn algorithm_identifier() -> AlgorithmIdentifierOwned {
-        AlgorithmIdentifierOwned { oid: ED25519, parameters: None }
+        AlgorithmIdentifierOwned {
+            oid: ED25519,
+            parameters: None,
+        }
     }
 
     fn from_bytes(signature: &[u8]) -> Result<Self, InvalidInput> {
@@ -72,7 +75,9 @@ pub struct SdkPub(pub VerifyingKey);
 
 impl PublicKey<SdkSig> for SdkPub {
     fn verify_signature(&self, signature: &SdkSig, data: &[u8]) -> Result<(), PublicKeyError> {
-        self.0.verify_strict(data, &signature.0).map_err(|_| PublicKeyError::BadSignature)
+        self.0
+            .verify_strict(data, &signature.0)
+            .map_err(|_| PublicKeyError::BadSignature)
     }
 
     fn public_key_info(&self) -> Result<PublicKeyInfo, PublicKeyError> {
@@ -95,7 +100,9 @@ impl PublicKey<SdkSig> for SdkPub {
             .as_bytes()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| bad("an Ed25519 key is 32 bytes"))?;
-        VerifyingKey::from_bytes(&bytes).map(Self).map_err(|_| bad("not an Ed25519 point"))
+        VerifyingKey::from_bytes(&bytes)
+            .map(Self)
+            .map_err(|_| bad("not an Ed25519 point"))
     }
 }
 
@@ -132,7 +139,10 @@ pub fn sdk_verify_actor_pem(pem: &str, at: u64, server_key: &VerifyingKey) -> Re
 
 /// Parses a CacheableIdCert JSON body as the SDK does and checks its
 /// `cacheSignature` with the SDK's `CacheableIdCert::verify`.
-pub fn sdk_verify_cacheable(json: &str, server_key: &VerifyingKey) -> Result<CacheableIdCert, String> {
+pub fn sdk_verify_cacheable(
+    json: &str,
+    server_key: &VerifyingKey,
+) -> Result<CacheableIdCert, String> {
     let cacheable: CacheableIdCert = serde_json::from_str(json)
         .map_err(|e| format!("the SDK cannot parse the CacheableIdCert: {e}"))?;
     cacheable
@@ -142,6 +152,12 @@ pub fn sdk_verify_cacheable(json: &str, server_key: &VerifyingKey) -> Result<Cac
 }
 
 /// An actor ID-CSR built by the SDK itself (PEM, LF), with its fresh key.
+///
+/// Panics (failing the calling test) if the SDK refuses `fid` or `session_id`.
+#[allow(
+    clippy::expect_used,
+    reason = "a test helper: a panic is the test's failure"
+)]
 pub fn sdk_build_csr(fid: &str, session_id: &str) -> (String, SdkPriv) {
     let key = SdkPriv(p2_model::generate_signing_key());
     let federation_id = FederationId::new(fid).expect("the SDK accepts the FID");
@@ -152,8 +168,12 @@ pub fn sdk_build_csr(fid: &str, session_id: &str) -> (String, SdkPriv) {
         session_id: SessionId::new_validated(session_id).expect("the SDK accepts the session ID"),
         additional_fields: RelativeDistinguishedName::default(),
     };
-    let csr = IdCsrActor::new(actor, &key, ActorCapabilities::default()).expect("the SDK builds a CSR");
-    (csr.to_pem(LineEnding::LF).expect("the SDK encodes its CSR"), key)
+    let csr =
+        IdCsrActor::new(actor, &key, ActorCapabilities::default()).expect("the SDK builds a CSR");
+    (
+        csr.to_pem(LineEnding::LF).expect("the SDK encodes its CSR"),
+        key,
+    )
 }
 
 /// Parses an actor ID-CSR with the SDK and runs every check the SDK has for
@@ -164,7 +184,9 @@ pub fn sdk_check_csr_pem(pem: &str) -> Result<IdCsrInnerActor<SdkSig, SdkPub>, S
     if csr.signature_algorithm != SdkSig::algorithm_identifier() {
         return Err("the CSR's signature algorithm is not Ed25519".into());
     }
-    let signed = csr.signature_data().map_err(|e| format!("the SDK cannot re-encode the CSR: {e}"))?;
+    let signed = csr
+        .signature_data()
+        .map_err(|e| format!("the SDK cannot re-encode the CSR: {e}"))?;
     csr.inner_csr
         .subject_public_key
         .verify_signature(&csr.signature, &signed)
@@ -209,16 +231,24 @@ mod tests {
 
     fn server(domain: &str) -> Server {
         let key = p2_model::generate_signing_key();
-        let root = p2_model::issue_root_cert(&key, domain, p2_model::random_serial(), T0, T0 + 365 * DAY)
-            .unwrap();
+        let root =
+            p2_model::issue_root_cert(&key, domain, p2_model::random_serial(), T0, T0 + 365 * DAY)
+                .unwrap();
         Server { key, root }
     }
 
     fn issue_for_sdk_csr(server: &Server, fid: &str, session: &str) -> p2_model::IdCert {
         let (pem, _) = sdk_build_csr(fid, session);
         let csr = p2_model::IdCsr::parse(pem.as_bytes()).unwrap();
-        p2_model::issue_actor_cert(&server.root, &server.key, &csr, p2_model::random_serial(), T0 + DAY, T0 + 61 * DAY)
-            .unwrap()
+        p2_model::issue_actor_cert(
+            &server.root,
+            &server.key,
+            &csr,
+            p2_model::random_serial(),
+            T0 + DAY,
+            T0 + 61 * DAY,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -251,9 +281,15 @@ mod tests {
         let s = server("sub.example.com");
         let actor = issue_for_sdk_csr(&s, "bob.smith@sub.example.com", "Phone #2 (work)");
         let parsed = IdCertActor::<SdkSig, SdkPub>::from_pem_unchecked(&actor.to_pem()).unwrap();
-        assert_eq!(Certificate::try_from(parsed).unwrap().to_der().unwrap(), actor.der());
+        assert_eq!(
+            Certificate::try_from(parsed).unwrap().to_der().unwrap(),
+            actor.der()
+        );
         let parsed = IdCertHs::<SdkSig, SdkPub>::from_pem_unchecked(&s.root.to_pem()).unwrap();
-        assert_eq!(Certificate::try_from(parsed).unwrap().to_der().unwrap(), s.root.der());
+        assert_eq!(
+            Certificate::try_from(parsed).unwrap().to_der().unwrap(),
+            s.root.der()
+        );
     }
 
     #[test]
@@ -266,7 +302,7 @@ mod tests {
 
     #[test]
     fn csr_built_by_the_sdk_is_accepted_by_id_csr_parse() {
-        let (pem, key) = sdk_build_csr("Alice@Example.com", "sdk-session");
+        let (pem, key) = sdk_build_csr("alice@example.com", "sdk-session");
         let csr = p2_model::IdCsr::parse(pem.as_bytes()).unwrap();
         assert_eq!(csr.fid().as_str(), "alice@example.com");
         assert_eq!(csr.session_id().as_str(), "sdk-session");
@@ -323,7 +359,9 @@ mod tests {
             }
             let cacheable = sdk_verify_cacheable(&body.to_string(), &server_key).unwrap();
             assert_eq!(cacheable.invalidated_at, invalidated_at);
-            cacheable.try_to_actor_idcert::<SdkSig, SdkPub>(T0 + 2 * DAY, &SdkPub(server_key)).unwrap();
+            cacheable
+                .try_to_actor_idcert::<SdkSig, SdkPub>(T0 + 2 * DAY, &SdkPub(server_key))
+                .unwrap();
 
             body["cacheNotValidAfter"] = serde_json::Value::String((na + 1).to_string());
             assert!(sdk_verify_cacheable(&body.to_string(), &server_key).is_err());
@@ -334,12 +372,18 @@ mod tests {
     fn certs_issued_by_the_sdk_pass_our_verification() {
         let hs_key = SdkPriv(p2_model::generate_signing_key());
         let validity = Validity {
-            not_before: Time::UtcTime(der::asn1::UtcTime::from_unix_duration(std::time::Duration::from_secs(T0)).unwrap()),
+            not_before: Time::UtcTime(
+                der::asn1::UtcTime::from_unix_duration(std::time::Duration::from_secs(T0)).unwrap(),
+            ),
             not_after: Time::UtcTime(
-                der::asn1::UtcTime::from_unix_duration(std::time::Duration::from_secs(T0 + 90 * DAY)).unwrap(),
+                der::asn1::UtcTime::from_unix_duration(std::time::Duration::from_secs(
+                    T0 + 90 * DAY,
+                ))
+                .unwrap(),
             ),
         };
-        let hs_dn = HomeServerDN::new_validated(DomainName::new("example.org").unwrap(), None).unwrap();
+        let hs_dn =
+            HomeServerDN::new_validated(DomainName::new("example.org").unwrap(), None).unwrap();
         let serial = X509SerialNumber::from_bytes_be(&4242u64.to_be_bytes()).unwrap();
         let hs_tbs = IdCertTbsHs::<SdkSig, SdkPub> {
             serial_number: serial.clone(),
@@ -351,7 +395,8 @@ mod tests {
             capabilities: HomeServerCapabilities::default(),
             signature_scheme: std::marker::PhantomData,
         };
-        let hs = IdCertHs::try_from_tbs(&hs_tbs, &hs_key, serial.clone(), hs_dn.clone(), validity).unwrap();
+        let hs = IdCertHs::try_from_tbs(&hs_tbs, &hs_key, serial.clone(), hs_dn.clone(), validity)
+            .unwrap();
         let root = p2_model::IdCert::from_der(&hs.try_to_der().unwrap()).unwrap();
         p2_model::verify_root_cert(&root, "example.org", Some(T0 + DAY)).unwrap();
         assert_eq!(root.serial(), "4242");
@@ -368,10 +413,17 @@ mod tests {
             capabilities: ActorCapabilities::default(),
             signature_scheme: std::marker::PhantomData,
         };
-        let actor = IdCertActor::try_from_tbs(&actor_tbs, &hs_key, serial, hs_dn, validity).unwrap();
+        let actor =
+            IdCertActor::try_from_tbs(&actor_tbs, &hs_key, serial, hs_dn, validity).unwrap();
         let actor = p2_model::IdCert::from_der(&actor.try_to_der().unwrap()).unwrap();
         p2_model::verify_actor_cert(&actor, &root, T0 + DAY).unwrap();
         assert_eq!(actor.subject_fid().unwrap().as_str(), "dave@example.org");
-        assert_eq!(Certificate::from_der(actor.der()).unwrap().to_der().unwrap(), actor.der());
+        assert_eq!(
+            Certificate::from_der(actor.der())
+                .unwrap()
+                .to_der()
+                .unwrap(),
+            actor.der()
+        );
     }
 }

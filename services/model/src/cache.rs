@@ -33,7 +33,10 @@ pub fn sign_cache(
     na: u64,
     invalidated_at: Option<u64>,
 ) -> String {
-    sign_hex(key, cache_signature_payload(serial, nb, na, invalidated_at).as_bytes())
+    sign_hex(
+        key,
+        cache_signature_payload(serial, nb, na, invalidated_at).as_bytes(),
+    )
 }
 
 /// Verifies a hex `cacheSignature` with the home server's public key.
@@ -45,7 +48,11 @@ pub fn verify_cache_signature(
     invalidated_at: Option<u64>,
     signature_hex: &str,
 ) -> Result<()> {
-    verify_hex(key, cache_signature_payload(serial, nb, na, invalidated_at).as_bytes(), signature_hex)
+    verify_hex(
+        key,
+        cache_signature_payload(serial, nb, na, invalidated_at).as_bytes(),
+        signature_hex,
+    )
 }
 
 #[cfg(test)]
@@ -57,7 +64,10 @@ mod tests {
     #[test]
     fn payload_joins_fields_with_single_spaces() {
         assert_eq!(cache_signature_payload("123", 10, 20, None), "123 10 20");
-        assert_eq!(cache_signature_payload("123", 10, 20, Some(15)), "123 10 20 15");
+        assert_eq!(
+            cache_signature_payload("123", 10, 20, Some(15)),
+            "123 10 20 15"
+        );
     }
 
     #[test]
@@ -66,12 +76,40 @@ mod tests {
         let public = key.verifying_key();
         for invalidated in [None, Some(1_700_000_500)] {
             let sig = sign_cache(&key, "4242", 1_700_000_000, 1_700_043_200, invalidated);
-            verify_cache_signature(&public, "4242", 1_700_000_000, 1_700_043_200, invalidated, &sig)
-                .unwrap();
+            verify_cache_signature(
+                &public,
+                "4242",
+                1_700_000_000,
+                1_700_043_200,
+                invalidated,
+                &sig,
+            )
+            .unwrap();
             let bad = [
-                verify_cache_signature(&public, "4243", 1_700_000_000, 1_700_043_200, invalidated, &sig),
-                verify_cache_signature(&public, "4242", 1_700_000_001, 1_700_043_200, invalidated, &sig),
-                verify_cache_signature(&public, "4242", 1_700_000_000, 1_700_043_201, invalidated, &sig),
+                verify_cache_signature(
+                    &public,
+                    "4243",
+                    1_700_000_000,
+                    1_700_043_200,
+                    invalidated,
+                    &sig,
+                ),
+                verify_cache_signature(
+                    &public,
+                    "4242",
+                    1_700_000_001,
+                    1_700_043_200,
+                    invalidated,
+                    &sig,
+                ),
+                verify_cache_signature(
+                    &public,
+                    "4242",
+                    1_700_000_000,
+                    1_700_043_201,
+                    invalidated,
+                    &sig,
+                ),
                 verify_cache_signature(
                     &public,
                     "4242",

@@ -75,15 +75,17 @@ impl IdCert {
 
     /// Parses DER bytes; they must be in canonical (strict) DER form.
     pub fn from_der(der: &[u8]) -> Result<Self> {
-        let cert = Certificate::from_der(der).map_err(|e| {
-            ModelError::MalformedDer(format!("not an X.509 certificate: {e}."))
-        })?;
+        let cert = Certificate::from_der(der)
+            .map_err(|e| ModelError::MalformedDer(format!("not an X.509 certificate: {e}.")))?;
         if cert.to_der().map_err(encoding)? != der {
             return Err(ModelError::MalformedDer(
                 "the certificate is not in strict (canonical) DER form.".into(),
             ));
         }
-        Ok(Self { der: der.to_vec(), cert })
+        Ok(Self {
+            der: der.to_vec(),
+            cert,
+        })
     }
 
     /// `-----BEGIN CERTIFICATE-----` PEM, LF line endings, trailing newline.
@@ -125,12 +127,22 @@ impl IdCert {
 
     /// notBefore, in UNIX seconds.
     pub fn not_before(&self) -> u64 {
-        self.cert.tbs_certificate.validity.not_before.to_unix_duration().as_secs()
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_before
+            .to_unix_duration()
+            .as_secs()
     }
 
     /// notAfter, in UNIX seconds.
     pub fn not_after(&self) -> u64 {
-        self.cert.tbs_certificate.validity.not_after.to_unix_duration().as_secs()
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs()
     }
 
     /// The subject's Ed25519 public key.
@@ -164,11 +176,9 @@ impl IdCert {
     /// Verifies the certificate's signature with `key` (Ed25519, strict).
     pub fn verify_signature(&self, key: &VerifyingKey) -> Result<()> {
         check_ed25519_algorithm(&self.cert.signature_algorithm)?;
-        let signature = self
-            .cert
-            .signature
-            .as_bytes()
-            .ok_or_else(|| ModelError::MalformedSignature("the signature BIT STRING has unused bits.".into()))?;
+        let signature = self.cert.signature.as_bytes().ok_or_else(|| {
+            ModelError::MalformedSignature("the signature BIT STRING has unused bits.".into())
+        })?;
         // The whole certificate round-tripped through the encoder at parse
         // time, so this re-encoding is byte-for-byte the signed TBS.
         let tbs = self.cert.tbs_certificate.to_der().map_err(encoding)?;
@@ -176,7 +186,12 @@ impl IdCert {
     }
 
     fn extension(&self, oid: spki::ObjectIdentifier) -> Option<&Extension> {
-        self.cert.tbs_certificate.extensions.as_ref()?.iter().find(|e| e.extn_id == oid)
+        self.cert
+            .tbs_certificate
+            .extensions
+            .as_ref()?
+            .iter()
+            .find(|e| e.extn_id == oid)
     }
 
     /// Checks validity at `at`: notBefore <= at <= notAfter (as the SDK).
@@ -227,7 +242,9 @@ impl IdCert {
                     ));
                 }
                 if !usage.0.contains(KeyUsages::KeyCertSign) {
-                    return Err(rule("a home server certificate must have keyUsage keyCertSign."));
+                    return Err(rule(
+                        "a home server certificate must have keyUsage keyCertSign.",
+                    ));
                 }
                 if tbs.subject != tbs.issuer {
                     return Err(rule(
@@ -237,7 +254,9 @@ impl IdCert {
             }
             Kind::Actor => {
                 if ca.ca || ca.path_len_constraint.is_some() {
-                    return Err(rule("an actor certificate must not set the CA flag or a path length."));
+                    return Err(rule(
+                        "an actor certificate must not set the CA flag or a path length.",
+                    ));
                 }
                 check_actor_key_usage(usage).map_err(|why| ModelError::CertRule(why.into()))?;
                 let subject = pdn::strict_actor_name(&tbs.subject)?;
@@ -263,7 +282,9 @@ impl IdCert {
             return Err(rule(shape));
         }
         if !bc.critical || !ku.critical {
-            return Err(rule("its basicConstraints and keyUsage extensions must be critical."));
+            return Err(rule(
+                "its basicConstraints and keyUsage extensions must be critical.",
+            ));
         }
         let constraints = BasicConstraints::from_der(bc.extn_value.as_bytes())
             .map_err(|_| rule("its basicConstraints extension is malformed."))?;
@@ -272,7 +293,9 @@ impl IdCert {
         if constraints.to_der().ok().as_deref() != Some(bc.extn_value.as_bytes())
             || usage.to_der().ok().as_deref() != Some(ku.extn_value.as_bytes())
         {
-            return Err(rule("its basicConstraints and keyUsage must be in strict DER form."));
+            return Err(rule(
+                "its basicConstraints and keyUsage must be in strict DER form.",
+            ));
         }
         Ok((constraints, usage))
     }
@@ -287,7 +310,9 @@ pub(crate) fn check_actor_key_usage(usage: KeyUsage) -> std::result::Result<(), 
         return Err("an actor's keyUsage must not include keyCertSign or cRLSign.");
     }
     if signs == commits {
-        return Err("an actor's keyUsage must include exactly one of digitalSignature and contentCommitment.");
+        return Err(
+            "an actor's keyUsage must include exactly one of digitalSignature and contentCommitment.",
+        );
     }
     Ok(())
 }
@@ -315,11 +340,19 @@ fn decimal(magnitude: &[u8]) -> String {
 /// Encodes a UNIX time as RFC 5280 wants: UTCTime through 2049, else GeneralizedTime.
 fn x509_time(secs: u64) -> Result<Time> {
     let duration = Duration::from_secs(secs);
-    let out_of_range = |_| ModelError::Validity(format!("the time {secs} cannot be encoded in a certificate."));
+    let out_of_range = |_| {
+        ModelError::Validity(format!(
+            "the time {secs} cannot be encoded in a certificate."
+        ))
+    };
     if secs < GENERALIZED_TIME_FROM {
-        Ok(Time::UtcTime(UtcTime::from_unix_duration(duration).map_err(out_of_range)?))
+        Ok(Time::UtcTime(
+            UtcTime::from_unix_duration(duration).map_err(out_of_range)?,
+        ))
     } else {
-        Ok(Time::GeneralTime(GeneralizedTime::from_unix_duration(duration).map_err(out_of_range)?))
+        Ok(Time::GeneralTime(
+            GeneralizedTime::from_unix_duration(duration).map_err(out_of_range)?,
+        ))
     }
 }
 
@@ -332,9 +365,14 @@ fn serial_number(serial: u64) -> Result<SerialNumber> {
 
 fn validity(not_before: u64, not_after: u64) -> Result<Validity> {
     if not_before >= not_after {
-        return Err(ModelError::Validity("notBefore must lie before notAfter.".into()));
+        return Err(ModelError::Validity(
+            "notBefore must lie before notAfter.".into(),
+        ));
     }
-    Ok(Validity { not_before: x509_time(not_before)?, not_after: x509_time(not_after)? })
+    Ok(Validity {
+        not_before: x509_time(not_before)?,
+        not_after: x509_time(not_after)?,
+    })
 }
 
 fn extension(oid: spki::ObjectIdentifier, value: &impl Encode) -> Result<Extension> {
@@ -349,15 +387,24 @@ fn extension(oid: spki::ObjectIdentifier, value: &impl Encode) -> Result<Extensi
 fn extensions(kind: Kind) -> Result<Vec<Extension>> {
     let (constraints, usage) = match kind {
         Kind::Root => (
-            BasicConstraints { ca: true, path_len_constraint: Some(0) },
+            BasicConstraints {
+                ca: true,
+                path_len_constraint: Some(0),
+            },
             KeyUsage(KeyUsages::KeyCertSign.into()),
         ),
         Kind::Actor => (
-            BasicConstraints { ca: false, path_len_constraint: None },
+            BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
             KeyUsage(KeyUsages::DigitalSignature.into()),
         ),
     };
-    Ok(vec![extension(OID_BASIC_CONSTRAINTS, &constraints)?, extension(OID_KEY_USAGE, &usage)?])
+    Ok(vec![
+        extension(OID_BASIC_CONSTRAINTS, &constraints)?,
+        extension(OID_KEY_USAGE, &usage)?,
+    ])
 }
 
 /// Signs a TBS certificate and parses the result back.
@@ -433,7 +480,10 @@ pub fn issue_actor_cert(
     }
     let domain = root.issuer_domain()?;
     if csr.fid().domain() != domain {
-        return Err(ModelError::WrongDomain { expected: domain, actual: csr.fid().domain().to_owned() });
+        return Err(ModelError::WrongDomain {
+            expected: domain,
+            actual: csr.fid().domain().to_owned(),
+        });
     }
     let validity = validity(not_before, not_after)?;
     if not_after - not_before > MAX_ACTOR_CERT_VALIDITY_SECS {
@@ -473,7 +523,10 @@ pub fn verify_actor_cert(actor: &IdCert, server: &IdCert, at: u64) -> Result<()>
     let server_domain = server.issuer_domain()?;
     let actor_domain = actor.issuer_domain()?;
     if actor_domain != server_domain {
-        return Err(ModelError::WrongDomain { expected: server_domain, actual: actor_domain });
+        return Err(ModelError::WrongDomain {
+            expected: server_domain,
+            actual: actor_domain,
+        });
     }
     if actor.cert.tbs_certificate.issuer != server.cert.tbs_certificate.subject {
         return Err(ModelError::CertRule(
@@ -585,8 +638,13 @@ mod tests {
     fn root_cert_has_exactly_the_sdk_extensions() {
         let der = server("example.com").root.der().to_vec();
         // basicConstraints, critical, cA TRUE, pathLen 0; then keyUsage, critical, keyCertSign.
-        let bc = [0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x08, 0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00];
-        let ku = [0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x02, 0x04];
+        let bc = [
+            0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x08, 0x30, 0x06, 0x01, 0x01,
+            0xff, 0x02, 0x01, 0x00,
+        ];
+        let ku = [
+            0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x02, 0x04,
+        ];
         let mut both = vec![0x30, 0x12];
         both.extend_from_slice(&bc);
         both.extend_from_slice(&[0x30, 0x0e]);
@@ -601,8 +659,10 @@ mod tests {
     fn actor_cert_has_exactly_the_sdk_extensions() {
         let der = actor(&server("example.com")).der().to_vec();
         let both = [
-            0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x02, 0x30, 0x00, //
-            0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff, 0x04, 0x04, 0x03, 0x02, 0x07, 0x80,
+            0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff, 0x04, 0x02, 0x30,
+            0x00, //
+            0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff, 0x04, 0x04, 0x03, 0x02,
+            0x07, 0x80,
         ];
         assert!(contains(&der, &both));
     }
@@ -616,7 +676,10 @@ mod tests {
         assert!(matches!(validity.not_after, Time::GeneralTime(_)));
         assert_eq!(cert.not_after(), GENERALIZED_TIME_FROM);
         let cert = issue_root_cert(&key, "example.com", 5, T0, GENERALIZED_TIME_FROM - 1).unwrap();
-        assert!(matches!(cert.certificate().tbs_certificate.validity.not_after, Time::UtcTime(_)));
+        assert!(matches!(
+            cert.certificate().tbs_certificate.validity.not_after,
+            Time::UtcTime(_)
+        ));
     }
 
     #[test]
@@ -627,8 +690,14 @@ mod tests {
         assert_eq!(cert.serial(), big.to_string());
         assert_eq!(cert.serial_u64(), Some(big));
         // A high first bit gets a leading zero byte in DER; it is not part of the number.
-        assert_eq!(cert.certificate().tbs_certificate.serial_number.as_bytes()[0], 0);
-        assert_eq!(decimal(&[0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]), "18446744073709551616");
+        assert_eq!(
+            cert.certificate().tbs_certificate.serial_number.as_bytes()[0],
+            0
+        );
+        assert_eq!(
+            decimal(&[0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]),
+            "18446744073709551616"
+        );
         assert_eq!(decimal(&[]), "0");
         assert!(matches!(
             issue_root_cert(&key, "example.com", 0, T0, T0 + DAY),
@@ -649,14 +718,20 @@ mod tests {
         let s = server("example.com");
         assert_eq!(
             verify_root_cert(&s.root, "other.org", None),
-            Err(ModelError::WrongDomain { expected: "other.org".into(), actual: "example.com".into() })
+            Err(ModelError::WrongDomain {
+                expected: "other.org".into(),
+                actual: "example.com".into()
+            })
         );
     }
 
     #[test]
     fn root_cert_outside_its_validity_is_rejected() {
         let s = server("example.com");
-        assert_eq!(verify_root_cert(&s.root, "example.com", Some(T0 - 1)), Err(ModelError::NotYetValid));
+        assert_eq!(
+            verify_root_cert(&s.root, "example.com", Some(T0 - 1)),
+            Err(ModelError::NotYetValid)
+        );
         assert_eq!(
             verify_root_cert(&s.root, "example.com", Some(T0 + 365 * DAY + 1)),
             Err(ModelError::Expired)
@@ -671,21 +746,33 @@ mod tests {
         let last = der.len() - 1;
         der[last] ^= 0x01;
         let tampered = IdCert::from_der(&der).unwrap();
-        assert_eq!(verify_root_cert(&tampered, "example.com", None), Err(ModelError::BadSignature));
+        assert_eq!(
+            verify_root_cert(&tampered, "example.com", None),
+            Err(ModelError::BadSignature)
+        );
 
         // The serial's only content byte (1) sits after `02 01`.
         let mut der = s.root.der().to_vec();
-        let at = der.windows(3).position(|w| w == [0x02, 0x01, 0x01]).unwrap() + 2;
+        let at = der
+            .windows(3)
+            .position(|w| w == [0x02, 0x01, 0x01])
+            .unwrap()
+            + 2;
         der[at] = 0x02;
         let tampered = IdCert::from_der(&der).unwrap();
         assert_eq!(tampered.serial(), "2");
-        assert_eq!(verify_root_cert(&tampered, "example.com", None), Err(ModelError::BadSignature));
+        assert_eq!(
+            verify_root_cert(&tampered, "example.com", None),
+            Err(ModelError::BadSignature)
+        );
     }
 
     #[test]
     fn root_cert_without_the_ca_flag_is_rejected() {
         let s = server("example.com");
-        let cert = resigned(&s.root, &s.key, |tbs| tbs.extensions = Some(extensions(Kind::Actor).unwrap()));
+        let cert = resigned(&s.root, &s.key, |tbs| {
+            tbs.extensions = Some(extensions(Kind::Actor).unwrap())
+        });
         assert_cert_rule(verify_root_cert(&cert, "example.com", None), "CA flag");
     }
 
@@ -699,21 +786,40 @@ mod tests {
         assert_eq!(cert.issuer_domain().unwrap(), "example.com");
         assert_eq!(cert.serial(), "77");
         assert!(!cert.is_ca());
-        assert_eq!(cert.certificate().tbs_certificate.issuer, s.root.certificate().tbs_certificate.subject);
+        assert_eq!(
+            cert.certificate().tbs_certificate.issuer,
+            s.root.certificate().tbs_certificate.subject
+        );
         assert_eq!(
             cert.certificate().tbs_certificate.subject.to_string(),
             "UNIQUEIDENTIFIER=laptop,CN=alice,UID=alice@example.com,DC=example,DC=com"
         );
-        assert!(cert.certificate().tbs_certificate.issuer_unique_id.is_none());
-        assert!(cert.certificate().tbs_certificate.subject_unique_id.is_none());
+        assert!(
+            cert.certificate()
+                .tbs_certificate
+                .issuer_unique_id
+                .is_none()
+        );
+        assert!(
+            cert.certificate()
+                .tbs_certificate
+                .subject_unique_id
+                .is_none()
+        );
     }
 
     #[test]
     fn actor_cert_is_rejected_after_it_expires_and_before_it_starts() {
         let s = server("example.com");
         let cert = actor(&s);
-        assert_eq!(verify_actor_cert(&cert, &s.root, T0 + 31 * DAY + 1), Err(ModelError::Expired));
-        assert_eq!(verify_actor_cert(&cert, &s.root, T0), Err(ModelError::NotYetValid));
+        assert_eq!(
+            verify_actor_cert(&cert, &s.root, T0 + 31 * DAY + 1),
+            Err(ModelError::Expired)
+        );
+        assert_eq!(
+            verify_actor_cert(&cert, &s.root, T0),
+            Err(ModelError::NotYetValid)
+        );
     }
 
     #[test]
@@ -724,13 +830,19 @@ mod tests {
         let last = der.len() - 1;
         der[last] ^= 0x80;
         let tampered = IdCert::from_der(&der).unwrap();
-        assert_eq!(verify_actor_cert(&tampered, &s.root, T0 + 2 * DAY), Err(ModelError::BadSignature));
+        assert_eq!(
+            verify_actor_cert(&tampered, &s.root, T0 + 2 * DAY),
+            Err(ModelError::BadSignature)
+        );
 
         let mut der = cert.der().to_vec();
         let at = der.windows(3).position(|w| w == [0x02, 0x01, 77]).unwrap() + 2;
         der[at] = 78;
         let tampered = IdCert::from_der(&der).unwrap();
-        assert_eq!(verify_actor_cert(&tampered, &s.root, T0 + 2 * DAY), Err(ModelError::BadSignature));
+        assert_eq!(
+            verify_actor_cert(&tampered, &s.root, T0 + 2 * DAY),
+            Err(ModelError::BadSignature)
+        );
     }
 
     #[test]
@@ -745,7 +857,10 @@ mod tests {
         let elsewhere = server("other.org");
         assert_eq!(
             verify_actor_cert(&cert, &elsewhere.root, T0 + 2 * DAY),
-            Err(ModelError::WrongDomain { expected: "other.org".into(), actual: "example.com".into() })
+            Err(ModelError::WrongDomain {
+                expected: "other.org".into(),
+                actual: "example.com".into()
+            })
         );
     }
 
@@ -753,9 +868,18 @@ mod tests {
     fn actor_and_root_cannot_swap_roles() {
         let s = server("example.com");
         let cert = actor(&s);
-        assert!(matches!(verify_actor_cert(&s.root, &cert, T0 + 2 * DAY), Err(ModelError::CertRule(_))));
-        assert!(matches!(verify_actor_cert(&s.root, &s.root, T0 + 2 * DAY), Err(ModelError::CertRule(_))));
-        assert!(matches!(verify_root_cert(&cert, "example.com", None), Err(ModelError::CertRule(_))));
+        assert!(matches!(
+            verify_actor_cert(&s.root, &cert, T0 + 2 * DAY),
+            Err(ModelError::CertRule(_))
+        ));
+        assert!(matches!(
+            verify_actor_cert(&s.root, &s.root, T0 + 2 * DAY),
+            Err(ModelError::CertRule(_))
+        ));
+        assert!(matches!(
+            verify_root_cert(&cert, "example.com", None),
+            Err(ModelError::CertRule(_))
+        ));
     }
 
     #[test]
@@ -764,7 +888,10 @@ mod tests {
         let (_, csr) = csr("alice@other.org", "s");
         assert_eq!(
             issue_actor_cert(&s.root, &s.key, &csr, 2, T0 + DAY, T0 + 2 * DAY).unwrap_err(),
-            ModelError::WrongDomain { expected: "example.com".into(), actual: "other.org".into() }
+            ModelError::WrongDomain {
+                expected: "example.com".into(),
+                actual: "other.org".into()
+            }
         );
     }
 
@@ -803,7 +930,8 @@ mod tests {
     fn actor_cert_signed_with_a_key_not_of_the_root_is_refused() {
         let s = server("example.com");
         let (_, csr) = csr("alice@example.com", "s");
-        let err = issue_actor_cert(&s.root, &generate_signing_key(), &csr, 2, T0, T0 + DAY).unwrap_err();
+        let err =
+            issue_actor_cert(&s.root, &generate_signing_key(), &csr, 2, T0, T0 + DAY).unwrap_err();
         assert!(matches!(err, ModelError::CertRule(_)), "{err}");
     }
 
@@ -825,7 +953,10 @@ mod tests {
             if let Some(extensions) = tbs.extensions.as_mut() {
                 extensions[0] = extension(
                     OID_BASIC_CONSTRAINTS,
-                    &BasicConstraints { ca: true, path_len_constraint: None },
+                    &BasicConstraints {
+                        ca: true,
+                        path_len_constraint: None,
+                    },
                 )
                 .unwrap();
             }
@@ -847,7 +978,10 @@ mod tests {
                 extensions.push(ext);
             }
         });
-        assert_cert_rule(verify_actor_cert(&cert, &s.root, T0 + 2 * DAY), "exactly the extensions");
+        assert_cert_rule(
+            verify_actor_cert(&cert, &s.root, T0 + 2 * DAY),
+            "exactly the extensions",
+        );
     }
 
     #[test]
@@ -857,7 +991,10 @@ mod tests {
             let fid = FederationId::parse("alice@other.org").unwrap();
             tbs.subject = pdn::actor_name(&fid, &SessionId::parse("s").unwrap()).unwrap();
         });
-        assert_cert_rule(verify_actor_cert(&cert, &s.root, T0 + 2 * DAY), "dc components");
+        assert_cert_rule(
+            verify_actor_cert(&cert, &s.root, T0 + 2 * DAY),
+            "dc components",
+        );
     }
 
     #[test]
@@ -866,7 +1003,10 @@ mod tests {
         let cert = resigned(&actor(&s), &s.key, |tbs| {
             tbs.subject_unique_id = Some(BitString::from_bytes(b"laptop").unwrap());
         });
-        assert_cert_rule(verify_actor_cert(&cert, &s.root, T0 + 2 * DAY), "subjectUniqueID");
+        assert_cert_rule(
+            verify_actor_cert(&cert, &s.root, T0 + 2 * DAY),
+            "subjectUniqueID",
+        );
     }
 
     #[test]
@@ -883,7 +1023,13 @@ mod tests {
         let s = server("example.com");
         let mut der = s.root.der().to_vec();
         der.push(0);
-        assert!(matches!(IdCert::from_der(&der), Err(ModelError::MalformedDer(_))));
-        assert!(matches!(IdCert::from_pem("nope"), Err(ModelError::MalformedPem(_))));
+        assert!(matches!(
+            IdCert::from_der(&der),
+            Err(ModelError::MalformedDer(_))
+        ));
+        assert!(matches!(
+            IdCert::from_pem("nope"),
+            Err(ModelError::MalformedPem(_))
+        ));
     }
 }

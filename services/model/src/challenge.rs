@@ -13,8 +13,11 @@ pub const CHALLENGE_LEN: usize = 64;
 /// uppercase letter and one digit (spec 4.3).
 pub fn generate_challenge() -> String {
     loop {
-        let challenge: String =
-            (&mut OsRng).sample_iter(&Alphanumeric).take(CHALLENGE_LEN).map(char::from).collect();
+        let challenge: String = (&mut OsRng)
+            .sample_iter(&Alphanumeric)
+            .take(CHALLENGE_LEN)
+            .map(char::from)
+            .collect();
         // A draw misses a class with probability below 1e-12, so this loop
         // practically never repeats; redrawing keeps the distribution uniform.
         if challenge.bytes().any(|b| b.is_ascii_lowercase())

@@ -44,7 +44,10 @@ fn rule(why: impl Into<String>) -> ModelError {
 impl IdCsr {
     /// Parses and validates a `CERTIFICATE REQUEST` PEM block.
     pub fn from_pem(pem: &str) -> Result<Self> {
-        Self::from_der(&pem_decode(pem, &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"])?)
+        Self::from_der(&pem_decode(
+            pem,
+            &["CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"],
+        )?)
     }
 
     /// Accepts PEM text or raw DER bytes (detects which).
@@ -75,10 +78,9 @@ impl IdCsr {
         })?;
         check_ed25519_algorithm(&request.algorithm)?;
         let public_key = key_from_spki(&request.info.public_key)?;
-        let signature = request
-            .signature
-            .as_bytes()
-            .ok_or_else(|| ModelError::MalformedSignature("the signature BIT STRING has unused bits.".into()))?;
+        let signature = request.signature.as_bytes().ok_or_else(|| {
+            ModelError::MalformedSignature("the signature BIT STRING has unused bits.".into())
+        })?;
         verify_bytes(&public_key, signed_info(der)?, signature).map_err(|e| match e {
             ModelError::BadSignature => rule(
                 "its signature does not verify with the public key it contains; sign it with the session's private key.",
@@ -87,7 +89,12 @@ impl IdCsr {
         })?;
         let subject = pdn::lenient_actor_name(&request.info.subject)?;
         check_capabilities(&request.info)?;
-        Ok(Self { der: der.to_vec(), fid: subject.fid, session_id: subject.session_id, public_key })
+        Ok(Self {
+            der: der.to_vec(),
+            fid: subject.fid,
+            session_id: subject.session_id,
+            public_key,
+        })
     }
 
     /// The federation ID the CSR asks a certificate for (normalised).
@@ -120,7 +127,10 @@ impl IdCsr {
     pub fn check_for(&self, domain: &str, local_name: Option<&str>) -> Result<()> {
         let expected = validate_domain(domain)?;
         if self.fid.domain() != expected {
-            return Err(ModelError::WrongDomain { expected, actual: self.fid.domain().to_owned() });
+            return Err(ModelError::WrongDomain {
+                expected,
+                actual: self.fid.domain().to_owned(),
+            });
         }
         if let Some(local_name) = local_name {
             let expected = validate_local_name(local_name)?;
@@ -145,7 +155,9 @@ fn signed_info(der: &[u8]) -> Result<&[u8]> {
 fn single_value<'a>(attribute: &'a Attribute, what: &str) -> Result<&'a Any> {
     match attribute.values.as_slice() {
         [value] => Ok(value),
-        _ => Err(rule(format!("its {what} attribute must have exactly one value."))),
+        _ => Err(rule(format!(
+            "its {what} attribute must have exactly one value."
+        ))),
     }
 }
 
@@ -171,7 +183,9 @@ fn check_key_usage(usage: KeyUsage) -> Result<()> {
 
 fn check_basic_constraints(constraints: BasicConstraints) -> Result<()> {
     if constraints.ca || constraints.path_len_constraint.is_some() {
-        return Err(rule("it requests the CA flag; actor certificates cannot be CAs."));
+        return Err(rule(
+            "it requests the CA flag; actor certificates cannot be CAs.",
+        ));
     }
     Ok(())
 }
@@ -182,7 +196,10 @@ fn check_capabilities(info: &CertReqInfo) -> Result<()> {
     for attribute in info.attributes.iter() {
         match attribute.oid {
             OID_KEY_USAGE => {
-                check_key_usage(decode_any(single_value(attribute, "keyUsage")?, "keyUsage")?)?;
+                check_key_usage(decode_any(
+                    single_value(attribute, "keyUsage")?,
+                    "keyUsage",
+                )?)?;
                 has_key_usage = true;
             }
             OID_BASIC_CONSTRAINTS => check_basic_constraints(decode_any(
@@ -199,7 +216,9 @@ fn check_capabilities(info: &CertReqInfo) -> Result<()> {
                     match extension.extn_id {
                         OID_KEY_USAGE => {
                             if !extension.critical {
-                                return Err(rule("its keyUsage extension must be marked critical."));
+                                return Err(rule(
+                                    "its keyUsage extension must be marked critical.",
+                                ));
                             }
                             let usage = KeyUsage::from_der(value)
                                 .map_err(|_| rule("its keyUsage extension is malformed."))?;
@@ -212,11 +231,9 @@ fn check_capabilities(info: &CertReqInfo) -> Result<()> {
                                     "its basicConstraints extension must be marked critical.",
                                 ));
                             }
-                            check_basic_constraints(
-                                BasicConstraints::from_der(value).map_err(|_| {
-                                    rule("its basicConstraints extension is malformed.")
-                                })?,
-                            )?;
+                            check_basic_constraints(BasicConstraints::from_der(value).map_err(
+                                |_| rule("its basicConstraints extension is malformed."),
+                            )?)?;
                         }
                         oid if extension.critical => {
                             return Err(rule(format!(
@@ -248,14 +265,24 @@ pub(crate) fn sdk_style_info(
 ) -> Result<CertReqInfo> {
     let mut attributes = SetOfVec::new();
     let usage = KeyUsage(KeyUsages::DigitalSignature.into());
-    let constraints = BasicConstraints { ca: false, path_len_constraint: None };
+    let constraints = BasicConstraints {
+        ca: false,
+        path_len_constraint: None,
+    };
     for (oid, value) in [
         (OID_KEY_USAGE, usage.to_der().map_err(encoding)?),
-        (OID_BASIC_CONSTRAINTS, constraints.to_der().map_err(encoding)?),
+        (
+            OID_BASIC_CONSTRAINTS,
+            constraints.to_der().map_err(encoding)?,
+        ),
     ] {
         let mut values = SetOfVec::new();
-        values.insert(Any::from_der(&value).map_err(encoding)?).map_err(encoding)?;
-        attributes.insert(Attribute { oid, values }).map_err(encoding)?;
+        values
+            .insert(Any::from_der(&value).map_err(encoding)?)
+            .map_err(encoding)?;
+        attributes
+            .insert(Attribute { oid, values })
+            .map_err(encoding)?;
     }
     Ok(CertReqInfo {
         version: Version::V1,
@@ -313,16 +340,26 @@ mod tests {
     }
 
     fn subject(parts: &[(ObjectIdentifier, Any)]) -> RdnSequence {
-        RdnSequence(parts.iter().map(|(oid, v)| single(*oid, v.clone()).unwrap()).collect())
+        RdnSequence(
+            parts
+                .iter()
+                .map(|(oid, v)| single(*oid, v.clone()).unwrap())
+                .collect(),
+        )
     }
 
     fn dcs() -> Vec<(ObjectIdentifier, Any)> {
-        vec![(OID_DOMAIN_COMPONENT, ia5("com").unwrap()), (OID_DOMAIN_COMPONENT, ia5("example").unwrap())]
+        vec![
+            (OID_DOMAIN_COMPONENT, ia5("com").unwrap()),
+            (OID_DOMAIN_COMPONENT, ia5("example").unwrap()),
+        ]
     }
 
     fn attribute(oid: ObjectIdentifier, value: &impl Encode) -> Attribute {
         let mut values = SetOfVec::new();
-        values.insert(Any::from_der(&value.to_der().unwrap()).unwrap()).unwrap();
+        values
+            .insert(Any::from_der(&value.to_der().unwrap()).unwrap())
+            .unwrap();
         Attribute { oid, values }
     }
 
@@ -331,7 +368,11 @@ mod tests {
     }
 
     fn extension(oid: ObjectIdentifier, critical: bool, value: &impl Encode) -> Extension {
-        Extension { extn_id: oid, critical, extn_value: der::asn1::OctetString::new(value.to_der().unwrap()).unwrap() }
+        Extension {
+            extn_id: oid,
+            critical,
+            extn_value: der::asn1::OctetString::new(value.to_der().unwrap()).unwrap(),
+        }
     }
 
     fn digital_signature() -> KeyUsage {
@@ -384,7 +425,8 @@ mod tests {
 
     #[test]
     fn csr_signed_by_another_key_is_rejected() {
-        let info = sdk_style_info(&generate_signing_key().verifying_key(), &alice(), &sid("s")).unwrap();
+        let info =
+            sdk_style_info(&generate_signing_key().verifying_key(), &alice(), &sid("s")).unwrap();
         let der = sign_info(&generate_signing_key(), info).unwrap();
         assert_csr_rule(IdCsr::from_der(&der), "signature");
     }
@@ -396,7 +438,9 @@ mod tests {
         info.public_key = spki::SubjectPublicKeyInfoOwned {
             algorithm: spki::AlgorithmIdentifierOwned {
                 oid: ObjectIdentifier::new_unwrap("1.2.840.10045.2.1"),
-                parameters: Some(Any::from(ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7"))),
+                parameters: Some(Any::from(ObjectIdentifier::new_unwrap(
+                    "1.2.840.10045.3.1.7",
+                ))),
             },
             subject_public_key: BitString::from_bytes(&[4u8; 65]).unwrap(),
         };
@@ -406,10 +450,14 @@ mod tests {
                 oid: ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"),
                 parameters: None,
             },
-            signature: BitString::from_bytes(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01]).unwrap(),
+            signature: BitString::from_bytes(&[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01])
+                .unwrap(),
         };
         let err = IdCsr::from_der(&request.to_der().unwrap()).unwrap_err();
-        assert!(matches!(err, ModelError::UnsupportedAlgorithm(ref why) if why.contains("ECDSA")), "{err}");
+        assert!(
+            matches!(err, ModelError::UnsupportedAlgorithm(ref why) if why.contains("ECDSA")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -421,7 +469,10 @@ mod tests {
             parameters: Some(Any::null()),
         };
         let err = IdCsr::from_der(&sign_info(&key, info).unwrap()).unwrap_err();
-        assert!(matches!(err, ModelError::UnsupportedAlgorithm(ref why) if why.contains("RSA")), "{err}");
+        assert!(
+            matches!(err, ModelError::UnsupportedAlgorithm(ref why) if why.contains("RSA")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -483,7 +534,8 @@ mod tests {
         assert_csr_rule(
             csr_with(|info| {
                 let last = info.subject.0.len() - 1;
-                info.subject.0[last] = single(OID_UNIQUE_IDENTIFIER, ia5(&"a".repeat(33)).unwrap()).unwrap();
+                info.subject.0[last] =
+                    single(OID_UNIQUE_IDENTIFIER, ia5(&"a".repeat(33)).unwrap()).unwrap();
             }),
             "session ID",
         );
@@ -512,10 +564,17 @@ mod tests {
     fn csr_with_the_ca_flag_as_an_attribute_is_rejected() {
         assert_csr_rule(
             csr_with(|info| {
-                let ca = BasicConstraints { ca: true, path_len_constraint: Some(0) };
+                let ca = BasicConstraints {
+                    ca: true,
+                    path_len_constraint: Some(0),
+                };
                 let mut attributes = SetOfVec::new();
-                attributes.insert(attribute(OID_KEY_USAGE, &digital_signature())).unwrap();
-                attributes.insert(attribute(OID_BASIC_CONSTRAINTS, &ca)).unwrap();
+                attributes
+                    .insert(attribute(OID_KEY_USAGE, &digital_signature()))
+                    .unwrap();
+                attributes
+                    .insert(attribute(OID_BASIC_CONSTRAINTS, &ca))
+                    .unwrap();
                 info.attributes = attributes;
             }),
             "CA",
@@ -526,7 +585,10 @@ mod tests {
     fn csr_with_the_ca_flag_in_an_extension_request_is_rejected() {
         assert_csr_rule(
             csr_with(|info| {
-                let ca = BasicConstraints { ca: true, path_len_constraint: None };
+                let ca = BasicConstraints {
+                    ca: true,
+                    path_len_constraint: None,
+                };
                 let mut attributes = SetOfVec::new();
                 attributes
                     .insert(extension_request(vec![
@@ -546,10 +608,21 @@ mod tests {
             let mut attributes = SetOfVec::new();
             attributes
                 .insert(extension_request(vec![
-                    extension(OID_BASIC_CONSTRAINTS, true, &BasicConstraints { ca: false, path_len_constraint: None }),
+                    extension(
+                        OID_BASIC_CONSTRAINTS,
+                        true,
+                        &BasicConstraints {
+                            ca: false,
+                            path_len_constraint: None,
+                        },
+                    ),
                     extension(OID_KEY_USAGE, true, &digital_signature()),
                     // An unknown extension that is not critical may be ignored.
-                    extension(ObjectIdentifier::new_unwrap("1.2.3.4"), false, &der::asn1::Null),
+                    extension(
+                        ObjectIdentifier::new_unwrap("1.2.3.4"),
+                        false,
+                        &der::asn1::Null,
+                    ),
                 ]))
                 .unwrap();
             info.attributes = attributes;
@@ -564,7 +637,11 @@ mod tests {
             csr_with(|info| {
                 let mut attributes = SetOfVec::new();
                 attributes
-                    .insert(extension_request(vec![extension(OID_KEY_USAGE, false, &digital_signature())]))
+                    .insert(extension_request(vec![extension(
+                        OID_KEY_USAGE,
+                        false,
+                        &digital_signature(),
+                    )]))
                     .unwrap();
                 info.attributes = attributes;
             }),
@@ -627,21 +704,36 @@ mod tests {
         csr.check_for("example.com", None).unwrap();
         assert_eq!(
             csr.check_for("other.org", None).unwrap_err(),
-            ModelError::WrongDomain { expected: "other.org".into(), actual: "example.com".into() }
+            ModelError::WrongDomain {
+                expected: "other.org".into(),
+                actual: "example.com".into()
+            }
         );
         assert_eq!(
             csr.check_for("example.com", Some("bob")).unwrap_err(),
-            ModelError::WrongActor { expected: "bob".into(), actual: "alice".into() }
+            ModelError::WrongActor {
+                expected: "bob".into(),
+                actual: "alice".into()
+            }
         );
     }
 
     #[test]
     fn garbage_is_rejected_as_malformed() {
-        assert!(matches!(IdCsr::parse(b"\x30\x03\x02\x01"), Err(ModelError::MalformedDer(_))));
-        assert!(matches!(IdCsr::parse(b"-----BEGIN CERTIFICATE REQUEST-----\nxx"), Err(ModelError::MalformedPem(_))));
+        assert!(matches!(
+            IdCsr::parse(b"\x30\x03\x02\x01"),
+            Err(ModelError::MalformedDer(_))
+        ));
+        assert!(matches!(
+            IdCsr::parse(b"-----BEGIN CERTIFICATE REQUEST-----\nxx"),
+            Err(ModelError::MalformedPem(_))
+        ));
         let cert_label = build_csr(&generate_signing_key(), &alice(), &sid("s"))
             .unwrap()
             .replace("CERTIFICATE REQUEST", "CERTIFICATE");
-        assert!(matches!(IdCsr::parse(cert_label.as_bytes()), Err(ModelError::MalformedPem(_))));
+        assert!(matches!(
+            IdCsr::parse(cert_label.as_bytes()),
+            Err(ModelError::MalformedPem(_))
+        ));
     }
 }

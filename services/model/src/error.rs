@@ -116,8 +116,17 @@ mod tests {
 
     #[test]
     fn messages_are_sentences_without_debug_noise() {
-        let e = ModelError::WrongDomain { expected: "a.example".into(), actual: "b.example".into() };
-        assert_eq!(e.to_string(), "Wrong domain: expected a.example, got b.example.");
-        assert_eq!(ModelError::BadSignature.to_string(), "The signature does not verify.");
+        let e = ModelError::WrongDomain {
+            expected: "a.example".into(),
+            actual: "b.example".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Wrong domain: expected a.example, got b.example."
+        );
+        assert_eq!(
+            ModelError::BadSignature.to_string(),
+            "The signature does not verify."
+        );
     }
 }

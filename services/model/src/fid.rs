@@ -137,7 +137,10 @@ impl FederationId {
         let local = validate_local_name(local)?;
         let domain = validate_domain(domain)?;
         let at = local.len();
-        Ok(Self { full: format!("{local}@{domain}"), at })
+        Ok(Self {
+            full: format!("{local}@{domain}"),
+            at,
+        })
     }
 
     /// The local name (before `@`).
@@ -198,7 +201,10 @@ mod tests {
         assert_eq!(fid.local_name(), "alice.smith+tag");
         assert_eq!(fid.domain(), "sub.example.com");
         assert_eq!(fid, "alice.smith+tag@sub.example.com".parse().unwrap());
-        assert_eq!(FederationId::new("ALICE", "localhost").unwrap().as_str(), "alice@localhost");
+        assert_eq!(
+            FederationId::new("ALICE", "localhost").unwrap().as_str(),
+            "alice@localhost"
+        );
     }
 
     #[test]
@@ -224,7 +230,10 @@ mod tests {
             "alice!@example.com",
         ] {
             assert!(
-                matches!(FederationId::parse(bad), Err(ModelError::InvalidFederationId(_))),
+                matches!(
+                    FederationId::parse(bad),
+                    Err(ModelError::InvalidFederationId(_))
+                ),
                 "{bad:?} was accepted"
             );
         }
@@ -236,7 +245,13 @@ mod tests {
         assert!(validate_local_name(&"a".repeat(MAX_LOCAL_NAME_LEN + 1)).is_err());
         assert!(validate_domain(&"a".repeat(63)).is_ok());
         assert!(validate_domain(&"a".repeat(64)).is_err());
-        let long = ["a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)].join(".");
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
         assert_eq!(long.len(), 253);
         assert!(validate_domain(&long).is_ok());
         assert!(validate_domain(&format!("{long}e")).is_err());
@@ -245,7 +260,10 @@ mod tests {
     #[test]
     fn domain_messages_say_what_to_fix() {
         let err = validate_domain("example.com:443").unwrap_err();
-        assert_eq!(err.to_string(), "Invalid domain name: it must not contain a port or a scheme.");
+        assert_eq!(
+            err.to_string(),
+            "Invalid domain name: it must not contain a port or a scheme."
+        );
         let err = FederationId::parse("alice").unwrap_err();
         assert!(err.to_string().contains("local@domain"), "{err}");
     }

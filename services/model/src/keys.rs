@@ -21,7 +21,10 @@ pub fn generate_signing_key() -> SigningKey {
 
 /// The Ed25519 algorithm identifier (no parameters), as keys and signatures carry it.
 pub(crate) fn ed25519_algorithm() -> AlgorithmIdentifierOwned {
-    AlgorithmIdentifierOwned { oid: OID_ED25519, parameters: None }
+    AlgorithmIdentifierOwned {
+        oid: OID_ED25519,
+        parameters: None,
+    }
 }
 
 /// A readable name for the algorithms people most often send instead of Ed25519.
@@ -42,7 +45,9 @@ pub(crate) fn describe_algorithm(oid: &ObjectIdentifier) -> String {
 /// Checks that an algorithm identifier is exactly Ed25519 without parameters.
 pub(crate) fn check_ed25519_algorithm(algorithm: &AlgorithmIdentifierOwned) -> Result<()> {
     if algorithm.oid != OID_ED25519 {
-        return Err(ModelError::UnsupportedAlgorithm(describe_algorithm(&algorithm.oid)));
+        return Err(ModelError::UnsupportedAlgorithm(describe_algorithm(
+            &algorithm.oid,
+        )));
     }
     if algorithm.parameters.is_some() {
         return Err(ModelError::UnsupportedAlgorithm(
@@ -56,7 +61,8 @@ pub(crate) fn check_ed25519_algorithm(algorithm: &AlgorithmIdentifierOwned) -> R
 pub(crate) fn spki_of(key: &VerifyingKey) -> Result<SubjectPublicKeyInfoOwned> {
     Ok(SubjectPublicKeyInfoOwned {
         algorithm: ed25519_algorithm(),
-        subject_public_key: BitString::from_bytes(key.as_bytes()).map_err(crate::error::encoding)?,
+        subject_public_key: BitString::from_bytes(key.as_bytes())
+            .map_err(crate::error::encoding)?,
     })
 }
 
@@ -68,11 +74,15 @@ pub(crate) fn key_from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Verifyin
         .subject_public_key
         .as_bytes()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ModelError::InvalidKey("an Ed25519 public key must be exactly 32 bytes.".into()))?;
+        .ok_or_else(|| {
+            ModelError::InvalidKey("an Ed25519 public key must be exactly 32 bytes.".into())
+        })?;
     let key = VerifyingKey::from_bytes(&bytes)
         .map_err(|_| ModelError::InvalidKey("the bytes are not an Ed25519 curve point.".into()))?;
     if key.is_weak() {
-        return Err(ModelError::InvalidKey("the key is a weak (small-order) Ed25519 key.".into()));
+        return Err(ModelError::InvalidKey(
+            "the key is a weak (small-order) Ed25519 key.".into(),
+        ));
     }
     Ok(key)
 }
@@ -82,7 +92,9 @@ pub fn public_key_pem(key: &VerifyingKey) -> String {
     // The SPKI of an Ed25519 key is a fixed 12-byte prefix and the 32 key bytes
     // (RFC 8410 section 4), so it is written directly rather than through a
     // fallible encoder.
-    const PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    const PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
     let mut der = PREFIX.to_vec();
     der.extend_from_slice(key.as_bytes());
     pem_encode("PUBLIC KEY", &der)
@@ -92,9 +104,8 @@ pub fn public_key_pem(key: &VerifyingKey) -> String {
 pub fn public_key_from_pem(pem: &str) -> Result<VerifyingKey> {
     use der::Decode;
     let der = pem_decode(pem, &["PUBLIC KEY"])?;
-    let spki = SubjectPublicKeyInfoOwned::from_der(&der).map_err(|e| {
-        ModelError::MalformedDer(format!("not a SubjectPublicKeyInfo: {e}."))
-    })?;
+    let spki = SubjectPublicKeyInfoOwned::from_der(&der)
+        .map_err(|e| ModelError::MalformedDer(format!("not a SubjectPublicKeyInfo: {e}.")))?;
     key_from_spki(&spki)
 }
 
@@ -125,13 +136,15 @@ pub(crate) fn signature_from_bytes(bytes: &[u8]) -> Result<Signature> {
 /// small-order and non-canonical checks of `verify_strict`).
 pub fn verify_hex(key: &VerifyingKey, message: &[u8], signature_hex: &str) -> Result<()> {
     let signature = signature_from_hex(signature_hex)?;
-    key.verify_strict(message, &signature).map_err(|_| ModelError::BadSignature)
+    key.verify_strict(message, &signature)
+        .map_err(|_| ModelError::BadSignature)
 }
 
 /// Verifies raw signature bytes strictly.
 pub(crate) fn verify_bytes(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> Result<()> {
     let signature = signature_from_bytes(signature)?;
-    key.verify_strict(message, &signature).map_err(|_| ModelError::BadSignature)
+    key.verify_strict(message, &signature)
+        .map_err(|_| ModelError::BadSignature)
 }
 
 /// PEM-encodes DER bytes: RFC 7468 strict form, 64-character lines, LF
@@ -159,7 +172,11 @@ fn base64_encode(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {
@@ -203,7 +220,10 @@ mod tests {
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
         assert!(!pem.contains('\r'));
         assert_eq!(public_key_from_pem(&pem).unwrap(), key);
-        assert_eq!(public_key_from_pem(&pem.replace('\n', "\r\n")).unwrap(), key);
+        assert_eq!(
+            public_key_from_pem(&pem.replace('\n', "\r\n")).unwrap(),
+            key
+        );
     }
 
     #[test]
@@ -211,8 +231,7 @@ mod tests {
         for len in [1usize, 2, 3, 47, 48, 49, 100] {
             let der: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
             let ours = pem_encode("CERTIFICATE", &der);
-            let theirs =
-                der::pem::encode_string("CERTIFICATE", LineEnding::LF, &der).unwrap();
+            let theirs = der::pem::encode_string("CERTIFICATE", LineEnding::LF, &der).unwrap();
             assert_eq!(ours, theirs, "length {len}");
         }
         let spki = spki_of(&generate_signing_key().verifying_key()).unwrap();
@@ -226,8 +245,14 @@ mod tests {
     fn public_key_pem_with_another_label_is_rejected() {
         let pem = public_key_pem(&generate_signing_key().verifying_key())
             .replace("PUBLIC KEY", "CERTIFICATE");
-        assert!(matches!(public_key_from_pem(&pem), Err(ModelError::MalformedPem(_))));
-        assert!(matches!(public_key_from_pem("not pem"), Err(ModelError::MalformedPem(_))));
+        assert!(matches!(
+            public_key_from_pem(&pem),
+            Err(ModelError::MalformedPem(_))
+        ));
+        assert!(matches!(
+            public_key_from_pem("not pem"),
+            Err(ModelError::MalformedPem(_))
+        ));
     }
 
     #[test]
@@ -236,12 +261,17 @@ mod tests {
         let spki = SubjectPublicKeyInfoOwned {
             algorithm: AlgorithmIdentifierOwned {
                 oid: ObjectIdentifier::new_unwrap("1.2.840.10045.2.1"),
-                parameters: Some(der::Any::from(ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7"))),
+                parameters: Some(der::Any::from(ObjectIdentifier::new_unwrap(
+                    "1.2.840.10045.3.1.7",
+                ))),
             },
             subject_public_key: BitString::from_bytes(&[4u8; 65]).unwrap(),
         };
         let pem = spki.to_pem(LineEnding::LF).unwrap();
-        assert!(matches!(public_key_from_pem(&pem), Err(ModelError::UnsupportedAlgorithm(_))));
+        assert!(matches!(
+            public_key_from_pem(&pem),
+            Err(ModelError::UnsupportedAlgorithm(_))
+        ));
     }
 
     #[test]
@@ -249,10 +279,15 @@ mod tests {
         // The identity point: small order.
         let mut bytes = [0u8; 32];
         bytes[0] = 1;
-        let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        let mut der = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
         der.extend_from_slice(&bytes);
         let pem = pem_encode("PUBLIC KEY", &der);
-        assert!(matches!(public_key_from_pem(&pem), Err(ModelError::InvalidKey(_))));
+        assert!(matches!(
+            public_key_from_pem(&pem),
+            Err(ModelError::InvalidKey(_))
+        ));
     }
 
     #[test]
@@ -262,9 +297,15 @@ mod tests {
         assert_eq!(sig.len(), 128);
         verify_hex(&key.verifying_key(), b"hello", &sig).unwrap();
         verify_hex(&key.verifying_key(), b"hello", &sig.to_uppercase()).unwrap();
-        assert_eq!(verify_hex(&key.verifying_key(), b"hellO", &sig), Err(ModelError::BadSignature));
+        assert_eq!(
+            verify_hex(&key.verifying_key(), b"hellO", &sig),
+            Err(ModelError::BadSignature)
+        );
         let other = generate_signing_key().verifying_key();
-        assert_eq!(verify_hex(&other, b"hello", &sig), Err(ModelError::BadSignature));
+        assert_eq!(
+            verify_hex(&other, b"hello", &sig),
+            Err(ModelError::BadSignature)
+        );
         assert!(matches!(
             verify_hex(&key.verifying_key(), b"hello", "zz"),
             Err(ModelError::MalformedSignature(_))

@@ -37,7 +37,8 @@ pub const OID_UNIQUE_IDENTIFIER: ObjectIdentifier =
 
 pub(crate) fn single(oid: ObjectIdentifier, value: Any) -> Result<RelativeDistinguishedName> {
     let mut set = SetOfVec::new();
-    set.insert(AttributeTypeAndValue { oid, value }).map_err(encoding)?;
+    set.insert(AttributeTypeAndValue { oid, value })
+        .map_err(encoding)?;
     Ok(RelativeDistinguishedName(set))
 }
 
@@ -51,7 +52,10 @@ pub(crate) fn utf8(s: &str) -> Result<Any> {
 
 /// The `dc` RDNs of a (validated, lowercase) domain, top-level domain first.
 fn domain_rdns(domain: &str) -> Result<Vec<RelativeDistinguishedName>> {
-    domain.rsplit('.').map(|label| single(OID_DOMAIN_COMPONENT, ia5(label)?)).collect()
+    domain
+        .rsplit('.')
+        .map(|label| single(OID_DOMAIN_COMPONENT, ia5(label)?))
+        .collect()
 }
 
 /// The name of a home server: its `dc` components only.
@@ -87,20 +91,25 @@ fn only_attribute(rdn: &RelativeDistinguishedName) -> Option<&AttributeTypeAndVa
 /// Reads a value that must carry exactly `tag` (strict certificate reading).
 fn strict_string(value: &Any, tag: Tag, what: &str) -> Result<String> {
     if value.tag() != tag {
-        return Err(ModelError::CertRule(format!("{what} must be encoded as {tag}.")));
+        return Err(ModelError::CertRule(format!(
+            "{what} must be encoded as {tag}."
+        )));
     }
-    any_string(value)
-        .ok_or_else(|| ModelError::CertRule(format!("{what} is not a valid {tag}.")))
+    any_string(value).ok_or_else(|| ModelError::CertRule(format!("{what} is not a valid {tag}.")))
 }
 
 /// Reads a UTF8String, PrintableString or IA5String value.
 fn any_string(value: &Any) -> Option<String> {
     match value.tag() {
-        Tag::Utf8String => Utf8StringRef::try_from(value).ok().map(|s| s.as_str().to_owned()),
-        Tag::PrintableString => {
-            PrintableStringRef::try_from(value).ok().map(|s| s.as_str().to_owned())
-        }
-        Tag::Ia5String => Ia5StringRef::try_from(value).ok().map(|s| s.as_str().to_owned()),
+        Tag::Utf8String => Utf8StringRef::try_from(value)
+            .ok()
+            .map(|s| s.as_str().to_owned()),
+        Tag::PrintableString => PrintableStringRef::try_from(value)
+            .ok()
+            .map(|s| s.as_str().to_owned()),
+        Tag::Ia5String => Ia5StringRef::try_from(value)
+            .ok()
+            .map(|s| s.as_str().to_owned()),
         _ => None,
     }
 }
@@ -123,7 +132,9 @@ fn strict_dc_labels(rdns: &[RelativeDistinguishedName], whose: &str) -> Result<V
             })?;
         let label = strict_string(&attribute.value, Tag::Ia5String, "a dc component")?;
         validate_label(&label).map_err(|e| {
-            ModelError::CertRule(format!("a dc component of the {whose} name is not a DNS label: {e}"))
+            ModelError::CertRule(format!(
+                "a dc component of the {whose} name is not a DNS label: {e}"
+            ))
         })?;
         labels.push(label);
     }
@@ -166,7 +177,9 @@ pub(crate) fn strict_actor_name(name: &Name) -> Result<ActorName> {
     let domain = validate_domain(&join_labels(&labels))
         .map_err(|e| ModelError::CertRule(format!("the subject domain is invalid: {e}")))?;
     let [uid, cn, unique_identifier] = rest else {
-        return Err(cert_rule("an actor subject must end with UID, CN and uniqueIdentifier."));
+        return Err(cert_rule(
+            "an actor subject must end with UID, CN and uniqueIdentifier.",
+        ));
     };
     let expect = |rdn: &RelativeDistinguishedName, oid, tag, what: &str| -> Result<String> {
         let attribute = only_attribute(rdn).filter(|a| a.oid == oid).ok_or_else(|| {
@@ -178,7 +191,12 @@ pub(crate) fn strict_actor_name(name: &Name) -> Result<ActorName> {
     };
     let uid = expect(uid, OID_UID, Tag::Utf8String, "UID")?;
     let cn = expect(cn, OID_COMMON_NAME, Tag::Utf8String, "CN")?;
-    let session = expect(unique_identifier, OID_UNIQUE_IDENTIFIER, Tag::Ia5String, "uniqueIdentifier")?;
+    let session = expect(
+        unique_identifier,
+        OID_UNIQUE_IDENTIFIER,
+        Tag::Ia5String,
+        "uniqueIdentifier",
+    )?;
     if uid != format!("{cn}@{domain}") {
         return Err(ModelError::CertRule(format!(
             "the UID {uid:?} must equal CN@domain ({cn}@{domain})."
@@ -188,9 +206,14 @@ pub(crate) fn strict_actor_name(name: &Name) -> Result<ActorName> {
     if fid.as_str() != uid {
         return Err(cert_rule("the UID must be a lowercase federation ID."));
     }
-    let session_id = SessionId::parse(&session)
-        .map_err(|e| ModelError::CertRule(format!("the uniqueIdentifier is not a session ID: {e}")))?;
-    Ok(ActorName { domain, fid, session_id })
+    let session_id = SessionId::parse(&session).map_err(|e| {
+        ModelError::CertRule(format!("the uniqueIdentifier is not a session ID: {e}"))
+    })?;
+    Ok(ActorName {
+        domain,
+        fid,
+        session_id,
+    })
 }
 
 /// Reads an ID-CSR's subject leniently: `dc`, `UID`, `CN` and
@@ -218,23 +241,32 @@ pub(crate) fn lenient_actor_name(name: &Name) -> Result<ActorName> {
             None => labels.push(text),
             Some((slot, what)) => {
                 if slot.replace(text).is_some() {
-                    return Err(csr_rule(format!("the subject must have exactly one {what}.")));
+                    return Err(csr_rule(format!(
+                        "the subject must have exactly one {what}."
+                    )));
                 }
             }
         }
     }
     let missing = |what: &str| csr_rule(format!("the subject must have a {what} attribute."));
     if labels.is_empty() {
-        return Err(csr_rule("the subject must have dc components naming the home server's domain.".into()));
+        return Err(csr_rule(
+            "the subject must have dc components naming the home server's domain.".into(),
+        ));
     }
     let uid = uid.ok_or_else(|| missing("UID (federation ID)"))?;
     let cn = cn.ok_or_else(|| missing("CN (local name)"))?;
     let session = session.ok_or_else(|| missing("uniqueIdentifier (session ID)"))?;
     if labels.iter().any(|l| l.contains('.')) && labels.len() > 1 {
-        return Err(csr_rule("each dc component must hold one domain label.".into()));
+        return Err(csr_rule(
+            "each dc component must hold one domain label.".into(),
+        ));
     }
-    let domain = validate_domain(&join_labels(&labels))
-        .map_err(|e| csr_rule(format!("the subject's dc components do not form a domain: {e}")))?;
+    let domain = validate_domain(&join_labels(&labels)).map_err(|e| {
+        csr_rule(format!(
+            "the subject's dc components do not form a domain: {e}"
+        ))
+    })?;
     let fid = FederationId::parse(&uid)
         .map_err(|e| csr_rule(format!("the subject's UID is not a federation ID: {e}")))?;
     let local = validate_local_name(&cn)
@@ -244,9 +276,16 @@ pub(crate) fn lenient_actor_name(name: &Name) -> Result<ActorName> {
             "the subject's UID ({fid}) must equal CN@domain ({local}@{domain})."
         )));
     }
-    let session_id = SessionId::parse(&session)
-        .map_err(|e| csr_rule(format!("the subject's uniqueIdentifier is not a session ID: {e}")))?;
-    Ok(ActorName { domain, fid, session_id })
+    let session_id = SessionId::parse(&session).map_err(|e| {
+        csr_rule(format!(
+            "the subject's uniqueIdentifier is not a session ID: {e}"
+        ))
+    })?;
+    Ok(ActorName {
+        domain,
+        fid,
+        session_id,
+    })
 }
 
 #[cfg(test)]
@@ -258,12 +297,22 @@ mod tests {
     #[test]
     fn home_server_name_lists_the_top_level_domain_first_as_ia5_strings() {
         let name = home_server_name("sub.Example.com").unwrap();
-        let labels: Vec<String> =
-            name.0.iter().map(|rdn| any_string(&rdn.0.as_slice()[0].value).unwrap()).collect();
+        let labels: Vec<String> = name
+            .0
+            .iter()
+            .map(|rdn| any_string(&rdn.0.as_slice()[0].value).unwrap())
+            .collect();
         assert_eq!(labels, ["com", "example", "sub"]);
-        assert!(name.0.iter().all(|rdn| rdn.0.as_slice()[0].value.tag() == Tag::Ia5String));
+        assert!(
+            name.0
+                .iter()
+                .all(|rdn| rdn.0.as_slice()[0].value.tag() == Tag::Ia5String)
+        );
         assert_eq!(name.to_string(), "DC=sub,DC=example,DC=com");
-        assert_eq!(strict_home_server_domain(&name, "issuer").unwrap(), "sub.example.com");
+        assert_eq!(
+            strict_home_server_domain(&name, "issuer").unwrap(),
+            "sub.example.com"
+        );
     }
 
     #[test]

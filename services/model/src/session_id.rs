@@ -21,7 +21,11 @@ impl SessionId {
             return Err(ModelError::InvalidSessionId("it must not be empty.".into()));
         }
         if let Some(bad) = s.chars().find(|c| !matches!(c, ' '..='~')) {
-            let what = if bad.is_ascii() { "a control character" } else { "not ASCII" };
+            let what = if bad.is_ascii() {
+                "a control character"
+            } else {
+                "not ASCII"
+            };
             return Err(ModelError::InvalidSessionId(format!(
                 "the character {bad:?} is {what}; use printable ASCII (IA5String) only."
             )));
@@ -89,12 +93,23 @@ mod tests {
         assert!(SessionId::parse(&"x".repeat(32)).is_ok());
         assert!(SessionId::parse("Laptop #2 (work)").is_ok());
         assert_eq!(SessionId::try_from("abc").unwrap().to_string(), "abc");
-        assert_eq!("abc".parse::<SessionId>().unwrap(), SessionId::parse("abc").unwrap());
+        assert_eq!(
+            "abc".parse::<SessionId>().unwrap(),
+            SessionId::parse("abc").unwrap()
+        );
     }
 
     #[test]
     fn session_ids_that_break_a_rule_are_rejected() {
-        for bad in ["", &"x".repeat(33), "tab\there", "nul\0", "del\x7f", "é", "日本"] {
+        for bad in [
+            "",
+            &"x".repeat(33),
+            "tab\there",
+            "nul\0",
+            "del\x7f",
+            "é",
+            "日本",
+        ] {
             assert!(
                 matches!(SessionId::parse(bad), Err(ModelError::InvalidSessionId(_))),
                 "{bad:?} was accepted"

@@ -1,0 +1,140 @@
+//! The `polyproto` binary as users run it.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_polyproto");
+
+/// Kills the child when the test ends, whatever happens.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_prints_its_url_once_every_route_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Child(
+        Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:0", "--domain", "cli.test", "--data-dir"])
+            .arg(dir.path())
+            .env("P2_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"), "{url}");
+    // Immediately usable: no retry loop.
+    let body: serde_json::Value = reqwest::get(format!("{url}/.well-known/polyproto-core"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["api"], format!("{url}/.p2/core/"));
+    let pem = reqwest::get(format!("{url}/.p2/core/v1/idcert/server"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(pem.contains("idCertPem"));
+    // The key encryption key was generated with mode 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(dir.path().join("key-encryption.key")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+}
+
+fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("P2_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return (status.success(), stderr);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("{args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_one_clear_error_line(stderr: &str, must_contain: &str, secret: &str) {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line expected:\n{stderr}");
+    assert!(errors[0].contains(must_contain), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    assert!(!stderr.contains(secret), "leaked a secret:\n{stderr}");
+}
+
+#[test]
+fn an_unreachable_database_stops_start_up_with_one_clear_line() {
+    let (ok, stderr) = run_to_exit(&[
+        "identity",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        "postgres://p2:hunter2@127.0.0.1:1/identity",
+        "--key-encryption-key",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    ]);
+    assert!(!ok, "must exit non-zero");
+    assert_one_clear_error_line(&stderr, "identity database at postgres://p2:***@127.0.0.1:1/identity", "hunter2");
+}
+
+#[test]
+fn an_unreachable_redis_stops_start_up_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("session.db").display());
+    let (ok, stderr) = run_to_exit(&[
+        "session",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db,
+        "--redis-url",
+        "redis://:opensesame@127.0.0.1:1/",
+    ]);
+    assert!(!ok, "must exit non-zero");
+    assert_one_clear_error_line(&stderr, "session Redis at redis://", "opensesame");
+}
+
+#[test]
+fn a_missing_key_encryption_key_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("identity.db").display());
+    let (ok, stderr) = run_to_exit(&["identity", "--listen", "127.0.0.1:0", "--database-url", &db]);
+    assert!(!ok);
+    assert_one_clear_error_line(&stderr, "P2_KEY_ENCRYPTION_KEY", "\u{0}");
+}

@@ -1,0 +1,189 @@
+//! The test harness: `spawn_stack()` starts every service and the gateway in-process on free
+//! ports — with embedded SQLite storage, or with real PostgreSQL and Redis from the
+//! environment that `scripts/test.sh` sets — and hands back an HTTP client. Dropping the
+//! returned value shuts the stack down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use polyproto_server::stack::{self, Stack, StackConfig, Storage};
+use sqlx::Executor as _;
+
+/// The domain every test stack serves.
+pub const DOMAIN: &str = "p2.test";
+/// A fixed key encryption key for stacks with external storage.
+pub const TEST_KEK: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+/// Which storage a stack runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite files in a temporary directory, in-process stores.
+    Sqlite,
+    /// Fresh PostgreSQL databases and the test Redis.
+    Postgres,
+}
+
+/// A running stack plus what a client needs.
+pub struct TestStack {
+    /// The stack (dropping it shuts everything down).
+    pub stack: Option<Stack>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// How to start the same storage again.
+    pub storage: Storage,
+    /// Keeps the SQLite directory alive.
+    pub _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStack {
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Stops the stack and starts a new one on the same storage.
+    pub async fn restart(&mut self) {
+        if let Some(stack) = self.stack.take() {
+            stack.stop().await.expect("stack stopped with an error");
+        }
+        let stack = stack::start(config(self.storage.clone())).await.expect("restart failed");
+        self.base = format!("http://{}", stack.addr);
+        self.stack = Some(stack);
+    }
+}
+
+fn config(storage: Storage) -> StackConfig {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut config = StackConfig::embedded(loopback, DOMAIN, &PathBuf::new());
+    if matches!(storage, Storage::External { .. }) {
+        config.key_encryption_key = Some(TEST_KEK.to_owned());
+    }
+    config.storage = storage;
+    config
+}
+
+/// The PostgreSQL admin URL from the environment; fails loudly when it is missing.
+pub fn postgres_admin_url() -> String {
+    std::env::var("P2_TEST_POSTGRES_URL")
+        .expect("P2_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh")
+}
+
+/// The Redis URL from the environment; fails loudly when it is missing.
+pub fn redis_url() -> String {
+    std::env::var("P2_TEST_REDIS_URL")
+        .expect("P2_TEST_REDIS_URL is not set: run the tests through scripts/test.sh")
+}
+
+/// Creates a fresh, empty PostgreSQL database and returns its URL.
+pub async fn fresh_postgres_database(label: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let admin = postgres_admin_url();
+    let name = format!(
+        "p2t_{label}_{}_{}",
+        std::process::id(),
+        hex::encode(rand_bytes())
+    );
+    let pool = sqlx::AnyPool::connect(&admin)
+        .await
+        .expect("cannot connect to the test PostgreSQL");
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("cannot create a test database");
+    pool.close().await;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{name}")
+}
+
+fn rand_bytes() -> [u8; 6] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mixed = (nanos as u64) ^ (n << 40);
+    let b = mixed.to_le_bytes();
+    [b[0], b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// Starts a stack on `backend`.
+pub async fn spawn_stack(backend: Backend) -> TestStack {
+    p2_runtime::telemetry::init_for_tests();
+    let (storage, dir) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            (
+                Storage::Embedded {
+                    data_dir: dir.path().to_owned(),
+                },
+                Some(dir),
+            )
+        }
+        Backend::Postgres => (
+            Storage::External {
+                identity_database_url: fresh_postgres_database("identity").await,
+                session_database_url: fresh_postgres_database("session").await,
+                discovery_database_url: fresh_postgres_database("discovery").await,
+                redis_url: redis_url(),
+            },
+            None,
+        ),
+    };
+    let stack = stack::start(config(storage.clone()))
+        .await
+        .expect("the stack failed to start");
+    TestStack {
+        base: format!("http://{}", stack.addr),
+        stack: Some(stack),
+        http: reqwest::Client::new(),
+        storage,
+        _dir: dir,
+    }
+}
+
+/// Current UNIX time.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Asserts that `response` is an RFC 9457 problem with `status`, and returns its detail.
+pub async fn expect_problem(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string());
+    assert!(body["type"].is_string());
+    body["detail"].as_str().expect("detail").to_owned()
+}
+
+/// Declares one test per backend: `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::spawn_stack($crate::helpers::Backend::Sqlite).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::spawn_stack($crate::helpers::Backend::Postgres).await).await;
+                }
+            }
+        )*
+    };
+}
