@@ -14,7 +14,8 @@
 #   3. exports P2_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/postgres and
 #      P2_TEST_REDIS_URL=redis://127.0.0.1:PORT/ and waits until both answer;
 #   4. runs `cargo test --workspace --all-targets [EXTRA ARGS]`, then, if that passed,
-#      `cargo test --workspace --doc`;
+#      `cargo test --workspace --doc` (extra args go to the first command only; but if they select
+#      packages with -p/--package, both commands test just those packages, without --workspace);
 #   5. always (success, failure, Ctrl-C) stops both servers and removes the temp dir, and exits
 #      with cargo's status.
 #
@@ -62,11 +63,27 @@ if [ "$services_only" -eq 1 ]; then
     p2_log "running: $*"
     "$@" || status=$?
 else
-    p2_log "cargo test --workspace --all-targets $*"
-    cargo test --workspace --all-targets "$@" || status=$?
+    # `--workspace` would override `-p`: with a package selection among the extra args, test
+    # those packages (doc tests too) instead of the whole workspace.
+    scope=(--workspace)
+    pkgs=()
+    prev=""
+    for arg in "$@"; do
+        [ "$arg" != "--" ] || break
+        case "$prev" in -p | --package) pkgs+=(-p "$arg") ;; esac
+        case "$arg" in
+            --package=*) pkgs+=(-p "${arg#--package=}") ;;
+            -p?*) pkgs+=(-p "${arg#-p}") ;;
+        esac
+        prev=$arg
+    done
+    [ "${#pkgs[@]}" -eq 0 ] || scope=()
+    p2_log "cargo test${scope[*]:+ ${scope[*]}} --all-targets $*"
+    cargo test "${scope[@]}" --all-targets "$@" || status=$?
     if [ "$status" -eq 0 ]; then
-        p2_log "cargo test --workspace --doc"
-        cargo test --workspace --doc || status=$?
+        [ "${#pkgs[@]}" -eq 0 ] || scope=("${pkgs[@]}")
+        p2_log "cargo test ${scope[*]} --doc"
+        cargo test "${scope[@]}" --doc || status=$?
     fi
     if [ "$status" -eq 0 ]; then
         p2_log "all tests passed"

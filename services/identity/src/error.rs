@@ -30,6 +30,9 @@ impl From<IdentityError> for tonic::Status {
         match error {
             IdentityError::NoServerKeyAt { .. } => tonic::Status::not_found(error.to_string()),
             IdentityError::InvalidArgument(message) => tonic::Status::invalid_argument(message),
+            IdentityError::Model(model) if model.is_internal() => {
+                p2_runtime::error::internal(&anyhow::Error::new(model))
+            }
             IdentityError::Model(model) => tonic::Status::invalid_argument(model.to_string()),
             IdentityError::Internal(error) => p2_runtime::error::internal(&error),
         }

@@ -3,8 +3,14 @@
 //! wire types. Ed25519 only.
 //!
 //! Certificates are built and checked in exactly the layout the reference
-//! client SDK (`polyproto` 0.21) writes and re-encodes before verifying a
-//! signature; see [`cert`](crate::issue_root_cert) and `pdn` for the rules.
+//! client SDK (`polyproto` 0.21) writes, because the SDK re-encodes a parsed
+//! certificate before checking its signature: X.509 v3 in strict DER;
+//! extensions exactly `[basicConstraints, keyUsage]`, both critical (root:
+//! `cA TRUE, pathLen 0`, `keyCertSign`; actor: `cA` omitted,
+//! `digitalSignature`); issuer `dc` components only; actor subject `dc…`
+//! (top-level domain first, IA5String), `UID`, `CN` (UTF8String),
+//! `uniqueIdentifier` (IA5String, OID 0.9.2342.19200300.100.1.44); validity
+//! UTCTime through 2049. [`pdn`] holds the OIDs and the name rules.
 //!
 //! # Layout
 //!

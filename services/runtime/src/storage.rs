@@ -124,10 +124,23 @@ pub async fn connect(
             .collect(),
     );
     migrator.dangerous_set_table_name(format!("_p2_{component}_migrations"));
-    migrator
-        .run(&pool)
-        .await
-        .with_context(|| format!("cannot migrate the {component} database"))?;
+    // PostgreSQL migrations take an advisory lock; SQLite has none, so a process starting at
+    // the same moment (e.g. `polyproto admin` beside the server) may apply them first: retry,
+    // and the second attempt finds them applied.
+    let mut attempt = 0;
+    loop {
+        match migrator.run(&pool).await {
+            Ok(()) => break,
+            Err(_) if backend == Backend::Sqlite && attempt < 3 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("cannot migrate the {component} database"));
+            }
+        }
+    }
     Ok(Database { pool, backend })
 }
 

@@ -1,0 +1,204 @@
+//! Service tests of the identity service's key generations, against real SQLite and real
+//! PostgreSQL (the same portable implementation serves both).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use p2_identity::cipher::KeyCipher;
+use p2_identity::keyring::Keyring;
+use p2_identity::store::{MIGRATIONS, Store};
+use p2_proto::identity::v1 as pb;
+use p2_proto::identity::v1::identity_server::Identity as _;
+use sqlx::Executor as _;
+
+const KEK: &str = "0f0e0d0c0b0a09080706050403020100f0e0d0c0b0a090807060504030201000";
+const YEAR: u64 = 365 * 86_400;
+
+async fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    p2_runtime::storage::sqlite_url_in(dir.path(), "identity")
+}
+
+async fn postgres_url() -> String {
+    sqlx::any::install_default_drivers();
+    let admin = std::env::var("P2_TEST_POSTGRES_URL")
+        .expect("P2_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
+    let name = format!(
+        "p2t_keyring_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    pool.close().await;
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+async fn open(url: &str, domain: &str, kek: &str) -> anyhow::Result<Keyring> {
+    let db = p2_runtime::storage::connect(url, "identity", MIGRATIONS).await?;
+    Keyring::open(
+        Store::new(db),
+        KeyCipher::from_hex(kek)?,
+        domain.to_owned(),
+        2 * YEAR,
+    )
+    .await
+}
+
+async fn first_start_creates_one_generation_and_restarts_reuse_it(url: String) {
+    let keyring = open(&url, "example.org", KEK).await.unwrap();
+    let first = keyring.current().unwrap();
+    assert_eq!(first.generation, 1);
+    p2_model::verify_root_cert(&first.cert, "example.org", Some(p2_runtime::unix_now())).unwrap();
+    drop(keyring);
+    let again = open(&url, "example.org", KEK).await.unwrap();
+    assert_eq!(again.all().len(), 1);
+    assert_eq!(again.current().unwrap().cert_pem, first.cert_pem);
+}
+
+async fn rotation_keeps_every_generation_retrievable_by_time(url: String) {
+    let keyring = open(&url, "example.org", KEK).await.unwrap();
+    let first = keyring.current().unwrap();
+    let later = first.active_from + 100;
+    let second = keyring.rotate(later).await.unwrap();
+    assert_eq!(second.generation, 2);
+    assert_ne!(second.cert_pem, first.cert_pem);
+    assert_eq!(keyring.at(first.active_from).unwrap().generation, 1);
+    assert_eq!(keyring.at(later - 1).unwrap().generation, 1);
+    assert_eq!(keyring.at(later).unwrap().generation, 2);
+    assert_eq!(keyring.at(later + YEAR).unwrap().generation, 2);
+    assert!(keyring.at(first.active_from - 1).is_err());
+    // Another replica on the same database sees the rotation after a refresh.
+    let replica = open(&url, "example.org", KEK).await.unwrap();
+    assert_eq!(replica.current().unwrap().cert_pem, second.cert_pem);
+    let third = keyring.rotate(later + 10).await.unwrap();
+    replica.refresh().await.unwrap();
+    assert_eq!(replica.current().unwrap().cert_pem, third.cert_pem);
+}
+
+async fn replicas_starting_together_agree_on_one_first_key(url: String) {
+    let (a, b) = tokio::join!(
+        open(&url, "example.org", KEK),
+        open(&url, "example.org", KEK)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    a.refresh().await.unwrap();
+    b.refresh().await.unwrap();
+    assert_eq!(a.all().len(), b.all().len());
+    assert_eq!(
+        a.at(p2_runtime::unix_now()).unwrap().cert_pem,
+        b.at(p2_runtime::unix_now()).unwrap().cert_pem
+    );
+}
+
+async fn a_database_of_another_domain_or_key_is_refused(url: String) {
+    open(&url, "example.org", KEK).await.unwrap();
+    let err = open(&url, "other.example", KEK).await.err().unwrap();
+    assert!(format!("{err:#}").contains("example.org"), "{err:#}");
+    let wrong_key = "11".repeat(32);
+    let err = open(&url, "example.org", &wrong_key).await.err().unwrap();
+    assert!(format!("{err:#}").contains("P2_KEY_ENCRYPTION_KEY"), "{err:#}");
+}
+
+async fn private_keys_are_stored_encrypted(url: String) {
+    let keyring = open(&url, "example.org", KEK).await.unwrap();
+    let seed_hex = hex::encode(keyring.current().unwrap().signing_key().as_bytes());
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let (stored,): (String,) = sqlx::query_as("SELECT private_key_enc FROM server_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("v1:"));
+    assert!(!stored.contains(&seed_hex));
+}
+
+async fn cache_signatures_are_reused_within_a_window(url: String) {
+    let keyring = open(&url, "example.org", KEK).await.unwrap();
+    let generation = keyring.current().unwrap();
+    let cert = &generation.cert;
+    let now = p2_runtime::unix_now();
+    let a = keyring.attest(&generation, &cert.serial(), cert.not_before(), cert.not_after(), None, now);
+    let b = keyring.attest(&generation, &cert.serial(), cert.not_before(), cert.not_after(), None, now + 1);
+    if a.not_valid_after > now + 1 {
+        assert_eq!(a, b, "same window, same attestation");
+    }
+    p2_model::verify_cache_signature(
+        &cert.public_key().unwrap(),
+        &cert.serial(),
+        a.not_valid_before,
+        a.not_valid_after,
+        None,
+        &a.signature,
+    )
+    .unwrap();
+    let revoked =
+        keyring.attest(&generation, &cert.serial(), cert.not_before(), cert.not_after(), Some(now), now);
+    assert_ne!(revoked.signature, a.signature);
+}
+
+async fn grpc_answers_server_certs_by_time(url: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = p2_identity::IdentityConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        domain: "grpc.example".into(),
+        database_url: url,
+        key_encryption_key: Some(KEK.to_owned().into()),
+        key_encryption_key_file: Some(dir.path().join("unused")),
+        root_validity_days: 730,
+    };
+    let state = p2_identity::IdentityState::open(&config).await.unwrap();
+    let grpc = p2_identity::grpc::IdentityGrpc::new(state.clone());
+    let cert = grpc
+        .get_server_id_cert(tonic::Request::new(pb::GetServerIdCertRequest { timestamp: None }))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert
+        .unwrap();
+    assert_eq!(cert.id_cert_pem, state.keyring().current().unwrap().cert_pem);
+    let status = grpc
+        .get_server_public_key(tonic::Request::new(pb::GetServerPublicKeyRequest {
+            timestamp: Some(5),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let rotated = grpc
+        .rotate_server_key(tonic::Request::new(pb::RotateServerKeyRequest { caller: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.cert.unwrap().id_cert_pem, cert.id_cert_pem);
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$name(super::sqlite_url(&dir).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(super::postgres_url().await).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_databases!(
+    first_start_creates_one_generation_and_restarts_reuse_it,
+    rotation_keeps_every_generation_retrievable_by_time,
+    replicas_starting_together_agree_on_one_first_key,
+    a_database_of_another_domain_or_key_is_refused,
+    private_keys_are_stored_encrypted,
+    cache_signatures_are_reused_within_a_window,
+    grpc_answers_server_certs_by_time,
+);
