@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`GatewayConfig`]: the component's flags (`polyproto gateway --help`).
 //! - [`AppState`]: the gRPC clients (trace context propagated) and public settings.
+//! - [`auth`]: Bearer tokens and the sensitive-action check.
 //! - [`error`]: RFC 9457 problem details and the one gRPC → HTTP table.
 //! - [`params`]: lenient parameters (query or JSON body, numbers as strings).
 //! - [`routes`]: the handlers, grouped like API.md.
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Layer as _;
 
+pub mod auth;
 pub mod error;
 pub mod params;
 pub mod routes;

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 
 pub mod core;
 pub mod health;
+pub mod services;
 
 /// Every route (paths without trailing slashes; [`crate::serve`] strips them).
 pub fn router() -> Router<AppState> {
@@ -21,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/.p2/core/v1/key/server", get(core::server_public_key))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(services::router())
         .fallback(not_found)
 }
 
