@@ -39,6 +39,9 @@ pub enum Command {
     Discovery(p2_discovery::DiscoveryConfig),
     /// The events gRPC service alone.
     Events(p2_events::EventsConfig),
+    /// Operator commands (create actors, rotate the server key), with or without a running
+    /// server.
+    Admin(crate::admin::AdminArgs),
 }
 
 /// Flags of `polyproto up`.
@@ -63,6 +66,15 @@ pub struct UpConfig {
     /// Validity of a newly generated root ID-Cert, in days.
     #[arg(long = "root-validity-days", env = "P2_ROOT_VALIDITY_DAYS", default_value_t = p2_identity::DEFAULT_ROOT_VALIDITY_DAYS)]
     pub root_validity_days: u64,
+    /// Validity of an issued actor ID-Cert, in days (1 to 60).
+    #[arg(long = "actor-cert-validity-days", env = "P2_ACTOR_CERT_VALIDITY_DAYS", default_value_t = p2_identity::DEFAULT_ACTOR_CERT_VALIDITY_DAYS)]
+    pub actor_cert_validity_days: u64,
+    /// Who may register: `open` or `closed` (only `polyproto admin create-actor`).
+    #[arg(long = "registration", env = "P2_REGISTRATION", value_enum, default_value_t = p2_identity::Registration::Open)]
+    pub registration: p2_identity::Registration,
+    /// Lifetime of challenge strings, in seconds.
+    #[arg(long = "challenge-ttl-secs", env = "P2_CHALLENGE_TTL_SECS", default_value_t = p2_session::DEFAULT_CHALLENGE_TTL_SECS)]
+    pub challenge_ttl_secs: u64,
     /// Largest accepted request body, in bytes; larger ones get 413.
     #[arg(long = "max-body-bytes", env = "P2_MAX_BODY_BYTES", default_value_t = p2_gateway::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -86,6 +98,9 @@ impl UpConfig {
                 .as_ref()
                 .map(|k| k.expose_secret().to_owned()),
             root_validity_days: self.root_validity_days,
+            actor_cert_validity_days: self.actor_cert_validity_days,
+            registration: self.registration,
+            challenge_ttl_secs: self.challenge_ttl_secs,
             max_body_bytes: self.max_body_bytes,
             oidc_issuer: self.oidc_issuer.clone(),
         }
@@ -107,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(_) => "session",
         Command::Discovery(_) => "discovery",
         Command::Events(_) => "events",
+        Command::Admin(_) => "admin",
     };
     let telemetry = p2_runtime::telemetry::init(&cli.telemetry, component)?;
     let shutdown = CancellationToken::new();
@@ -146,6 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = bind(config.listen).await?;
             p2_events::serve(config, listener, shutdown).await
         }
+        Command::Admin(args) => crate::admin::run(args).await,
     };
     telemetry.shutdown().await;
     result

@@ -2,7 +2,9 @@
 //!
 //! - [`stack`]: every service plus the gateway in one process, talking gRPC over loopback —
 //!   the same code path as separate processes. Used by `polyproto up` and by `tests/`.
-//! - [`cli`]: the command line (`up`, one subcommand per component).
+//! - [`cli`]: the command line (`up`, one subcommand per component, `admin`).
+//! - [`admin`]: operator commands on the identity storage.
 
+pub mod admin;
 pub mod cli;
 pub mod stack;

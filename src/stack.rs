@@ -51,6 +51,12 @@ pub struct StackConfig {
     pub key_encryption_key: Option<String>,
     /// Validity of new root certs, in days.
     pub root_validity_days: u64,
+    /// Validity of issued actor certs, in days (1 to 60).
+    pub actor_cert_validity_days: u64,
+    /// Registration policy.
+    pub registration: p2_identity::Registration,
+    /// Lifetime of challenge strings, in seconds.
+    pub challenge_ttl_secs: u64,
     /// Request body limit of the gateway.
     pub max_body_bytes: usize,
     /// OIDC issuer announced in `.well-known`, if any.
@@ -69,6 +75,9 @@ impl StackConfig {
             },
             key_encryption_key: None,
             root_validity_days: p2_identity::DEFAULT_ROOT_VALIDITY_DAYS,
+            actor_cert_validity_days: p2_identity::DEFAULT_ACTOR_CERT_VALIDITY_DAYS,
+            registration: p2_identity::Registration::Open,
+            challenge_ttl_secs: p2_session::DEFAULT_CHALLENGE_TTL_SECS,
             max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
             oidc_issuer: None,
         }
@@ -183,6 +192,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         key_encryption_key: config.key_encryption_key.clone().map(Into::into),
         key_encryption_key_file: key_file,
         root_validity_days: config.root_validity_days,
+        actor_cert_validity_days: config.actor_cert_validity_days,
+        registration: config.registration,
     };
     let session_config = p2_session::SessionConfig {
         listen: grpc_addrs[1],
@@ -190,6 +201,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         redis_url: redis_url.clone(),
         identity_url: url(grpc_addrs[0]),
         events_url: url(grpc_addrs[3]),
+        challenge_ttl_secs: config.challenge_ttl_secs,
     };
     let discovery_config = p2_discovery::DiscoveryConfig {
         listen: grpc_addrs[2],

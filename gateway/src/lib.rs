@@ -7,6 +7,7 @@
 //! - [`AppState`]: the gRPC clients (trace context propagated) and public settings.
 //! - [`auth`]: Bearer tokens and the sensitive-action check.
 //! - [`error`]: RFC 9457 problem details and the one gRPC → HTTP table.
+//! - [`body`]: lenient bodies (JSON without Content-Type, PEM bare or quoted).
 //! - [`params`]: lenient parameters (query or JSON body, numbers as strings).
 //! - [`routes`]: the handlers, grouped like API.md.
 //!
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer as _;
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod params;
 pub mod routes;

@@ -187,3 +187,81 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+/// A logged-in session of a test actor.
+#[allow(dead_code, reason = "fields used by some test modules only")]
+pub struct TestSession {
+    /// `local@domain`.
+    pub fid: String,
+    /// Bearer token.
+    pub token: String,
+    /// Session ID (the CSR's uniqueIdentifier).
+    pub session_id: String,
+    /// The actor's password.
+    pub password: String,
+    /// The session's private key.
+    pub key: p2_model::SigningKey,
+    /// The session's ID-Cert.
+    pub id_cert_pem: String,
+}
+
+/// The password every test actor gets.
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
+/// `POST /.p2/auth/v1/register`.
+pub async fn register(stack: &TestStack, local_name: &str, password: &str) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.url("/.p2/auth/v1/register"))
+        .json(&serde_json::json!({ "local_name": local_name, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A CSR for `local_name@DOMAIN` and `session_id`, with a fresh key.
+pub fn csr_for(local_name: &str, session_id: &str) -> (String, p2_model::SigningKey) {
+    let key = p2_model::generate_signing_key();
+    let fid = p2_model::FederationId::new(local_name, DOMAIN).unwrap();
+    let sid = p2_model::SessionId::parse(session_id).unwrap();
+    (p2_model::build_csr(&key, &fid, &sid).unwrap(), key)
+}
+
+/// `POST /.p2/auth/v1/session` with a CSR.
+pub async fn login_request(
+    stack: &TestStack,
+    local_name: &str,
+    password: &str,
+    csr: &str,
+) -> reqwest::Response {
+    stack
+        .http
+        .post(stack.url("/.p2/auth/v1/session"))
+        .json(&serde_json::json!({ "local_name": local_name, "password": password, "csr": csr }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Logs `local_name` in with a new session `session_id`.
+pub async fn login(stack: &TestStack, local_name: &str, session_id: &str) -> TestSession {
+    let (csr, key) = csr_for(local_name, session_id);
+    let response = login_request(stack, local_name, TEST_PASSWORD, &csr).await;
+    assert_eq!(response.status(), 201, "login of {local_name} failed");
+    let body: serde_json::Value = response.json().await.unwrap();
+    TestSession {
+        fid: format!("{local_name}@{DOMAIN}"),
+        token: body["token"].as_str().unwrap().to_owned(),
+        session_id: session_id.to_owned(),
+        password: TEST_PASSWORD.to_owned(),
+        key,
+        id_cert_pem: body["id_cert"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Registers `local_name` with [`TEST_PASSWORD`] and logs in with session `s1`.
+pub async fn register_and_login(stack: &TestStack, local_name: &str) -> TestSession {
+    let response = register(stack, local_name, TEST_PASSWORD).await;
+    assert_eq!(response.status(), 201, "registration of {local_name} failed");
+    login(stack, local_name, "s1").await
+}

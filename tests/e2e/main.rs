@@ -4,7 +4,9 @@
 
 mod helpers;
 
+mod actors;
 mod cli;
+mod discovery;
 mod interop;
 mod sdk_pki;
 mod server_identity;

@@ -5,25 +5,46 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::AppState;
 use crate::error::ApiError;
 
+pub mod actors;
 pub mod core;
 pub mod health;
 pub mod services;
+pub mod sessions;
 
 /// Every route (paths without trailing slashes; [`crate::serve`] strips them).
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/.well-known/polyproto-core", get(core::well_known))
         .route("/.p2/core/v1/idcert/server", get(core::server_id_cert))
-        .route("/.p2/core/v1/key/server", get(core::server_public_key))
+        .route(
+            "/.p2/core/v1/key/server",
+            get(core::server_public_key)
+                .put(sessions::rotate_server_key)
+                .post(sessions::rotate_server_key),
+        )
+        .route("/.p2/core/v1/idcert", post(actors::request_id_cert))
+        .route("/.p2/core/v1/idcert/actor/{fid}", get(actors::actor_id_certs))
+        .route("/.p2/core/v1/challenge", get(sessions::challenge))
+        .route("/.p2/core/v1/session", axum::routing::delete(sessions::delete_session))
+        .route("/.p2/auth/v1/register", post(actors::register))
+        .route("/.p2/auth/v1/session", post(actors::login))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(services::router())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -1,23 +1,36 @@
 //! The discovery service: each actor's service → provider table (core spec 9) with at most
-//! one primary provider per (actor, service).
+//! one primary provider per (actor, service), and the public discovery of an actor's
+//! providers.
 //!
-//! This crate currently provides the service's process shape — configuration, storage
-//! checked and migrated at start, gRPC health — and answers its RPCs with `UNIMPLEMENTED`
-//! until the discovery work fills them in.
+//! Layout:
+//! - [`DiscoveryConfig`], [`serve`]: the process shape (flags, storage migrated at start,
+//!   gRPC health); `polyproto discovery` and `polyproto up` call these.
+//! - [`grpc`]: the `polyproto.discovery.v1.Discovery` handlers ([`DiscoveryGrpc`]).
+//! - [`model`]: service names (spec 8.2), provider URLs, limits. Pure.
+//! - [`store`]: the SQL table; the database enforces "one primary per (actor, service)".
+//! - [`directory`]: which actors are registered here, asked of the identity service.
+//! - [`error`]: [`DiscoveryError`] and its one mapping to gRPC status codes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use clap::Args;
 use p2_proto::discovery::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+
+pub mod directory;
+pub mod error;
+pub mod grpc;
+pub mod model;
+pub mod store;
+
+pub use error::DiscoveryError;
+pub use grpc::DiscoveryGrpc;
+pub use store::MIGRATIONS;
 
 /// Default gRPC listen address of the discovery service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50053";
-
-/// The discovery schema, in order.
-pub const MIGRATIONS: &[p2_runtime::storage::Migration] = &[];
 
 /// Flags of the discovery service.
 #[derive(Debug, Clone, Args)]
@@ -29,27 +42,29 @@ pub struct DiscoveryConfig {
     #[arg(long = "database-url", env = "P2_DATABASE_URL")]
     pub database_url: String,
     /// URL of the identity service (to check that actors exist).
-    #[arg(long = "identity-url", env = "P2_IDENTITY_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long = "identity-url",
+        env = "P2_IDENTITY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub identity_url: String,
 }
 
-/// The gRPC handler set of the discovery service.
-#[derive(Clone)]
-pub struct DiscoveryGrpc {
-    _db: p2_runtime::storage::Database,
-}
-
 impl DiscoveryGrpc {
-    /// Connects and migrates storage; fails with one clear line when it does not answer.
+    /// Connects and migrates storage (failing with one clear line when it does not answer)
+    /// and prepares the identity client (which connects lazily).
     pub async fn open(config: &DiscoveryConfig) -> anyhow::Result<Self> {
         let db =
             p2_runtime::storage::connect(&config.database_url, "discovery", MIGRATIONS).await?;
-        Ok(Self { _db: db })
+        let directory = directory::IdentityDirectory::connect(&config.identity_url)?;
+        Ok(Self::new(store::Store::new(db), Arc::new(directory)))
     }
 }
 
 /// The tonic service.
-pub fn grpc_service(handlers: DiscoveryGrpc) -> pb::discovery_server::DiscoveryServer<DiscoveryGrpc> {
+pub fn grpc_service(
+    handlers: DiscoveryGrpc,
+) -> pb::discovery_server::DiscoveryServer<DiscoveryGrpc> {
     pb::discovery_server::DiscoveryServer::new(handlers)
 }
 
@@ -61,39 +76,4 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let handlers = DiscoveryGrpc::open(&config).await?;
     p2_runtime::grpc::serve(grpc_service(handlers), listener, shutdown).await
-}
-
-fn not_yet() -> Status {
-    Status::unimplemented("service discovery is not available on this server yet")
-}
-
-#[tonic::async_trait]
-impl pb::discovery_server::Discovery for DiscoveryGrpc {
-    async fn add_service(
-        &self,
-        _request: Request<pb::AddServiceRequest>,
-    ) -> Result<Response<pb::AddServiceResponse>, Status> {
-        Err(not_yet())
-    }
-
-    async fn remove_service(
-        &self,
-        _request: Request<pb::RemoveServiceRequest>,
-    ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
-        Err(not_yet())
-    }
-
-    async fn set_primary(
-        &self,
-        _request: Request<pb::SetPrimaryRequest>,
-    ) -> Result<Response<pb::SetPrimaryResponse>, Status> {
-        Err(not_yet())
-    }
-
-    async fn discover(
-        &self,
-        _request: Request<pb::DiscoverRequest>,
-    ) -> Result<Response<pb::DiscoverResponse>, Status> {
-        Err(not_yet())
-    }
 }

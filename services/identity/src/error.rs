@@ -17,6 +17,29 @@ pub enum IdentityError {
     /// A request field is malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The actor is not registered on this server.
+    #[error("{0} is not registered on this server")]
+    UnknownActor(String),
+    /// The local name is taken.
+    #[error("the name {0:?} is already taken on this server")]
+    NameTaken(String),
+    /// Public registration is closed.
+    #[error("registration is closed on this server; ask an administrator for an account")]
+    RegistrationClosed,
+    /// Wrong password or unknown actor (deliberately indistinguishable).
+    #[error("wrong name or password")]
+    BadCredentials,
+    /// A valid ID-Cert already holds this session ID (spec 6.1.1.3).
+    #[error("session ID {0:?} is in use by a valid ID-Cert; delete that session first or choose another session ID")]
+    SessionIdInUse(String),
+    /// No valid ID-Cert for that session.
+    #[error("{fid} has no valid ID-Cert for session {session_id:?}")]
+    NoValidCert {
+        /// Actor.
+        fid: String,
+        /// Session ID.
+        session_id: String,
+    },
     /// A domain rule of polyproto rejected the input (bad FID, CSR, certificate...).
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -30,6 +53,14 @@ impl From<IdentityError> for tonic::Status {
         match error {
             IdentityError::NoServerKeyAt { .. } => tonic::Status::not_found(error.to_string()),
             IdentityError::InvalidArgument(message) => tonic::Status::invalid_argument(message),
+            IdentityError::UnknownActor(_) | IdentityError::NoValidCert { .. } => {
+                tonic::Status::not_found(error.to_string())
+            }
+            IdentityError::NameTaken(_) | IdentityError::SessionIdInUse(_) => {
+                tonic::Status::already_exists(error.to_string())
+            }
+            IdentityError::RegistrationClosed => tonic::Status::permission_denied(error.to_string()),
+            IdentityError::BadCredentials => tonic::Status::unauthenticated(error.to_string()),
             IdentityError::Model(model) if model.is_internal() => {
                 p2_runtime::error::internal(&anyhow::Error::new(model))
             }
@@ -57,6 +88,19 @@ mod tests {
             (
                 IdentityError::Model(ModelError::BadSignature),
                 tonic::Code::InvalidArgument,
+            ),
+            (IdentityError::UnknownActor("a@b".into()), tonic::Code::NotFound),
+            (
+                IdentityError::NoValidCert { fid: "a@b".into(), session_id: "s".into() },
+                tonic::Code::NotFound,
+            ),
+            (IdentityError::NameTaken("a".into()), tonic::Code::AlreadyExists),
+            (IdentityError::SessionIdInUse("s".into()), tonic::Code::AlreadyExists),
+            (IdentityError::RegistrationClosed, tonic::Code::PermissionDenied),
+            (IdentityError::BadCredentials, tonic::Code::Unauthenticated),
+            (
+                IdentityError::Model(ModelError::Encoding("x".into())),
+                tonic::Code::Internal,
             ),
             (
                 IdentityError::Internal(anyhow::anyhow!("disk on fire")),

@@ -160,6 +160,17 @@ impl Keyring {
             .ok_or(IdentityError::NoServerKeyAt { timestamp, first })
     }
 
+    /// Generation number `generation`.
+    pub fn by_number(&self, generation: i64) -> Result<Arc<Generation>, IdentityError> {
+        self.snapshot()
+            .iter()
+            .find(|g| g.generation == generation)
+            .cloned()
+            .ok_or_else(|| {
+                IdentityError::Internal(anyhow::anyhow!("unknown key generation {generation}"))
+            })
+    }
+
     /// The generation current at `timestamp`, or the current one.
     pub fn at_or_current(&self, timestamp: Option<u64>) -> Result<Arc<Generation>, IdentityError> {
         match timestamp {

@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`IdentityConfig`]: the component's flags (`polyproto identity --help`).
 //! - [`cipher`]: encryption of private keys at rest (`P2_KEY_ENCRYPTION_KEY`).
+//! - [`passwords`]: Argon2id hashing off the async workers, with constant-time misses.
 //! - [`store`]: SQL storage (SQLite or PostgreSQL through one portable implementation).
 //! - [`keyring`]: the server's key generations in memory, refreshed from storage, with
 //!   memoised cache signatures.
@@ -28,6 +29,7 @@ pub mod cipher;
 pub mod error;
 pub mod grpc;
 pub mod keyring;
+pub mod passwords;
 pub mod store;
 
 pub use error::IdentityError;
@@ -36,6 +38,8 @@ pub use error::IdentityError;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Default validity of a newly generated root ID-Cert, in days.
 pub const DEFAULT_ROOT_VALIDITY_DAYS: u64 = 730;
+/// Default validity of an actor ID-Cert, in days (at most 60, spec 6.1).
+pub const DEFAULT_ACTOR_CERT_VALIDITY_DAYS: u64 = 30;
 /// How often a replica looks for key generations created by another replica.
 pub const KEYRING_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -63,6 +67,22 @@ pub struct IdentityConfig {
     /// left is replaced at start, so actor certs (at most 60 days) always fit inside it.
     #[arg(long = "root-validity-days", env = "P2_ROOT_VALIDITY_DAYS", default_value_t = DEFAULT_ROOT_VALIDITY_DAYS)]
     pub root_validity_days: u64,
+    /// Validity of an issued actor ID-Cert, in days (1 to 60; never beyond the root's).
+    #[arg(long = "actor-cert-validity-days", env = "P2_ACTOR_CERT_VALIDITY_DAYS", default_value_t = DEFAULT_ACTOR_CERT_VALIDITY_DAYS)]
+    pub actor_cert_validity_days: u64,
+    /// Who may register: `open` (anyone, through POST /.p2/auth/v1/register) or `closed`
+    /// (only `polyproto admin create-actor`).
+    #[arg(long = "registration", env = "P2_REGISTRATION", value_enum, default_value_t = Registration::Open)]
+    pub registration: Registration,
+}
+
+/// Registration policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Registration {
+    /// Anyone may register.
+    Open,
+    /// Only administrators create actors.
+    Closed,
 }
 
 impl IdentityConfig {
@@ -92,6 +112,10 @@ pub struct IdentityState {
 struct Inner {
     store: store::Store,
     keyring: keyring::Keyring,
+    hasher: passwords::PasswordHasher,
+    domain: String,
+    actor_cert_validity_secs: u64,
+    registration: Registration,
 }
 
 impl IdentityState {
@@ -104,15 +128,26 @@ impl IdentityState {
         let db = p2_runtime::storage::connect(&config.database_url, "identity", store::MIGRATIONS)
             .await?;
         let store = store::Store::new(db);
+        anyhow::ensure!(
+            (1..=60).contains(&config.actor_cert_validity_days),
+            "--actor-cert-validity-days must be between 1 and 60 (spec 6.1)"
+        );
         let keyring = keyring::Keyring::open(
             store.clone(),
             cipher,
-            domain,
+            domain.clone(),
             config.root_validity_days.saturating_mul(86_400),
         )
         .await?;
         Ok(Self {
-            inner: Arc::new(Inner { store, keyring }),
+            inner: Arc::new(Inner {
+                store,
+                keyring,
+                hasher: passwords::PasswordHasher::new().await?,
+                domain,
+                actor_cert_validity_secs: config.actor_cert_validity_days * 86_400,
+                registration: config.registration,
+            }),
         })
     }
 
@@ -124,6 +159,26 @@ impl IdentityState {
     /// The storage.
     pub fn store(&self) -> &store::Store {
         &self.inner.store
+    }
+
+    /// The home server's domain (normalised).
+    pub fn domain(&self) -> &str {
+        &self.inner.domain
+    }
+
+    /// The password hasher.
+    pub fn hasher(&self) -> &passwords::PasswordHasher {
+        &self.inner.hasher
+    }
+
+    /// Validity of new actor certs, in seconds.
+    pub fn actor_cert_validity_secs(&self) -> u64 {
+        self.inner.actor_cert_validity_secs
+    }
+
+    /// The registration policy.
+    pub fn registration(&self) -> Registration {
+        self.inner.registration
     }
 }
 

@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 use p2_runtime::storage::{Database, Migration};
 use sqlx::Row as _;
+use sqlx::any::AnyRow;
 
 /// The identity schema, in order. Never edit a released migration; add a new one.
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -20,6 +21,28 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         public_key_pem TEXT NOT NULL,
         private_key_enc TEXT NOT NULL
     )",
+}, Migration {
+    version: 2,
+    description: "actors and actor id-certs",
+    sql: "CREATE TABLE actors (
+        local_name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        admin BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        redirect_to TEXT
+    );
+    CREATE TABLE id_certs (
+        serial TEXT PRIMARY KEY,
+        local_name TEXT NOT NULL REFERENCES actors (local_name),
+        session_id TEXT NOT NULL,
+        generation BIGINT NOT NULL REFERENCES server_keys (generation),
+        not_before BIGINT NOT NULL,
+        not_after BIGINT NOT NULL,
+        cert_pem TEXT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        invalidated_at BIGINT
+    );
+    CREATE INDEX id_certs_by_session ON id_certs (local_name, session_id);",
 }];
 
 /// One stored key generation of the home server.
@@ -110,5 +133,251 @@ impl Store {
         .await
         .context("storing a server key")?;
         Ok(result.rows_affected() == 1)
+    }
+}
+
+/// A registered actor.
+#[derive(Debug, Clone)]
+pub struct ActorRow {
+    /// The local part of the federation ID (normalised).
+    pub local_name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Administrator of this home server.
+    pub admin: bool,
+    /// Migration redirect target (spec 7.1), if set.
+    pub redirect_to: Option<String>,
+}
+
+/// An issued actor ID-Cert.
+#[derive(Debug, Clone)]
+pub struct CertRow {
+    /// Decimal serial (unique per home server).
+    pub serial: String,
+    /// Owner.
+    pub local_name: String,
+    /// Session ID (the cert's uniqueIdentifier).
+    pub session_id: String,
+    /// Server key generation that signed it.
+    pub generation: i64,
+    /// Validity start.
+    pub not_before: i64,
+    /// Validity end.
+    pub not_after: i64,
+    /// The cert.
+    pub cert_pem: String,
+    /// When it was issued.
+    pub issued_at: i64,
+    /// When it was revoked, if it was.
+    pub invalidated_at: Option<i64>,
+}
+
+const CERT_COLUMNS: &str = "serial, local_name, session_id, generation, not_before, not_after, \
+                            cert_pem, issued_at, invalidated_at";
+
+fn cert_row(row: &AnyRow) -> Result<CertRow, sqlx::Error> {
+    Ok(CertRow {
+        serial: row.try_get(0)?,
+        local_name: row.try_get(1)?,
+        session_id: row.try_get(2)?,
+        generation: row.try_get(3)?,
+        not_before: row.try_get(4)?,
+        not_after: row.try_get(5)?,
+        cert_pem: row.try_get(6)?,
+        issued_at: row.try_get(7)?,
+        invalidated_at: row.try_get(8)?,
+    })
+}
+
+/// Filters of an actor cert query (all optional, combined with AND).
+#[derive(Debug, Clone, Default)]
+pub struct CertFilter {
+    /// Certs whose validity contains this time.
+    pub valid_at: Option<i64>,
+    /// Certs of this session.
+    pub session_id: Option<String>,
+    /// Certs whose validity starts at or after this time.
+    pub not_before: Option<i64>,
+    /// Certs whose validity ends at or before this time.
+    pub not_after: Option<i64>,
+}
+
+/// Why issuing a cert did not happen.
+#[derive(Debug)]
+pub enum IssueRefusal {
+    /// The actor does not exist.
+    UnknownActor,
+    /// A valid cert holds the session ID and this is not a renewal.
+    SessionIdInUse,
+}
+
+/// What issuing did.
+#[derive(Debug)]
+pub struct Issued {
+    /// The new cert.
+    pub cert: CertRow,
+    /// The cert it replaced (renewal), now revoked.
+    pub revoked: Option<CertRow>,
+}
+
+impl Store {
+    /// Creates an actor. Returns `false` when the name is taken.
+    pub async fn insert_actor(
+        &self,
+        local_name: &str,
+        password_hash: &str,
+        admin: bool,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO actors (local_name, password_hash, admin, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(local_name)
+        .bind(password_hash)
+        .bind(i64::from(admin))
+        .bind(now)
+        .execute(&self.db.pool)
+        .await
+        .context("storing an actor")?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Looks an actor up by local name.
+    pub async fn actor(&self, local_name: &str) -> anyhow::Result<Option<ActorRow>> {
+        let row = sqlx::query(
+            "SELECT local_name, password_hash, admin, redirect_to FROM actors WHERE local_name = $1",
+        )
+        .bind(local_name)
+        .fetch_optional(&self.db.pool)
+        .await
+        .context("loading an actor")?;
+        row.map(|row| {
+            Ok(ActorRow {
+                local_name: row.try_get(0)?,
+                password_hash: row.try_get(1)?,
+                // Booleans are BIGINT 0/1: the Any driver cannot decode SQLite's BOOLEAN.
+                admin: row.try_get::<i64, _>(2)? != 0,
+                redirect_to: row.try_get(3)?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| anyhow::Error::new(e).context("decoding an actor"))
+    }
+
+    /// Issues a cert for (`local_name`, `session_id`) in one transaction: refuses when a valid
+    /// cert holds the session ID (unless `renew`, which revokes that cert), then stores what
+    /// `build` returns. Concurrent issuances for one actor are serialised by a row lock on the
+    /// actor, so two requests cannot both take a session ID.
+    pub async fn issue_cert(
+        &self,
+        local_name: &str,
+        session_id: &str,
+        renew: bool,
+        now: i64,
+        build: impl FnOnce() -> anyhow::Result<CertRow>,
+    ) -> anyhow::Result<Result<Issued, IssueRefusal>> {
+        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        // A no-op write: takes the actor's row lock (PostgreSQL) or the write lock (SQLite).
+        let locked = sqlx::query("UPDATE actors SET admin = admin WHERE local_name = $1")
+            .bind(local_name)
+            .execute(&mut *tx)
+            .await
+            .context("locking the actor")?;
+        if locked.rows_affected() == 0 {
+            return Ok(Err(IssueRefusal::UnknownActor));
+        }
+        let holder = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CERT_COLUMNS} FROM id_certs WHERE local_name = $1 AND session_id = $2 \
+             AND invalidated_at IS NULL AND not_after > $3"
+        )))
+        .bind(local_name)
+        .bind(session_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("checking the session ID")?
+        .map(|row| cert_row(&row))
+        .transpose()
+        .context("decoding a cert")?;
+        let revoked = match holder {
+            Some(_) if !renew => return Ok(Err(IssueRefusal::SessionIdInUse)),
+            Some(mut old) => {
+                sqlx::query("UPDATE id_certs SET invalidated_at = $1 WHERE serial = $2")
+                    .bind(now)
+                    .bind(&old.serial)
+                    .execute(&mut *tx)
+                    .await
+                    .context("revoking the renewed cert")?;
+                old.invalidated_at = Some(now);
+                Some(old)
+            }
+            None => None,
+        };
+        let cert = build()?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO id_certs ({CERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        )))
+        .bind(&cert.serial)
+        .bind(&cert.local_name)
+        .bind(&cert.session_id)
+        .bind(cert.generation)
+        .bind(cert.not_before)
+        .bind(cert.not_after)
+        .bind(&cert.cert_pem)
+        .bind(cert.issued_at)
+        .bind(cert.invalidated_at)
+        .execute(&mut *tx)
+        .await
+        .context("storing a cert")?;
+        tx.commit().await.context("committing a cert")?;
+        Ok(Ok(Issued { cert, revoked }))
+    }
+
+    /// The certs of an actor matching `filter`, oldest first.
+    pub async fn certs(&self, local_name: &str, filter: &CertFilter) -> anyhow::Result<Vec<CertRow>> {
+        // Fixed SQL with NULL-able parameters: one prepared statement for every filter mix.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CERT_COLUMNS} FROM id_certs WHERE local_name = $1 \
+             AND ($2 IS NULL OR (not_before <= $2 AND not_after > $2)) \
+             AND ($3 IS NULL OR session_id = $3) \
+             AND ($4 IS NULL OR not_before >= $4) \
+             AND ($5 IS NULL OR not_after <= $5) \
+             ORDER BY issued_at, serial"
+        )))
+        .bind(local_name)
+        .bind(filter.valid_at)
+        .bind(filter.session_id.as_deref())
+        .bind(filter.not_before)
+        .bind(filter.not_after)
+        .fetch_all(&self.db.pool)
+        .await
+        .context("loading certs")?;
+        rows.iter()
+            .map(cert_row)
+            .collect::<Result<_, _>>()
+            .context("decoding certs")
+    }
+
+    /// Revokes the valid cert of (`local_name`, `session_id`); `None` when there is none.
+    pub async fn revoke_cert(
+        &self,
+        local_name: &str,
+        session_id: &str,
+        now: i64,
+    ) -> anyhow::Result<Option<CertRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE id_certs SET invalidated_at = $3 WHERE local_name = $1 AND session_id = $2 \
+             AND invalidated_at IS NULL AND not_after > $3 RETURNING {CERT_COLUMNS}"
+        )))
+        .bind(local_name)
+        .bind(session_id)
+        .bind(now)
+        .fetch_optional(&self.db.pool)
+        .await
+        .context("revoking a cert")?;
+        row.map(|row| cert_row(&row))
+            .transpose()
+            .context("decoding a cert")
     }
 }

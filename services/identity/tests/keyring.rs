@@ -148,6 +148,8 @@ async fn grpc_answers_server_certs_by_time(url: String) {
         key_encryption_key: Some(KEK.to_owned().into()),
         key_encryption_key_file: Some(dir.path().join("unused")),
         root_validity_days: 730,
+        actor_cert_validity_days: 30,
+        registration: p2_identity::Registration::Open,
     };
     let state = p2_identity::IdentityState::open(&config).await.unwrap();
     let grpc = p2_identity::grpc::IdentityGrpc::new(state.clone());

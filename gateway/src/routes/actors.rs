@@ -1,0 +1,168 @@
+//! Actors and their ID-Certs: registration and password login (polyproto-auth), CSR signing
+//! for an authenticated actor, and the public lookup of an actor's certs.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use p2_proto::identity::v1 as identity;
+use p2_proto::session::v1 as session;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::{Authenticated, require_sensitive};
+use crate::body::{JsonBody, RawBody, pem_payload};
+use crate::error::ApiError;
+use crate::params::Params;
+use crate::routes::core::{CacheableIdCertJson, canonical_json};
+
+/// Body of `POST /.p2/auth/v1/register`.
+#[derive(Debug, Deserialize)]
+pub struct RegisterBody {
+    local_name: String,
+    password: String,
+}
+
+/// `POST /.p2/auth/v1/register`: creates an actor with a password.
+#[tracing::instrument(skip_all)]
+pub async fn register(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> Result<Response, ApiError> {
+    let registered = state
+        .identity()
+        .register_actor(identity::RegisterActorRequest {
+            local_name: body.local_name,
+            password: body.password,
+            admin: false,
+            force: false,
+        })
+        .await?
+        .into_inner();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "fid": registered.fid })),
+    )
+        .into_response())
+}
+
+/// Body of `POST /.p2/auth/v1/session`.
+#[derive(Debug, Deserialize)]
+pub struct LoginBody {
+    local_name: String,
+    password: String,
+    csr: String,
+}
+
+#[derive(Debug, Serialize)]
+struct IdCertAndToken {
+    id_cert: String,
+    #[serde(rename = "idCert")]
+    id_cert_camel: String,
+    token: String,
+}
+
+impl IdCertAndToken {
+    fn new(pem: String, token: String) -> Self {
+        Self {
+            id_cert_camel: pem.clone(),
+            id_cert: pem,
+            token,
+        }
+    }
+}
+
+/// `POST /.p2/auth/v1/session`: password + ID-CSR → the session's ID-Cert and token.
+#[tracing::instrument(skip_all)]
+pub async fn login(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> Result<Response, ApiError> {
+    let logged_in = state
+        .session()
+        .login(session::LoginRequest {
+            local_name: body.local_name,
+            password: body.password,
+            csr: body.csr.into_bytes(),
+        })
+        .await?
+        .into_inner();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(IdCertAndToken::new(logged_in.id_cert_pem, logged_in.token)),
+    )
+        .into_response())
+}
+
+/// `POST /.p2/core/v1/idcert` (sensitive): an ID-Cert for a new session of the caller, or the
+/// renewal of the caller's own session (same session ID: the old cert is revoked).
+#[tracing::instrument(skip_all)]
+pub async fn request_id_cert(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    require_sensitive(&state, &caller, &headers).await?;
+    let csr = pem_payload(&body, &["csr", "idCsr", "id_csr"])?;
+    let session_id = p2_model::IdCsr::parse(&csr)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?
+        .session_id()
+        .to_string();
+    let renew = session_id == caller.session_id;
+    let signed = state
+        .identity()
+        .sign_csr(identity::SignCsrRequest {
+            fid: caller.fid.clone(),
+            csr,
+            renew,
+        })
+        .await?
+        .into_inner();
+    let pem = signed
+        .cert
+        .map(|c| c.id_cert_pem)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no cert returned"))?;
+    let created = state
+        .session()
+        .create_session(session::CreateSessionRequest {
+            fid: caller.fid.clone(),
+            session_id: signed.session_id.clone(),
+            admin: caller.admin,
+        })
+        .await;
+    let token = match created {
+        Ok(created) => created.into_inner().token,
+        Err(status) => {
+            // No cert without a session: take the new cert back before answering.
+            let _ = state
+                .identity()
+                .revoke_actor_id_cert(identity::RevokeActorIdCertRequest {
+                    fid: caller.fid,
+                    session_id: signed.session_id,
+                })
+                .await;
+            return Err(status.into());
+        }
+    };
+    Ok((StatusCode::CREATED, axum::Json(IdCertAndToken::new(pem, token))).into_response())
+}
+
+/// `GET /.p2/core/v1/idcert/actor/{fid}`: every cert of the actor matching the filters, as
+/// JCS-canonical CacheableIdCert JSON; revoked ones carry `invalidatedAt`.
+#[tracing::instrument(skip_all, fields(fid = %fid))]
+pub async fn actor_id_certs(
+    State(state): State<AppState>,
+    Path(fid): Path<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let request = identity::GetActorIdCertsRequest {
+        fid,
+        timestamp: params.u64("timestamp")?,
+        session_id: params.string_any(&["session_id", "sessionId"])?,
+        not_before: params.u64_any(&["notBefore", "not_before"])?,
+        not_after: params.u64_any(&["notAfter", "not_after"])?,
+    };
+    let certs = state.identity().get_actor_id_certs(request).await?.into_inner().certs;
+    let json: Vec<CacheableIdCertJson> = certs.into_iter().map(Into::into).collect();
+    Ok(canonical_json(&json))
+}

@@ -1,0 +1,93 @@
+//! Session-bound routes: challenge strings, session deletion, server key rotation.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use p2_proto::identity::v1 as identity;
+use p2_proto::session::v1 as session;
+use serde::Serialize;
+
+use crate::AppState;
+use crate::auth::{Authenticated, require_sensitive};
+use crate::error::ApiError;
+use crate::params::Params;
+
+#[derive(Serialize)]
+struct Challenge {
+    challenge: String,
+    expires: String,
+}
+
+/// `GET /.p2/core/v1/challenge`: a challenge string bound to the caller's session.
+#[tracing::instrument(skip_all)]
+pub async fn challenge(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Response, ApiError> {
+    let created = state
+        .session()
+        .create_challenge(session::CreateChallengeRequest {
+            caller: Some(caller),
+        })
+        .await?
+        .into_inner();
+    Ok(axum::Json(Challenge {
+        challenge: created.challenge,
+        // u64 as a decimal string (API.md "Wire dialect").
+        expires: created.expires.to_string(),
+    })
+    .into_response())
+}
+
+/// `DELETE /.p2/core/v1/session`: ends the caller's own session, or (sensitive) another
+/// session of the same actor. The token dies at once and the session's ID-Cert is revoked.
+#[tracing::instrument(skip_all)]
+pub async fn delete_session(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let target = params.string_any(&["session_id", "sessionId"])?;
+    let other = target.as_deref().is_some_and(|t| t != caller.session_id);
+    if other {
+        require_sensitive(&state, &caller, &headers).await?;
+    }
+    state
+        .session()
+        .delete_session(session::DeleteSessionRequest {
+            caller: Some(caller),
+            session_id: target,
+            sensitive_verified: other,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `PUT` or `POST /.p2/core/v1/key/server` (admin, sensitive): a new server key pair and root
+/// ID-Cert; the previous ones stay retrievable by time.
+#[tracing::instrument(skip_all)]
+pub async fn rotate_server_key(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    require_sensitive(&state, &caller.0, &headers).await?;
+    let rotated = state
+        .identity()
+        .rotate_server_key(identity::RotateServerKeyRequest {
+            caller: Some(caller.0),
+        })
+        .await?
+        .into_inner();
+    // Gateway op 6 (server certificate change) reaches every session from here once the
+    // events service exists: events.Publish{broadcast, op 6, oldInvalidSince:
+    // rotated.previous_invalid_since}.
+    let pem = rotated.cert.map(|c| c.id_cert_pem).unwrap_or_default();
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
+        pem,
+    )
+        .into_response())
+}

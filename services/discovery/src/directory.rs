@@ -1,0 +1,76 @@
+//! Which actors are registered on this home server: asked of the identity service (which owns
+//! actors) through its `GetActor` RPC. Behind a trait so that service tests can run the
+//! discovery RPCs against real storage without an identity service.
+
+use p2_model::FederationId;
+use p2_proto::identity::v1 as identity;
+use p2_proto::identity::v1::identity_client::IdentityClient;
+use p2_runtime::grpc::TracedChannel;
+
+use crate::error::DiscoveryError;
+
+/// An actor registered on this home server, as far as discovery cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalActor {
+    /// The normalised FID.
+    pub fid: String,
+    /// The target FID when the actor set up a migration redirect (spec 7.1.1).
+    pub redirect_to: Option<String>,
+}
+
+/// Looks actors up.
+#[tonic::async_trait]
+pub trait ActorDirectory: Send + Sync + 'static {
+    /// The actor `fid` if it is registered on this home server, `None` otherwise.
+    async fn actor(&self, fid: &FederationId) -> Result<Option<LocalActor>, DiscoveryError>;
+}
+
+/// The production directory: the identity service's `GetActor`.
+#[derive(Clone)]
+pub struct IdentityDirectory {
+    client: IdentityClient<TracedChannel>,
+}
+
+impl IdentityDirectory {
+    /// A directory asking the identity service at `url` (connects lazily).
+    pub fn connect(url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: IdentityClient::new(p2_runtime::grpc::channel(url)?),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ActorDirectory for IdentityDirectory {
+    async fn actor(&self, fid: &FederationId) -> Result<Option<LocalActor>, DiscoveryError> {
+        let answer = self
+            .client
+            .clone()
+            .get_actor(identity::GetActorRequest {
+                fid: fid.as_str().to_owned(),
+            })
+            .await;
+        match answer {
+            Ok(response) => {
+                let actor = response.into_inner();
+                Ok(Some(LocalActor {
+                    fid: actor.fid,
+                    redirect_to: actor.redirect_to.filter(|target| !target.is_empty()),
+                }))
+            }
+            Err(status) => match status.code() {
+                tonic::Code::NotFound => Ok(None),
+                tonic::Code::InvalidArgument => {
+                    Err(DiscoveryError::InvalidArgument(status.message().to_owned()))
+                }
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Err(
+                    DiscoveryError::Unavailable(format!("identity: {}", status.message())),
+                ),
+                code => Err(DiscoveryError::Internal(anyhow::anyhow!(
+                    "identity.GetActor failed: {code:?}: {}",
+                    status.message()
+                ))),
+            },
+        }
+    }
+}

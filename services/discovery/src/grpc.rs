@@ -1,0 +1,199 @@
+//! The `polyproto.discovery.v1.Discovery` handlers: convert at the edge (FID, service name,
+//! URL, limit into domain types, failing fast with `INVALID_ARGUMENT`), ask the directory and
+//! the store, map back.
+
+use std::sync::Arc;
+
+use p2_model::FederationId;
+use p2_proto::common::v1 as common;
+use p2_proto::discovery::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::directory::ActorDirectory;
+use crate::error::DiscoveryError;
+use crate::model::{Limit, ProviderUrl, ServiceName};
+use crate::store::Store;
+
+/// The most providers one `RemoveService` call may name.
+pub const MAX_REMOVALS_PER_CALL: usize = 100;
+
+/// The gRPC handler set of the discovery service. Cheap to clone.
+#[derive(Clone)]
+pub struct DiscoveryGrpc {
+    store: Store,
+    directory: Arc<dyn ActorDirectory>,
+}
+
+impl DiscoveryGrpc {
+    /// Handlers over `store`, asking `directory` which actors are registered here.
+    pub fn new(store: Store, directory: Arc<dyn ActorDirectory>) -> Self {
+        Self { store, directory }
+    }
+
+    /// The store (for tests and tooling).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+fn invalid_fid(error: p2_model::ModelError) -> DiscoveryError {
+    DiscoveryError::InvalidArgument(error.to_string())
+}
+
+fn caller_fid(caller: Option<&common::Caller>) -> Result<FederationId, DiscoveryError> {
+    let caller = caller.ok_or_else(|| {
+        DiscoveryError::InvalidArgument("the request carries no caller".to_owned())
+    })?;
+    FederationId::parse(&caller.fid).map_err(invalid_fid)
+}
+
+impl DiscoveryGrpc {
+    async fn add_provider(
+        &self,
+        request: pb::AddServiceRequest,
+    ) -> Result<pb::AddServiceResponse, DiscoveryError> {
+        let fid = caller_fid(request.caller.as_ref())?;
+        let provider = request.provider.ok_or_else(|| {
+            DiscoveryError::InvalidArgument("the request carries no provider".to_owned())
+        })?;
+        let service = ServiceName::parse(&provider.service)?;
+        let url = ProviderUrl::parse(&provider.url)?;
+        if self.directory.actor(&fid).await?.is_none() {
+            return Err(DiscoveryError::NotLocalActor {
+                fid: fid.to_string(),
+            });
+        }
+        let added = self
+            .store
+            .add(fid.as_str(), &service, &url, provider.primary)
+            .await?;
+        tracing::info!(fid = %fid, service = %service, url = %added.url, primary = added.primary, "added service provider");
+        Ok(pb::AddServiceResponse {
+            provider: Some(added.into()),
+        })
+    }
+
+    async fn remove_providers(
+        &self,
+        request: pb::RemoveServiceRequest,
+    ) -> Result<pb::RemoveServiceResponse, DiscoveryError> {
+        let fid = caller_fid(request.caller.as_ref())?;
+        if request.providers.is_empty() {
+            return Err(DiscoveryError::InvalidArgument(
+                "name at least one provider to remove (service name and URL)".to_owned(),
+            ));
+        }
+        if request.providers.len() > MAX_REMOVALS_PER_CALL {
+            return Err(DiscoveryError::InvalidArgument(format!(
+                "at most {MAX_REMOVALS_PER_CALL} providers can be removed in one request, not {}",
+                request.providers.len()
+            )));
+        }
+        let providers = request
+            .providers
+            .iter()
+            .map(|key| {
+                Ok((
+                    ServiceName::parse(&key.service)?,
+                    ProviderUrl::parse(&key.url)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, DiscoveryError>>()?;
+        let removal = self
+            .store
+            .remove(fid.as_str(), &providers, request.sensitive_solved)
+            .await?;
+        for provider in &removal.removed {
+            tracing::info!(fid = %fid, service = %provider.service, url = %provider.url, "removed service provider");
+        }
+        for provider in &removal.promoted {
+            tracing::info!(fid = %fid, service = %provider.service, url = %provider.url, "promoted service provider");
+        }
+        Ok(pb::RemoveServiceResponse {
+            removed: removal.removed.into_iter().map(Into::into).collect(),
+            promoted: removal.promoted.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn change_primary(
+        &self,
+        request: pb::SetPrimaryRequest,
+    ) -> Result<pb::SetPrimaryResponse, DiscoveryError> {
+        let fid = caller_fid(request.caller.as_ref())?;
+        let service = ServiceName::parse(&request.service)?;
+        let url = ProviderUrl::parse(&request.url)?;
+        let changed = self.store.set_primary(fid.as_str(), &service, &url).await?;
+        tracing::info!(fid = %fid, service = %service, url = %url.as_str(), "set primary service provider");
+        Ok(pb::SetPrimaryResponse {
+            providers: changed.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn discover_providers(
+        &self,
+        request: pb::DiscoverRequest,
+    ) -> Result<pb::DiscoverResponse, DiscoveryError> {
+        let fid = FederationId::parse(&request.fid).map_err(invalid_fid)?;
+        let service = request
+            .service
+            .as_deref()
+            .map(ServiceName::parse)
+            .transpose()?;
+        let limit = Limit::from_request(request.limit)?;
+        // One identity lookup and one query, side by side.
+        let (actor, providers) = tokio::join!(
+            self.directory.actor(&fid),
+            self.store.list(fid.as_str(), service.as_ref(), limit)
+        );
+        let actor = actor?.ok_or_else(|| DiscoveryError::ActorNotFound {
+            fid: fid.to_string(),
+        })?;
+        Ok(pb::DiscoverResponse {
+            providers: providers?.into_iter().map(Into::into).collect(),
+            redirect_to: actor.redirect_to,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for DiscoveryGrpc {
+    #[tracing::instrument(skip_all)]
+    async fn add_service(
+        &self,
+        request: Request<pb::AddServiceRequest>,
+    ) -> Result<Response<pb::AddServiceResponse>, Status> {
+        Ok(Response::new(
+            self.add_provider(request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn remove_service(
+        &self,
+        request: Request<pb::RemoveServiceRequest>,
+    ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        Ok(Response::new(
+            self.remove_providers(request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_primary(
+        &self,
+        request: Request<pb::SetPrimaryRequest>,
+    ) -> Result<Response<pb::SetPrimaryResponse>, Status> {
+        Ok(Response::new(
+            self.change_primary(request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn discover(
+        &self,
+        request: Request<pb::DiscoverRequest>,
+    ) -> Result<Response<pb::DiscoverResponse>, Status> {
+        Ok(Response::new(
+            self.discover_providers(request.into_inner()).await?,
+        ))
+    }
+}

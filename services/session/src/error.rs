@@ -1,0 +1,196 @@
+//! The session service's errors and their one mapping to gRPC status codes.
+
+use tonic::Code;
+
+use crate::storage::StoreError;
+
+/// What can go wrong in the session service. Every variant but [`SessionError::Internal`] is
+/// something the caller can act on; its message is shown to clients verbatim (the gateway puts
+/// it in the problem+json `detail`).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The bearer token is malformed, was never issued, or its session was deleted or renewed.
+    #[error("unknown session token")]
+    UnknownToken,
+    /// A request field is missing or malformed, or identity rejected the ID-CSR; the text says
+    /// which and why.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Identity rejected the login's password or actor (the same answer for both).
+    #[error("{0}")]
+    WrongPassword(String),
+    /// The CSR's session ID is held by a valid ID-Cert (spec 6.1.1.3: never silently overridden).
+    #[error("{0}")]
+    SessionIdInUse(String),
+    /// Deleting another session of the same actor without the sensitive-action solution.
+    #[error(
+        "deleting another session of this actor is a sensitive action: send the solution \
+         (your password) in the X-P2-Sensitive-Solution header"
+    )]
+    SensitiveActionRequired,
+    /// The actor has no session (token or valid ID-Cert) with this session ID.
+    #[error("actor {fid} has no session with session ID {session_id:?}")]
+    SessionNotFound {
+        /// The actor.
+        fid: String,
+        /// The session ID asked for.
+        session_id: String,
+    },
+    /// The challenge was never issued, was already used, or expired.
+    #[error("challenge unknown, already used or expired; request a new one")]
+    ChallengeUnknown,
+    /// The challenge was issued to another session. It is consumed anyway.
+    #[error(
+        "this challenge was issued to another session; request one with this session's token"
+    )]
+    ChallengeOfAnotherSession,
+    /// The caller's session has no currently valid ID-Cert to check a signature against.
+    #[error("this session has no valid ID-Cert to check the challenge signature against")]
+    NoValidIdCert,
+    /// The challenge signature is malformed or does not verify with the session's key.
+    #[error("the challenge solution was rejected: {0}")]
+    BadSolution(p2_model::ModelError),
+    /// Too many challenges are pending in the in-process store.
+    #[error("too many challenges are pending on this server; try again in a few minutes")]
+    Busy,
+    /// A service this one depends on did not answer.
+    #[error("the {0} service is unavailable; try again shortly")]
+    Unavailable(&'static str),
+    /// Anything unexpected (storage, Redis, an identity answer that breaks its contract):
+    /// logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for SessionError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Full { .. } => Self::Busy,
+            StoreError::Backend(error) => Self::Internal(error),
+        }
+    }
+}
+
+impl SessionError {
+    /// A failed identity call that the caller did not expect: UNAVAILABLE stays UNAVAILABLE (the
+    /// client may retry), everything else is internal, with `what` as context for the log.
+    pub fn from_identity(status: tonic::Status, what: &'static str) -> Self {
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded => Self::Unavailable("identity"),
+            _ => Self::Internal(anyhow::Error::new(status).context(what)),
+        }
+    }
+}
+
+impl From<SessionError> for tonic::Status {
+    fn from(error: SessionError) -> Self {
+        use tonic::Status;
+        // One exhaustive match: a new variant does not compile until it has a code.
+        match error {
+            SessionError::UnknownToken | SessionError::WrongPassword(_) => {
+                Status::unauthenticated(error.to_string())
+            }
+            SessionError::InvalidArgument(message) => Status::invalid_argument(message),
+            SessionError::SessionIdInUse(message) => Status::already_exists(message),
+            SessionError::SensitiveActionRequired
+            | SessionError::ChallengeUnknown
+            | SessionError::ChallengeOfAnotherSession
+            | SessionError::NoValidIdCert
+            | SessionError::BadSolution(_) => Status::permission_denied(error.to_string()),
+            SessionError::SessionNotFound { .. } => Status::not_found(error.to_string()),
+            SessionError::Busy => Status::resource_exhausted(error.to_string()),
+            SessionError::Unavailable(_) => Status::unavailable(error.to_string()),
+            SessionError::Internal(error) => p2_runtime::error::internal(&error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_the_code_a_client_can_act_on() {
+        let cases: Vec<(SessionError, Code, &str)> = vec![
+            (SessionError::UnknownToken, Code::Unauthenticated, "unknown session token"),
+            (
+                SessionError::InvalidArgument("caller is required".into()),
+                Code::InvalidArgument,
+                "caller is required",
+            ),
+            (
+                SessionError::WrongPassword("wrong password".into()),
+                Code::Unauthenticated,
+                "wrong password",
+            ),
+            (
+                SessionError::SessionIdInUse("session ID laptop is in use".into()),
+                Code::AlreadyExists,
+                "laptop",
+            ),
+            (
+                SessionError::SensitiveActionRequired,
+                Code::PermissionDenied,
+                "X-P2-Sensitive-Solution",
+            ),
+            (
+                SessionError::SessionNotFound {
+                    fid: "alice@example.com".into(),
+                    session_id: "phone".into(),
+                },
+                Code::NotFound,
+                "phone",
+            ),
+            (
+                SessionError::ChallengeUnknown,
+                Code::PermissionDenied,
+                "challenge unknown, already used or expired",
+            ),
+            (
+                SessionError::ChallengeOfAnotherSession,
+                Code::PermissionDenied,
+                "another session",
+            ),
+            (SessionError::NoValidIdCert, Code::PermissionDenied, "no valid ID-Cert"),
+            (
+                SessionError::BadSolution(p2_model::ModelError::BadSignature),
+                Code::PermissionDenied,
+                "does not verify",
+            ),
+            (SessionError::Busy, Code::ResourceExhausted, "try again"),
+            (SessionError::Unavailable("identity"), Code::Unavailable, "identity"),
+            (
+                SessionError::Internal(anyhow::anyhow!("disk on fire")),
+                Code::Internal,
+                p2_runtime::error::INTERNAL_MESSAGE,
+            ),
+        ];
+        for (error, code, text) in cases {
+            let shown = format!("{error:?}");
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), code, "{shown}");
+            assert!(status.message().contains(text), "{shown}: {}", status.message());
+            assert!(!status.message().contains("disk on fire"));
+        }
+    }
+
+    #[test]
+    fn store_errors_become_busy_or_internal() {
+        let full = SessionError::from(StoreError::Full { capacity: 3 });
+        assert!(matches!(full, SessionError::Busy));
+        let backend = SessionError::from(StoreError::Backend(anyhow::anyhow!("connection reset")));
+        let status = tonic::Status::from(backend);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("connection reset"));
+    }
+
+    #[test]
+    fn unexpected_identity_failures_are_internal_but_outages_stay_retryable() {
+        let down = SessionError::from_identity(tonic::Status::unavailable("connect refused"), "x");
+        let status = tonic::Status::from(down);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("refused"));
+        let odd = SessionError::from_identity(tonic::Status::not_found("no actor"), "x");
+        assert_eq!(tonic::Status::from(odd).code(), Code::Internal);
+    }
+}

@@ -1,0 +1,169 @@
+//! The `sessions` table: one row per (actor, session ID), keyed by the hash of the session's
+//! current token. One implementation over sqlx's `Any` driver with portable SQL serves SQLite
+//! and PostgreSQL.
+
+use anyhow::Context as _;
+use p2_runtime::storage::{Database, Migration};
+use sqlx::Row as _;
+
+use crate::token::TokenHash;
+
+/// The session schema, in order. Never edit a released migration; add a new one.
+///
+/// `admin` is `BIGINT` 0/1 rather than `BOOLEAN`: sqlx's `Any` driver cannot decode a SQLite
+/// `BOOLEAN` column, and one portable schema matters more than the column type's name.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "sessions",
+    sql: "CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        fid TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        admin BIGINT NOT NULL CHECK (admin IN (0, 1)),
+        created_at BIGINT NOT NULL,
+        UNIQUE (fid, session_id)
+    )",
+}];
+
+/// One live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// The actor's normalised federation ID.
+    pub fid: String,
+    /// The session ID (the `uniqueIdentifier` of the session's ID-Cert).
+    pub session_id: String,
+    /// Whether the actor is an administrator of this home server.
+    pub admin: bool,
+    /// UNIX seconds when the session's current token was issued.
+    pub created_at: u64,
+}
+
+/// Handle on the `sessions` table; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    db: Database,
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl SessionStore {
+    /// Wraps a database migrated with [`MIGRATIONS`].
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The database underneath (tests inspect and break it).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Stores the session (fid, session_id) under `token_hash`, replacing the row of the same
+    /// session if there is one: the old token dies in the same statement (renewal, re-login).
+    /// One upsert, so concurrent replacements of one session leave exactly one row.
+    pub async fn put(
+        &self,
+        fid: &str,
+        session_id: &str,
+        admin: bool,
+        token_hash: &TokenHash,
+        created_at: u64,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (fid, session_id) DO UPDATE SET \
+             token_hash = excluded.token_hash, admin = excluded.admin, \
+             created_at = excluded.created_at",
+        )
+        .bind(token_hash.as_str())
+        .bind(fid)
+        .bind(session_id)
+        .bind(i64::from(admin))
+        .bind(to_i64(created_at))
+        .execute(&self.db.pool)
+        .await
+        .context("storing a session")?;
+        Ok(())
+    }
+
+    /// The session whose current token hashes to `token_hash`: one lookup on the primary key,
+    /// then a constant-time comparison of the hash read back.
+    pub async fn find_by_token(&self, token_hash: &TokenHash) -> anyhow::Result<Option<SessionRow>> {
+        let row = sqlx::query(
+            "SELECT token_hash, fid, session_id, admin, created_at FROM sessions \
+             WHERE token_hash = $1",
+        )
+        .bind(token_hash.as_str())
+        .fetch_optional(&self.db.pool)
+        .await
+        .context("looking up a session token")?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let stored: &str = row.try_get(0).context("reading a session row")?;
+        if !token_hash.matches(stored) {
+            return Ok(None);
+        }
+        Ok(Some(Self::decode(&row, 1).context("reading a session row")?))
+    }
+
+    /// The session (fid, session_id), if it exists.
+    pub async fn get(&self, fid: &str, session_id: &str) -> anyhow::Result<Option<SessionRow>> {
+        let row = sqlx::query(
+            "SELECT fid, session_id, admin, created_at FROM sessions \
+             WHERE fid = $1 AND session_id = $2",
+        )
+        .bind(fid)
+        .bind(session_id)
+        .fetch_optional(&self.db.pool)
+        .await
+        .context("looking up a session")?;
+        row.map(|row| Self::decode(&row, 0))
+            .transpose()
+            .context("reading a session row")
+    }
+
+    /// Deletes the session (fid, session_id): its token fails from the next lookup on.
+    /// Returns whether there was such a session.
+    pub async fn delete(&self, fid: &str, session_id: &str) -> anyhow::Result<bool> {
+        let done = sqlx::query("DELETE FROM sessions WHERE fid = $1 AND session_id = $2")
+            .bind(fid)
+            .bind(session_id)
+            .execute(&self.db.pool)
+            .await
+            .context("deleting a session")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every session of `fid`, ordered by session ID.
+    pub async fn list(&self, fid: &str) -> anyhow::Result<Vec<SessionRow>> {
+        let rows = sqlx::query(
+            "SELECT fid, session_id, admin, created_at FROM sessions \
+             WHERE fid = $1 ORDER BY session_id",
+        )
+        .bind(fid)
+        .fetch_all(&self.db.pool)
+        .await
+        .context("listing sessions")?;
+        rows.iter()
+            .map(|row| Self::decode(row, 0))
+            .collect::<Result<_, _>>()
+            .context("reading a session row")
+    }
+
+    /// Decodes (fid, session_id, admin, created_at) starting at column `first`.
+    fn decode(row: &sqlx::any::AnyRow, first: usize) -> Result<SessionRow, sqlx::Error> {
+        Ok(SessionRow {
+            fid: row.try_get(first)?,
+            session_id: row.try_get(first + 1)?,
+            admin: row.try_get::<i64, _>(first + 2)? != 0,
+            created_at: to_u64(row.try_get(first + 3)?),
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! Helpers shared by the service tests: real databases, real Redis, handler sets.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use p2_proto::identity::v1::identity_client::IdentityClient;
+use p2_runtime::grpc::TracedChannel;
+use p2_session::SessionGrpc;
+use p2_session::storage::{ChallengeStore, MIGRATIONS, MemoryChallengeStore, SessionStore};
+use sqlx::Executor as _;
+
+/// A URL where nothing listens: identity calls fail with UNAVAILABLE at once.
+pub const DEAD_IDENTITY_URL: &str = "http://127.0.0.1:1";
+
+/// A name no other test (or test run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh, migrated SQLite session store in its own temp dir.
+pub async fn sqlite_store() -> (SessionStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = p2_runtime::storage::sqlite_url_in(dir.path(), "session");
+    let db = p2_runtime::storage::connect(&url, "session", MIGRATIONS)
+        .await
+        .unwrap();
+    (SessionStore::new(db), dir)
+}
+
+/// A fresh, migrated PostgreSQL session store in its own database, created from
+/// P2_TEST_POSTGRES_URL (set by scripts/test.sh; the test fails without it).
+pub async fn postgres_store() -> SessionStore {
+    sqlx::any::install_default_drivers();
+    let admin = std::env::var("P2_TEST_POSTGRES_URL")
+        .expect("P2_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
+    let name = unique("p2t_session");
+    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    pool.close().await;
+    let base = admin.rsplit_once('/').unwrap().0;
+    let db = p2_runtime::storage::connect(&format!("{base}/{name}"), "session", MIGRATIONS)
+        .await
+        .unwrap();
+    SessionStore::new(db)
+}
+
+/// P2_TEST_REDIS_URL (set by scripts/test.sh; the test fails without it).
+pub fn redis_url() -> String {
+    std::env::var("P2_TEST_REDIS_URL")
+        .expect("P2_TEST_REDIS_URL is not set: run the tests through scripts/test.sh")
+}
+
+/// An identity client over a lazily connecting channel.
+pub fn identity_client(url: &str) -> IdentityClient<TracedChannel> {
+    IdentityClient::new(p2_runtime::grpc::channel(url).unwrap())
+}
+
+/// Handlers over a fresh SQLite store, the in-process challenge store, and identity at `url`.
+pub async fn service_with_identity(
+    identity_url: &str,
+    challenge_ttl: Duration,
+) -> (SessionGrpc, tempfile::TempDir) {
+    let (store, dir) = sqlite_store().await;
+    let challenges: Arc<dyn ChallengeStore> = Arc::new(MemoryChallengeStore::default());
+    let grpc = SessionGrpc::new(store, challenges, identity_client(identity_url), challenge_ttl);
+    (grpc, dir)
+}
+
+/// Handlers whose identity service is unreachable.
+pub async fn service_without_identity() -> (SessionGrpc, tempfile::TempDir) {
+    service_with_identity(DEAD_IDENTITY_URL, Duration::from_secs(300)).await
+}
