@@ -174,7 +174,7 @@ fn parse_new_provider(body: &[u8]) -> Result<ServiceProvider, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("send a JSON body: {SERVICE_SHAPE}")))?;
     let service = match object.get("service") {
         // The wrapper: its one field is a whole Service object.
-        Some(Value::Object(inner)) if inner_name(inner).is_none() => {
+        Some(Value::Object(inner)) if !inner.contains_key("inner") => {
             reject_unknown(&object, &["service"], "the request body")?;
             inner
         }

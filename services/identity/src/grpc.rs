@@ -134,7 +134,7 @@ impl pb::identity_server::Identity for IdentityGrpc {
     ) -> Result<Response<pb::VerifyPasswordResponse>, Status> {
         let request = request.into_inner();
         // Anything that names no actor of ours takes the unknown-actor path (same timing).
-        let local_name = self.local_name_of(&request.actor).ok();
+        let local_name = self.local_name_or_fid(&request.actor).ok();
         let actor = match &local_name {
             Some(name) => self.state.store().actor(name).await.map_err(IdentityError::from)?,
             None => None,
@@ -304,14 +304,19 @@ fn now_i64() -> i64 {
 }
 
 impl IdentityGrpc {
-    /// The normalised local name of `actor` (a FID of this domain, or a bare local name).
-    fn local_name_of(&self, actor: &str) -> Result<String, IdentityError> {
+    /// The normalised local name of `fid`, a full federation ID of this domain.
+    fn local_name_of(&self, fid: &str) -> Result<String, IdentityError> {
+        let fid = p2_model::FederationId::parse(fid)?;
+        if fid.domain() != self.state.domain() {
+            return Err(IdentityError::UnknownActor(fid.to_string()));
+        }
+        Ok(fid.local_name().to_owned())
+    }
+
+    /// Like [`Self::local_name_of`], but also accepts a bare local name (password logins).
+    fn local_name_or_fid(&self, actor: &str) -> Result<String, IdentityError> {
         if actor.contains('@') {
-            let fid = p2_model::FederationId::parse(actor)?;
-            if fid.domain() != self.state.domain() {
-                return Err(IdentityError::UnknownActor(fid.to_string()));
-            }
-            Ok(fid.local_name().to_owned())
+            self.local_name_of(actor)
         } else {
             Ok(p2_model::validate_local_name(actor)?)
         }

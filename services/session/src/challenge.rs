@@ -74,7 +74,9 @@ pub fn verify_solution(
     now: u64,
 ) -> Result<(), SessionError> {
     let cert = IdCert::from_pem(cert_pem).context("identity returned an unparsable ID-Cert")?;
-    let fid = cert.subject_fid().context("identity returned an ID-Cert without FID")?;
+    let fid = cert
+        .subject_fid()
+        .context("identity returned an ID-Cert without FID")?;
     let session_id = cert
         .session_id()
         .context("identity returned an ID-Cert without session ID")?;
@@ -160,9 +162,14 @@ impl SessionGrpc {
         let certs = match answer {
             Ok(response) => response.into_inner().certs,
             // The actor is gone (or is not ours): no cert to check against.
-            Err(status) if status.code() == Code::NotFound => return Err(SessionError::NoValidIdCert),
+            Err(status) if status.code() == Code::NotFound => {
+                return Err(SessionError::NoValidIdCert);
+            }
             Err(status) => {
-                return Err(SessionError::from_identity(status, "fetching the session's ID-Cert"));
+                return Err(SessionError::from_identity(
+                    status,
+                    "fetching the session's ID-Cert",
+                ));
             }
         };
         certs

@@ -40,9 +40,7 @@ pub enum SessionError {
     #[error("challenge unknown, already used or expired; request a new one")]
     ChallengeUnknown,
     /// The challenge was issued to another session. It is consumed anyway.
-    #[error(
-        "this challenge was issued to another session; request one with this session's token"
-    )]
+    #[error("this challenge was issued to another session; request one with this session's token")]
     ChallengeOfAnotherSession,
     /// The caller's session has no currently valid ID-Cert to check a signature against.
     #[error("this session has no valid ID-Cert to check the challenge signature against")]
@@ -112,7 +110,11 @@ mod tests {
     #[test]
     fn each_error_maps_to_the_code_a_client_can_act_on() {
         let cases: Vec<(SessionError, Code, &str)> = vec![
-            (SessionError::UnknownToken, Code::Unauthenticated, "unknown session token"),
+            (
+                SessionError::UnknownToken,
+                Code::Unauthenticated,
+                "unknown session token",
+            ),
             (
                 SessionError::InvalidArgument("caller is required".into()),
                 Code::InvalidArgument,
@@ -151,14 +153,22 @@ mod tests {
                 Code::PermissionDenied,
                 "another session",
             ),
-            (SessionError::NoValidIdCert, Code::PermissionDenied, "no valid ID-Cert"),
+            (
+                SessionError::NoValidIdCert,
+                Code::PermissionDenied,
+                "no valid ID-Cert",
+            ),
             (
                 SessionError::BadSolution(p2_model::ModelError::BadSignature),
                 Code::PermissionDenied,
                 "does not verify",
             ),
             (SessionError::Busy, Code::ResourceExhausted, "try again"),
-            (SessionError::Unavailable("identity"), Code::Unavailable, "identity"),
+            (
+                SessionError::Unavailable("identity"),
+                Code::Unavailable,
+                "identity",
+            ),
             (
                 SessionError::Internal(anyhow::anyhow!("disk on fire")),
                 Code::Internal,
@@ -169,7 +179,11 @@ mod tests {
             let shown = format!("{error:?}");
             let status = tonic::Status::from(error);
             assert_eq!(status.code(), code, "{shown}");
-            assert!(status.message().contains(text), "{shown}: {}", status.message());
+            assert!(
+                status.message().contains(text),
+                "{shown}: {}",
+                status.message()
+            );
             assert!(!status.message().contains("disk on fire"));
         }
     }

@@ -1,6 +1,6 @@
 //! `polyproto.session.v1.Session`: destructures each request, parses its fields into domain
 //! types (INVALID_ARGUMENT on failure), calls the handler methods of [`SessionGrpc`] and maps
-//! [`SessionError`](crate::SessionError) to a status in its one place.
+//! [`SessionError`] to a status in its one place.
 
 use p2_model::{FederationId, SessionId};
 use p2_proto::session::v1 as pb;

@@ -68,10 +68,18 @@ pub struct SessionConfig {
     #[arg(long = "redis-url", env = "P2_REDIS_URL")]
     pub redis_url: Option<String>,
     /// URL of the identity service.
-    #[arg(long = "identity-url", env = "P2_IDENTITY_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long = "identity-url",
+        env = "P2_IDENTITY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub identity_url: String,
     /// URL of the events service.
-    #[arg(long = "events-url", env = "P2_EVENTS_URL", default_value = "http://127.0.0.1:50054")]
+    #[arg(
+        long = "events-url",
+        env = "P2_EVENTS_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
     pub events_url: String,
     /// Lifetime of a challenge string, in seconds (at least 1).
     #[arg(long = "challenge-ttl-secs", env = "P2_CHALLENGE_TTL_SECS", default_value_t = DEFAULT_CHALLENGE_TTL_SECS)]

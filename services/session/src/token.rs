@@ -119,7 +119,11 @@ mod tests {
         assert_eq!(tokens.len(), 1000);
         for token in &tokens {
             assert_eq!(token.len(), TOKEN_TEXT_LEN);
-            assert!(token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+            assert!(
+                token
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            );
             assert_eq!(hex::decode(token).unwrap().len() * 8, 256);
         }
         // Every bit position takes both values across 1000 draws (a stuck bit would show).

@@ -18,8 +18,8 @@ pub mod memory;
 pub mod redis;
 pub mod sql;
 
-pub use memory::MemoryChallengeStore;
 pub use self::redis::RedisChallengeStore;
+pub use memory::MemoryChallengeStore;
 pub use sql::{MIGRATIONS, SessionRow, SessionStore};
 
 /// A boxed, sendable future: what [`ChallengeStore`] methods return, so the store can be

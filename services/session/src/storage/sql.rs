@@ -94,7 +94,10 @@ impl SessionStore {
 
     /// The session whose current token hashes to `token_hash`: one lookup on the primary key,
     /// then a constant-time comparison of the hash read back.
-    pub async fn find_by_token(&self, token_hash: &TokenHash) -> anyhow::Result<Option<SessionRow>> {
+    pub async fn find_by_token(
+        &self,
+        token_hash: &TokenHash,
+    ) -> anyhow::Result<Option<SessionRow>> {
         let row = sqlx::query(
             "SELECT token_hash, fid, session_id, admin, created_at FROM sessions \
              WHERE token_hash = $1",
@@ -110,7 +113,9 @@ impl SessionStore {
         if !token_hash.matches(stored) {
             return Ok(None);
         }
-        Ok(Some(Self::decode(&row, 1).context("reading a session row")?))
+        Ok(Some(
+            Self::decode(&row, 1).context("reading a session row")?,
+        ))
     }
 
     /// The session (fid, session_id), if it exists.

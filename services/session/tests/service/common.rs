@@ -74,7 +74,12 @@ pub async fn service_with_identity(
 ) -> (SessionGrpc, tempfile::TempDir) {
     let (store, dir) = sqlite_store().await;
     let challenges: Arc<dyn ChallengeStore> = Arc::new(MemoryChallengeStore::default());
-    let grpc = SessionGrpc::new(store, challenges, identity_client(identity_url), challenge_ttl);
+    let grpc = SessionGrpc::new(
+        store,
+        challenges,
+        identity_client(identity_url),
+        challenge_ttl,
+    );
     (grpc, dir)
 }
 

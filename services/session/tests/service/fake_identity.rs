@@ -147,7 +147,8 @@ impl pb::identity_server::Identity for FakeIdentity {
         request: Request<pb::SignCsrRequest>,
     ) -> Result<Response<pb::SignCsrResponse>, Status> {
         let request = request.into_inner();
-        let csr = IdCsr::parse(&request.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let csr =
+            IdCsr::parse(&request.csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let fid = FederationId::parse(&request.fid).unwrap();
         csr.check_for(DOMAIN, Some(fid.local_name()))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -163,9 +164,15 @@ impl pb::identity_server::Identity for FakeIdentity {
         }
         let now = p2_runtime::unix_now();
         let serial = p2_model::random_serial();
-        let cert =
-            p2_model::issue_actor_cert(&self.root, &self.root_key, &csr, serial, now - 60, now + 3600)
-                .unwrap();
+        let cert = p2_model::issue_actor_cert(
+            &self.root,
+            &self.root_key,
+            &csr,
+            serial,
+            now - 60,
+            now + 3600,
+        )
+        .unwrap();
         let record = Issued {
             fid: request.fid,
             session_id: session_id.clone(),
@@ -196,7 +203,12 @@ impl pb::identity_server::Identity for FakeIdentity {
             .unwrap()
             .iter()
             .filter(|c| c.fid == request.fid)
-            .filter(|c| request.session_id.as_ref().is_none_or(|s| *s == c.session_id))
+            .filter(|c| {
+                request
+                    .session_id
+                    .as_ref()
+                    .is_none_or(|s| *s == c.session_id)
+            })
             .map(cacheable)
             .collect();
         Ok(Response::new(pb::GetActorIdCertsResponse { certs }))

@@ -20,7 +20,12 @@ fn caller(fid: &str, session_id: &str) -> Caller {
     }
 }
 
-async fn create(grpc: &p2_session::SessionGrpc, fid: &str, session_id: &str, admin: bool) -> String {
+async fn create(
+    grpc: &p2_session::SessionGrpc,
+    fid: &str,
+    session_id: &str,
+    admin: bool,
+) -> String {
     grpc.create_session(Request::new(pb::CreateSessionRequest {
         fid: fid.into(),
         session_id: session_id.into(),
@@ -32,7 +37,10 @@ async fn create(grpc: &p2_session::SessionGrpc, fid: &str, session_id: &str, adm
     .token
 }
 
-async fn authenticate(grpc: &p2_session::SessionGrpc, token: &str) -> Result<Caller, tonic::Status> {
+async fn authenticate(
+    grpc: &p2_session::SessionGrpc,
+    token: &str,
+) -> Result<Caller, tonic::Status> {
     grpc.authenticate(Request::new(pb::AuthenticateRequest {
         token: token.into(),
     }))
@@ -117,12 +125,21 @@ async fn renewing_a_session_kills_its_old_token() {
     let old = create(&grpc, ALICE, "laptop", false).await;
     let new = create(&grpc, ALICE, "laptop", false).await;
     assert_ne!(old, new);
-    assert_eq!(authenticate(&grpc, &old).await.unwrap_err().code(), Code::Unauthenticated);
-    assert_eq!(authenticate(&grpc, &new).await.unwrap().session_id, "laptop");
+    assert_eq!(
+        authenticate(&grpc, &old).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        authenticate(&grpc, &new).await.unwrap().session_id,
+        "laptop"
+    );
     // Another session of the same actor is untouched.
     let phone = create(&grpc, ALICE, "phone", false).await;
     create(&grpc, ALICE, "laptop", false).await;
-    assert_eq!(authenticate(&grpc, &phone).await.unwrap().session_id, "phone");
+    assert_eq!(
+        authenticate(&grpc, &phone).await.unwrap().session_id,
+        "phone"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +181,11 @@ async fn create_session_rejects_invalid_fids_and_session_ids() {
             }))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{fid:?} {session_id:?}");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{fid:?} {session_id:?}"
+        );
     }
 }
 
@@ -188,22 +209,31 @@ async fn challenges_have_64_characters_of_every_class_and_are_unique() {
 
 #[tokio::test]
 async fn challenges_expire_after_the_configured_ttl() {
-    let (grpc, _dir) = service_with_identity(
-        crate::common::DEAD_IDENTITY_URL,
-        Duration::from_secs(120),
-    )
-    .await;
+    let (grpc, _dir) =
+        service_with_identity(crate::common::DEAD_IDENTITY_URL, Duration::from_secs(120)).await;
     let who = caller(ALICE, "laptop");
     let before = p2_runtime::unix_now();
     let issued = challenge(&grpc, &who).await;
     let after = p2_runtime::unix_now();
-    assert!((before + 120..=after + 120).contains(&issued.expires), "{}", issued.expires);
+    assert!(
+        (before + 120..=after + 120).contains(&issued.expires),
+        "{}",
+        issued.expires
+    );
     // The challenge path touches no SQL, so time can be paused safely from here.
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(121)).await;
-    let status = verify(&grpc, &who, &issued.challenge, "00").await.unwrap_err();
+    let status = verify(&grpc, &who, &issued.challenge, "00")
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("challenge unknown, already used or expired"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("challenge unknown, already used or expired"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -212,11 +242,19 @@ async fn a_challenge_is_used_up_by_its_first_attempt() {
     let who = caller(ALICE, "laptop");
     let issued = challenge(&grpc, &who).await;
     // First attempt: taken from the store, then identity (unreachable) was asked for the cert.
-    let first = verify(&grpc, &who, &issued.challenge, "00").await.unwrap_err();
+    let first = verify(&grpc, &who, &issued.challenge, "00")
+        .await
+        .unwrap_err();
     assert_eq!(first.code(), Code::Unavailable, "{first:?}");
-    let again = verify(&grpc, &who, &issued.challenge, "00").await.unwrap_err();
+    let again = verify(&grpc, &who, &issued.challenge, "00")
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), Code::PermissionDenied);
-    assert!(again.message().contains("already used"), "{}", again.message());
+    assert!(
+        again.message().contains("already used"),
+        "{}",
+        again.message()
+    );
 }
 
 #[tokio::test]
@@ -226,14 +264,31 @@ async fn a_challenge_of_another_session_is_denied_and_used_up() {
     let issued = challenge(&grpc, &laptop).await;
     for thief in [caller(ALICE, "phone"), caller("bob@example.com", "laptop")] {
         let issued = challenge(&grpc, &laptop).await;
-        let status = verify(&grpc, &thief, &issued.challenge, "00").await.unwrap_err();
+        let status = verify(&grpc, &thief, &issued.challenge, "00")
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied);
-        assert!(status.message().contains("another session"), "{}", status.message());
-        let status = verify(&grpc, &laptop, &issued.challenge, "00").await.unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "consumed by the foreign attempt");
+        assert!(
+            status.message().contains("another session"),
+            "{}",
+            status.message()
+        );
+        let status = verify(&grpc, &laptop, &issued.challenge, "00")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "consumed by the foreign attempt"
+        );
     }
     // Made-up and absurd challenges are unknown.
-    for made_up in [String::new(), "x".repeat(300), "a:b".into(), issued.challenge.to_lowercase()] {
+    for made_up in [
+        String::new(),
+        "x".repeat(300),
+        "a:b".into(),
+        issued.challenge.to_lowercase(),
+    ] {
         let status = verify(&grpc, &laptop, &made_up, "00").await.unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{made_up:?}");
     }
@@ -247,9 +302,13 @@ async fn requests_without_a_valid_caller_are_invalid() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = delete(&grpc, &caller("not-a-fid", "laptop"), None, false).await.unwrap_err();
+    let status = delete(&grpc, &caller("not-a-fid", "laptop"), None, false)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = delete(&grpc, &caller(ALICE, "laptop"), Some(""), true).await.unwrap_err();
+    let status = delete(&grpc, &caller(ALICE, "laptop"), Some(""), true)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
@@ -269,10 +328,19 @@ async fn key_trials_are_not_implemented_yet() {
 async fn deleting_another_session_needs_the_sensitive_solution() {
     let (grpc, _dir) = service_without_identity().await;
     let phone = create(&grpc, ALICE, "phone", false).await;
-    let status = delete(&grpc, &caller(ALICE, "laptop"), Some("phone"), false).await.unwrap_err();
+    let status = delete(&grpc, &caller(ALICE, "laptop"), Some("phone"), false)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("X-P2-Sensitive-Solution"), "{}", status.message());
-    assert!(authenticate(&grpc, &phone).await.is_ok(), "nothing was deleted");
+    assert!(
+        status.message().contains("X-P2-Sensitive-Solution"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        authenticate(&grpc, &phone).await.is_ok(),
+        "nothing was deleted"
+    );
 }
 
 #[tokio::test]
@@ -281,8 +349,15 @@ async fn a_deleted_sessions_token_dies_even_when_identity_is_down() {
     let token = create(&grpc, ALICE, "laptop", false).await;
     let who = authenticate(&grpc, &token).await.unwrap();
     let status = delete(&grpc, &who, None, false).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "the revocation could not happen: retry");
-    assert_eq!(authenticate(&grpc, &token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "the revocation could not happen: retry"
+    );
+    assert_eq!(
+        authenticate(&grpc, &token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,12 +368,23 @@ async fn deleting_the_own_session_kills_its_token_and_revokes_its_cert() {
     let session = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
     let who = authenticate(&grpc, &session.token).await.unwrap();
     delete(&grpc, &who, None, false).await.unwrap();
-    assert_eq!(authenticate(&grpc, &session.token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        authenticate(&grpc, &session.token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
     let issued = identity.issued();
     assert_eq!(issued.len(), 1);
-    assert!(issued[0].revoked_at.is_some(), "the session's cert was revoked");
+    assert!(
+        issued[0].revoked_at.is_some(),
+        "the session's cert was revoked"
+    );
     // Nothing is left of it now.
-    let status = delete(&grpc, &caller(ALICE, "phone"), Some("laptop"), true).await.unwrap_err();
+    let status = delete(&grpc, &caller(ALICE, "phone"), Some("laptop"), true)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
 
@@ -312,7 +398,10 @@ async fn another_session_is_deleted_with_the_sensitive_solution() {
     let phone = login(&grpc, ALICE, PASSWORD, csr).await.unwrap();
     let who = authenticate(&grpc, &laptop.token).await.unwrap();
     delete(&grpc, &who, Some("phone"), true).await.unwrap();
-    assert_eq!(authenticate(&grpc, &phone.token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        authenticate(&grpc, &phone.token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     assert!(authenticate(&grpc, &laptop.token).await.is_ok());
     let revoked: Vec<_> = identity
         .issued()
@@ -339,7 +428,14 @@ async fn a_login_issues_a_cert_for_the_csr_key_and_a_token_that_authenticates() 
     let cert = p2_model::IdCert::from_pem(&session.id_cert_pem).unwrap();
     assert_eq!(cert.public_key().unwrap(), key.verifying_key());
     let who = authenticate(&grpc, &session.token).await.unwrap();
-    assert_eq!(who, Caller { fid: ALICE.into(), session_id: "laptop".into(), admin: true });
+    assert_eq!(
+        who,
+        Caller {
+            fid: ALICE.into(),
+            session_id: "laptop".into(),
+            admin: true
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,12 +456,20 @@ async fn a_wrong_password_is_unauthenticated_and_leaves_nothing_behind() {
 async fn a_bad_or_missing_csr_is_an_invalid_argument_with_the_reason() {
     let identity = fake_identity::start().await;
     let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
-    let status = login(&grpc, "alice", PASSWORD, Vec::new()).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("csr"), "{}", status.message());
-    let status = login(&grpc, "alice", PASSWORD, b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n".to_vec())
+    let status = login(&grpc, "alice", PASSWORD, Vec::new())
         .await
         .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("csr"), "{}", status.message());
+    let status = login(
+        &grpc,
+        "alice",
+        PASSWORD,
+        b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n"
+            .to_vec(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(!status.message().is_empty());
     assert!(identity.issued().is_empty());
@@ -382,7 +486,10 @@ async fn a_session_id_held_by_a_valid_cert_is_already_exists() {
     let status = login(&grpc, "alice", PASSWORD, csr).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
     assert!(status.message().contains("laptop"), "{}", status.message());
-    assert!(authenticate(&grpc, &first.token).await.is_ok(), "the first session is untouched");
+    assert!(
+        authenticate(&grpc, &first.token).await.is_ok(),
+        "the first session is untouched"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +503,10 @@ async fn a_login_after_deletion_reuses_the_session_id_with_a_new_token() {
     let (csr, _) = fake_identity::csr("laptop");
     let second = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
     assert_ne!(first.token, second.token);
-    assert_eq!(authenticate(&grpc, &first.token).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        authenticate(&grpc, &first.token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
     assert!(authenticate(&grpc, &second.token).await.is_ok());
 }
 
@@ -412,7 +522,10 @@ async fn a_login_whose_session_cannot_be_stored_revokes_its_cert() {
     assert_eq!(status.message(), p2_runtime::error::INTERNAL_MESSAGE);
     let issued = identity.issued();
     assert_eq!(issued.len(), 1, "identity issued the cert");
-    assert!(issued[0].revoked_at.is_some(), "and the failed login revoked it again");
+    assert!(
+        issued[0].revoked_at.is_some(),
+        "and the failed login revoked it again"
+    );
 }
 
 // ---- Challenge solutions (fake identity) ----
@@ -426,10 +539,18 @@ async fn a_challenge_signed_with_the_session_key_is_accepted_once() {
     let who = authenticate(&grpc, &session.token).await.unwrap();
     let issued = challenge(&grpc, &who).await;
     let signature = p2_model::sign_hex(&key, issued.challenge.as_bytes());
-    verify(&grpc, &who, &issued.challenge, &signature).await.unwrap();
-    let status = verify(&grpc, &who, &issued.challenge, &signature).await.unwrap_err();
+    verify(&grpc, &who, &issued.challenge, &signature)
+        .await
+        .unwrap();
+    let status = verify(&grpc, &who, &issued.challenge, &signature)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("already used"), "{}", status.message());
+    assert!(
+        status.message().contains("already used"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,15 +563,29 @@ async fn a_challenge_signed_with_another_key_is_denied_and_used_up() {
     let issued = challenge(&grpc, &who).await;
     let stranger = p2_model::generate_signing_key();
     let forged = p2_model::sign_hex(&stranger, issued.challenge.as_bytes());
-    let status = verify(&grpc, &who, &issued.challenge, &forged).await.unwrap_err();
+    let status = verify(&grpc, &who, &issued.challenge, &forged)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("does not verify"), "{}", status.message());
+    assert!(
+        status.message().contains("does not verify"),
+        "{}",
+        status.message()
+    );
     let genuine = p2_model::sign_hex(&key, issued.challenge.as_bytes());
-    let status = verify(&grpc, &who, &issued.challenge, &genuine).await.unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "the forged attempt used it up");
+    let status = verify(&grpc, &who, &issued.challenge, &genuine)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "the forged attempt used it up"
+    );
     // Malformed signatures are denied too.
     let issued = challenge(&grpc, &who).await;
-    let status = verify(&grpc, &who, &issued.challenge, "not hex").await.unwrap_err();
+    let status = verify(&grpc, &who, &issued.challenge, "not hex")
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 }
 
@@ -464,9 +599,15 @@ async fn a_session_whose_cert_was_revoked_cannot_solve_challenges() {
     let issued = challenge(&grpc, &who).await;
     identity.state.issued.lock().unwrap()[0].revoked_at = Some(p2_runtime::unix_now());
     let signature = p2_model::sign_hex(&key, issued.challenge.as_bytes());
-    let status = verify(&grpc, &who, &issued.challenge, &signature).await.unwrap_err();
+    let status = verify(&grpc, &who, &issued.challenge, &signature)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("no valid ID-Cert"), "{}", status.message());
+    assert!(
+        status.message().contains("no valid ID-Cert"),
+        "{}",
+        status.message()
+    );
 }
 
 // ---- Start-up ----
@@ -491,5 +632,8 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_a_zero_ttl(
     assert!(authenticate(&grpc, &token).await.is_ok());
     config.challenge_ttl_secs = 0;
     let err = p2_session::SessionGrpc::open(&config).await.err().unwrap();
-    assert!(format!("{err:#}").contains("P2_CHALLENGE_TTL_SECS"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("P2_CHALLENGE_TTL_SECS"),
+        "{err:#}"
+    );
 }

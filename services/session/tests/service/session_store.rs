@@ -39,7 +39,10 @@ async fn stored_sessions_are_found_by_their_token_only(store: SessionStore) {
 async fn admin_flags_and_large_times_round_trip(store: SessionStore) {
     let token = SessionToken::generate();
     let far = i64::MAX as u64;
-    store.put(ALICE, "Laptop #2 (work)", true, token.hash(), far).await.unwrap();
+    store
+        .put(ALICE, "Laptop #2 (work)", true, token.hash(), far)
+        .await
+        .unwrap();
     assert_eq!(
         store.find_by_token(token.hash()).await.unwrap(),
         Some(row(ALICE, "Laptop #2 (work)", true, far))
@@ -49,8 +52,14 @@ async fn admin_flags_and_large_times_round_trip(store: SessionStore) {
 async fn replacing_a_session_kills_its_old_token(store: SessionStore) {
     let old = SessionToken::generate();
     let new = SessionToken::generate();
-    store.put(ALICE, "laptop", false, old.hash(), 1).await.unwrap();
-    store.put(ALICE, "laptop", true, new.hash(), 2).await.unwrap();
+    store
+        .put(ALICE, "laptop", false, old.hash(), 1)
+        .await
+        .unwrap();
+    store
+        .put(ALICE, "laptop", true, new.hash(), 2)
+        .await
+        .unwrap();
     assert_eq!(store.find_by_token(old.hash()).await.unwrap(), None);
     assert_eq!(
         store.find_by_token(new.hash()).await.unwrap(),
@@ -61,7 +70,10 @@ async fn replacing_a_session_kills_its_old_token(store: SessionStore) {
 
 async fn deleting_a_session_kills_its_token_and_reports_whether_it_existed(store: SessionStore) {
     let token = SessionToken::generate();
-    store.put(ALICE, "laptop", false, token.hash(), 1).await.unwrap();
+    store
+        .put(ALICE, "laptop", false, token.hash(), 1)
+        .await
+        .unwrap();
     assert!(store.delete(ALICE, "laptop").await.unwrap());
     assert_eq!(store.find_by_token(token.hash()).await.unwrap(), None);
     assert!(!store.delete(ALICE, "laptop").await.unwrap());
@@ -71,8 +83,14 @@ async fn deleting_a_session_kills_its_token_and_reports_whether_it_existed(store
 async fn one_session_id_of_two_actors_names_two_sessions(store: SessionStore) {
     let alice = SessionToken::generate();
     let bob = SessionToken::generate();
-    store.put(ALICE, "laptop", false, alice.hash(), 1).await.unwrap();
-    store.put(BOB, "laptop", false, bob.hash(), 1).await.unwrap();
+    store
+        .put(ALICE, "laptop", false, alice.hash(), 1)
+        .await
+        .unwrap();
+    store
+        .put(BOB, "laptop", false, bob.hash(), 1)
+        .await
+        .unwrap();
     assert!(store.delete(BOB, "laptop").await.unwrap());
     assert_eq!(
         store.find_by_token(alice.hash()).await.unwrap(),
@@ -81,13 +99,19 @@ async fn one_session_id_of_two_actors_names_two_sessions(store: SessionStore) {
     assert_eq!(store.find_by_token(bob.hash()).await.unwrap(), None);
     // Session IDs compare exactly (case-sensitive).
     let upper = SessionToken::generate();
-    store.put(ALICE, "LAPTOP", false, upper.hash(), 1).await.unwrap();
+    store
+        .put(ALICE, "LAPTOP", false, upper.hash(), 1)
+        .await
+        .unwrap();
     assert_eq!(store.list(ALICE).await.unwrap().len(), 2);
 }
 
 async fn only_the_hash_of_a_token_is_stored(store: SessionStore) {
     let token = SessionToken::generate();
-    store.put(ALICE, "laptop", false, token.hash(), 1).await.unwrap();
+    store
+        .put(ALICE, "laptop", false, token.hash(), 1)
+        .await
+        .unwrap();
     let rows = sqlx::query("SELECT token_hash, fid, session_id FROM sessions")
         .fetch_all(&store.database().pool)
         .await
@@ -98,7 +122,10 @@ async fn only_the_hash_of_a_token_is_stored(store: SessionStore) {
     assert_eq!(stored, hex::encode(sha2::Sha256::digest(&raw)));
     for column in 0..3 {
         let value: String = rows[0].try_get(column).unwrap();
-        assert!(!value.contains(token.as_str()), "column {column} holds the token");
+        assert!(
+            !value.contains(token.as_str()),
+            "column {column} holds the token"
+        );
     }
 }
 
