@@ -1,0 +1,3 @@
+//! Placeholder: the benchmark driver is being written.
+
+fn main() {}
