@@ -97,3 +97,80 @@ pub async fn require_sensitive(
         Err(status) => Err(status.into()),
     }
 }
+
+/// Header carrying a challenge-string solution (spec 4.3).
+pub const CHALLENGE_SOLUTION_HEADER: &str = "x-p2-challenge-string-solution";
+
+/// Splits a challenge solution header value, `<challenge>:<hex signature>` (a space also
+/// separates), into its two parts.
+pub fn parse_challenge_solution(value: &str) -> Option<(&str, &str)> {
+    let (challenge, signature) = value.trim().split_once([':', ' '])?;
+    let (challenge, signature) = (challenge.trim(), signature.trim());
+    (!challenge.is_empty() && !signature.is_empty()).then_some((challenge, signature))
+}
+
+/// The check for challenge-string protected routes (spec 4.3): the request carries
+/// `X-P2-Challenge-String-Solution: <challenge>:<hex Ed25519 signature of the challenge>`,
+/// where the challenge was issued to the caller's session, is unexpired and unused, and the
+/// signature is by the session's key. The challenge is consumed either way. 403 otherwise.
+pub async fn require_challenge_solution(
+    state: &AppState,
+    caller: &Caller,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    let value = headers
+        .get(CHALLENGE_SOLUTION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this route needs a solved challenge: GET /.p2/core/v1/challenge, sign it with \
+                 this session's key and send `X-P2-Challenge-String-Solution: <challenge>:<hex signature>`",
+            )
+        })?;
+    let (challenge, signature) = parse_challenge_solution(value).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "X-P2-Challenge-String-Solution must be `<challenge>:<hex signature>`",
+        )
+    })?;
+    state
+        .session()
+        .verify_challenge_solution(p2_proto::session::v1::VerifyChallengeSolutionRequest {
+            caller: Some(caller.clone()),
+            challenge: challenge.to_owned(),
+            signature: signature.to_owned(),
+        })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_solutions_split_on_colon_or_space() {
+        assert_eq!(parse_challenge_solution("abc:00ff"), Some(("abc", "00ff")));
+        assert_eq!(parse_challenge_solution(" abc 00ff "), Some(("abc", "00ff")));
+        assert_eq!(parse_challenge_solution("abc"), None);
+        assert_eq!(parse_challenge_solution(":00ff"), None);
+        assert_eq!(parse_challenge_solution("abc:"), None);
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let request = axum::http::Request::builder()
+            .header("authorization", "bearer  abc ")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        assert_eq!(bearer_token(&parts), Some("abc"));
+        let request = axum::http::Request::builder()
+            .header("authorization", "Basic abc")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        assert_eq!(bearer_token(&parts), None);
+    }
+}

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod actors;
+mod challenges;
 mod cli;
 mod discovery;
 mod interop;
