@@ -30,7 +30,7 @@ pub fn channel(url: &str) -> anyhow::Result<TracedChannel> {
     ))
 }
 
-fn call_span(request: &http::Request<()>) -> tracing::Span {
+pub(crate) fn call_span(request: &http::Request<()>) -> tracing::Span {
     let span = tracing::info_span!(
         "grpc",
         otel.kind = "server",

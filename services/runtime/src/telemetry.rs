@@ -42,12 +42,14 @@ pub fn init(config: &TelemetryConfig, component: &str) -> anyhow::Result<Telemet
         .with_context(|| format!("invalid log filter {:?} (P2_LOG)", config.log))?;
     let log_layer = if config.log_json {
         tracing_subscriber::fmt::layer()
-            .json_compat()
+            .json()
+            .with_writer(std::io::stderr)
             .with_filter(log_filter)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_filter(log_filter)
             .boxed()
     };
@@ -88,18 +90,6 @@ pub fn init(config: &TelemetryConfig, component: &str) -> anyhow::Result<Telemet
         .try_init()
         .context("a global tracing subscriber is already installed")?;
     Ok(Telemetry { provider })
-}
-
-trait JsonCompat {
-    fn json_compat(self) -> Self;
-}
-
-impl<S, N, E, W> JsonCompat for tracing_subscriber::fmt::Layer<S, N, E, W> {
-    // JSON output needs tracing-subscriber's `json` feature; we keep the compact text format and
-    // only switch off ANSI colours, which is what log collectors mostly need.
-    fn json_compat(self) -> Self {
-        self.with_ansi(false)
-    }
 }
 
 /// A tonic client interceptor that writes the current span's trace context into the request
@@ -159,5 +149,57 @@ pub fn init_for_tests() {
             .with_env_filter(EnvFilter::new("info"))
             .with_test_writer()
             .try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tonic::service::Interceptor as _;
+
+    use super::*;
+
+    #[test]
+    fn trace_context_flows_from_http_headers_through_grpc_metadata_to_the_service_span() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "traceparent",
+                format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap(),
+            );
+            // Gateway: the request span joins the client's trace...
+            let span = tracing::info_span!("http");
+            set_parent_from_headers(&span, &headers);
+            let _entered = span.enter();
+            // ...and the gRPC client carries it on.
+            let request = TraceContextInterceptor
+                .call(tonic::Request::new(()))
+                .unwrap();
+            let traceparent = request
+                .metadata()
+                .get("traceparent")
+                .expect("traceparent injected")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(traceparent.contains(trace_id), "{traceparent}");
+            assert!(!traceparent.contains("00f067aa0ba902b7"), "a child span id");
+            // Service: the call span continues the same trace.
+            let call = http::Request::builder()
+                .header("traceparent", traceparent)
+                .body(())
+                .unwrap();
+            let service_span = crate::grpc::call_span(&call);
+            let context = service_span.context();
+            assert_eq!(
+                context.span().span_context().trace_id().to_string(),
+                trace_id
+            );
+        });
     }
 }
