@@ -138,3 +138,76 @@ fn a_missing_key_encryption_key_is_explained() {
     assert!(!ok);
     assert_one_clear_error_line(&stderr, "P2_KEY_ENCRYPTION_KEY", "\u{0}");
 }
+
+fn run_with_stdin(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env("P2_LOG", "warn")
+        .env_remove("P2_ADMIN_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn admin_commands_create_actors_and_rotate_keys_in_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // Password on stdin.
+    let (ok, stdout, stderr) = run_with_stdin(
+        &["admin", "create-actor", "Root", "--admin", "--data-dir", data, "--domain", "cli.test"],
+        "a long admin password\n",
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "root@cli.test");
+    // Password from P2_ADMIN_PASSWORD; a taken name is refused with a clear line.
+    let (ok, stdout, _) = run_with_stdin(
+        &["admin", "create-actor", "bob", "--data-dir", data, "--domain", "cli.test"],
+        "",
+        &[("P2_ADMIN_PASSWORD", "another long password")],
+    );
+    assert!(ok);
+    assert_eq!(stdout.trim(), "bob@cli.test");
+    let (ok, _, stderr) = run_with_stdin(
+        &["admin", "create-actor", "bob", "--data-dir", data, "--domain", "cli.test"],
+        "another long password\n",
+        &[],
+    );
+    assert!(!ok);
+    assert_one_clear_error_line(&stderr, "already taken", "another long password");
+    // No password at all.
+    let (ok, _, stderr) = run_with_stdin(
+        &["admin", "create-actor", "carol", "--data-dir", data, "--domain", "cli.test"],
+        "",
+        &[],
+    );
+    assert!(!ok);
+    assert_one_clear_error_line(&stderr, "P2_ADMIN_PASSWORD", "\u{0}");
+    // Rotation prints the new root cert, different from the first one.
+    let (ok, first, _) = run_with_stdin(&["admin", "rotate-key", "--data-dir", data, "--domain", "cli.test"], "", &[]);
+    assert!(ok);
+    let (ok, second, _) = run_with_stdin(&["admin", "rotate-key", "--data-dir", data, "--domain", "cli.test"], "", &[]);
+    assert!(ok);
+    assert!(first.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_ne!(first, second);
+    let cert = p2_model::IdCert::from_pem(&second).unwrap();
+    p2_model::verify_root_cert(&cert, "cli.test", None).unwrap();
+    // The data directory belongs to cli.test: another domain is refused.
+    let (ok, _, stderr) = run_with_stdin(&["admin", "rotate-key", "--data-dir", data, "--domain", "other.test"], "", &[]);
+    assert!(!ok);
+    assert_one_clear_error_line(&stderr, "cli.test", "\u{0}");
+}
