@@ -43,17 +43,32 @@ pub enum AdminCommand {
 #[derive(Debug, Clone, Args)]
 pub struct AdminStorage {
     /// Data directory of `polyproto up` (used when --database-url is not given).
-    #[arg(long = "data-dir", env = "P2_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long = "data-dir",
+        env = "P2_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// The home server's domain.
-    #[arg(long = "domain", env = "P2_DOMAIN", default_value = "localhost", global = true)]
+    #[arg(
+        long = "domain",
+        env = "P2_DOMAIN",
+        default_value = "localhost",
+        global = true
+    )]
     pub domain: String,
     /// Identity database URL (`sqlite:PATH` or `postgres://...`); defaults to the data
     /// directory's SQLite file.
     #[arg(long = "database-url", env = "P2_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// Key encryption key (64 hex); defaults to the data directory's key file.
-    #[arg(long = "key-encryption-key", env = "P2_KEY_ENCRYPTION_KEY", hide_env_values = true, global = true)]
+    #[arg(
+        long = "key-encryption-key",
+        env = "P2_KEY_ENCRYPTION_KEY",
+        hide_env_values = true,
+        global = true
+    )]
     pub key_encryption_key: Option<secrecy::SecretString>,
 }
 
@@ -64,7 +79,10 @@ impl AdminStorage {
             Some(url) => url.clone(),
             None => {
                 std::fs::create_dir_all(&self.data_dir).with_context(|| {
-                    format!("cannot create the data directory {}", self.data_dir.display())
+                    format!(
+                        "cannot create the data directory {}",
+                        self.data_dir.display()
+                    )
                 })?;
                 p2_runtime::storage::sqlite_url_in(&self.data_dir, "identity")
             }
@@ -136,7 +154,9 @@ pub async fn create_actor(
 pub async fn rotate_key(storage: &AdminStorage) -> anyhow::Result<String> {
     let rotated = open(storage)
         .await?
-        .rotate_server_key(tonic::Request::new(pb::RotateServerKeyRequest { caller: None }))
+        .rotate_server_key(tonic::Request::new(pb::RotateServerKeyRequest {
+            caller: None,
+        }))
         .await
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?
         .into_inner();

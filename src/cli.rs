@@ -61,7 +61,11 @@ pub struct UpConfig {
     pub data_dir: PathBuf,
     /// 32-byte key (64 hex characters) that encrypts the server's private keys at rest;
     /// generated into `<data-dir>/key-encryption.key` (mode 0600) when unset.
-    #[arg(long = "key-encryption-key", env = "P2_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    #[arg(
+        long = "key-encryption-key",
+        env = "P2_KEY_ENCRYPTION_KEY",
+        hide_env_values = true
+    )]
     pub key_encryption_key: Option<secrecy::SecretString>,
     /// Validity of a newly generated root ID-Cert, in days.
     #[arg(long = "root-validity-days", env = "P2_ROOT_VALIDITY_DAYS", default_value_t = p2_identity::DEFAULT_ROOT_VALIDITY_DAYS)]

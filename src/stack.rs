@@ -144,8 +144,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let (identity_db, session_db, discovery_db, redis_url, key_file) = match &config.storage {
         Storage::Embedded { data_dir } => {
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+            std::fs::create_dir_all(data_dir).with_context(|| {
+                format!("cannot create the data directory {}", data_dir.display())
+            })?;
             let key_file = data_dir.join(KEY_FILE_NAME);
             if config.key_encryption_key.is_none() {
                 p2_identity::cipher::KeyCipher::load_or_create_file(&key_file)?;
@@ -236,25 +237,42 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let mut tasks = JoinSet::new();
     let token = shutdown.clone();
     tasks.spawn(async move {
-        ("identity", p2_identity::serve_state(identity, identity_listener, token).await)
+        (
+            "identity",
+            p2_identity::serve_state(identity, identity_listener, token).await,
+        )
     });
     let token = shutdown.clone();
     tasks.spawn(async move {
         let service = p2_session::grpc_service(session);
-        ("session", p2_runtime::grpc::serve(service, session_listener, token).await)
+        (
+            "session",
+            p2_runtime::grpc::serve(service, session_listener, token).await,
+        )
     });
     let token = shutdown.clone();
     tasks.spawn(async move {
         let service = p2_discovery::grpc_service(discovery);
-        ("discovery", p2_runtime::grpc::serve(service, discovery_listener, token).await)
+        (
+            "discovery",
+            p2_runtime::grpc::serve(service, discovery_listener, token).await,
+        )
     });
     let token = shutdown.clone();
     tasks.spawn(async move {
         let service = p2_events::grpc_service(events);
-        ("events", p2_runtime::grpc::serve(service, events_listener, token).await)
+        (
+            "events",
+            p2_runtime::grpc::serve(service, events_listener, token).await,
+        )
     });
     let token = shutdown.clone();
-    tasks.spawn(async move { ("gateway", p2_gateway::serve(gateway, gateway_listener, token).await) });
+    tasks.spawn(async move {
+        (
+            "gateway",
+            p2_gateway::serve(gateway, gateway_listener, token).await,
+        )
+    });
 
     Ok(Stack {
         addr,

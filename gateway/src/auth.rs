@@ -17,7 +17,11 @@ pub const SENSITIVE_SOLUTION_HEADER: &str = "x-p2-sensitive-solution";
 pub struct Authenticated(pub Caller);
 
 fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -152,7 +156,10 @@ mod tests {
     #[test]
     fn challenge_solutions_split_on_colon_or_space() {
         assert_eq!(parse_challenge_solution("abc:00ff"), Some(("abc", "00ff")));
-        assert_eq!(parse_challenge_solution(" abc 00ff "), Some(("abc", "00ff")));
+        assert_eq!(
+            parse_challenge_solution(" abc 00ff "),
+            Some(("abc", "00ff"))
+        );
         assert_eq!(parse_challenge_solution("abc"), None);
         assert_eq!(parse_challenge_solution(":00ff"), None);
         assert_eq!(parse_challenge_solution("abc:"), None);

@@ -38,7 +38,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         let RawBody(bytes) = RawBody::from_request(request, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request("this route needs a JSON request body"));
+            return Err(ApiError::bad_request(
+                "this route needs a JSON request body",
+            ));
         }
         serde_json::from_slice(&bytes)
             .map(Self)
@@ -51,7 +53,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub fn pem_payload(body: &[u8], field_names: &[&str]) -> Result<Vec<u8>, ApiError> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
-        return Err(ApiError::bad_request("the request body is empty; send the PEM"));
+        return Err(ApiError::bad_request(
+            "the request body is empty; send the PEM",
+        ));
     }
     match trimmed.first() {
         Some(b'"') => serde_json::from_slice::<String>(trimmed)
@@ -82,11 +86,20 @@ mod tests {
     #[test]
     fn pem_arrives_bare_quoted_or_in_an_object() {
         let pem = "-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----\n";
-        assert_eq!(pem_payload(pem.as_bytes(), &["csr"]).unwrap(), pem.as_bytes());
+        assert_eq!(
+            pem_payload(pem.as_bytes(), &["csr"]).unwrap(),
+            pem.as_bytes()
+        );
         let quoted = serde_json::to_string(pem).unwrap();
-        assert_eq!(pem_payload(quoted.as_bytes(), &["csr"]).unwrap(), pem.as_bytes());
+        assert_eq!(
+            pem_payload(quoted.as_bytes(), &["csr"]).unwrap(),
+            pem.as_bytes()
+        );
         let object = serde_json::json!({ "csr": pem }).to_string();
-        assert_eq!(pem_payload(object.as_bytes(), &["csr"]).unwrap(), pem.as_bytes());
+        assert_eq!(
+            pem_payload(object.as_bytes(), &["csr"]).unwrap(),
+            pem.as_bytes()
+        );
         assert!(pem_payload(b"   ", &["csr"]).is_err());
         assert!(pem_payload(br#"{"other": 1}"#, &["csr"]).is_err());
     }

@@ -86,11 +86,9 @@ impl From<tonic::Status> for ApiError {
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
-            Code::Ok
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::Internal
-            | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Ok | Code::Cancelled | Code::Unknown | Code::Internal | Code::DataLoss => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let detail = match http {
             StatusCode::INTERNAL_SERVER_ERROR => {
@@ -129,7 +127,10 @@ mod tests {
             let error = ApiError::from(tonic::Status::new(code, "SELECT secret FROM x"));
             assert_eq!(error.status.as_u16(), http, "{code:?}");
             if http >= 500 {
-                assert!(!error.detail.contains("SELECT"), "{code:?} leaked its message");
+                assert!(
+                    !error.detail.contains("SELECT"),
+                    "{code:?} leaked its message"
+                );
             } else {
                 assert_eq!(error.detail, "SELECT secret FROM x");
             }
@@ -141,7 +142,9 @@ mod tests {
         let response = ApiError::bad_request("parameter `timestamp` is bad").into_response();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
-        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["status"], 400);
         assert_eq!(value["title"], "Bad Request");

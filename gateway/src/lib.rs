@@ -54,16 +54,32 @@ pub struct GatewayConfig {
     #[arg(long = "public-url", env = "P2_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// URL of the identity service.
-    #[arg(long = "identity-url", env = "P2_IDENTITY_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long = "identity-url",
+        env = "P2_IDENTITY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub identity_url: String,
     /// URL of the session service.
-    #[arg(long = "session-url", env = "P2_SESSION_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long = "session-url",
+        env = "P2_SESSION_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub session_url: String,
     /// URL of the discovery service.
-    #[arg(long = "discovery-url", env = "P2_DISCOVERY_URL", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long = "discovery-url",
+        env = "P2_DISCOVERY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
     pub discovery_url: String,
     /// URL of the events service.
-    #[arg(long = "events-url", env = "P2_EVENTS_URL", default_value = "http://127.0.0.1:50054")]
+    #[arg(
+        long = "events-url",
+        env = "P2_EVENTS_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
     pub events_url: String,
     /// Largest accepted request body, in bytes; larger ones get 413.
     #[arg(long = "max-body-bytes", env = "P2_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
@@ -153,11 +169,12 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let limit = state.inner.max_body_bytes;
     routes::router()
-        .layer(axum::middleware::from_fn_with_state(limit, routes::reject_large_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            routes::reject_large_bodies,
+        ))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(routes::request_span),
-        )
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(routes::request_span))
         .with_state(state)
 }
 
@@ -169,8 +186,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Trailing-slash leniency must run before routing, so it wraps the whole router.
-    let app = tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash()
-        .layer(router(state));
+    let app =
+        tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(router(state));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
     axum::serve(

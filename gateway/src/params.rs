@@ -19,15 +19,16 @@ impl<S: Send + Sync> FromRequest<S> for Params {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let query = request.uri().query().map(str::to_owned);
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the request body is larger than the configured limit",
-                ),
-                _ => ApiError::bad_request("the request body could not be read"),
-            })?;
+        let body =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the request body is larger than the configured limit",
+                    ),
+                    _ => ApiError::bad_request("the request body could not be read"),
+                })?;
         Self::parse(query.as_deref(), &body)
     }
 }
@@ -139,7 +140,10 @@ mod tests {
             (None, br#"{"timestamp": 1.5}"#),
             (None, br#"{"timestamp": true}"#),
         ] {
-            let err = Params::parse(query, body).unwrap().u64("timestamp").unwrap_err();
+            let err = Params::parse(query, body)
+                .unwrap()
+                .u64("timestamp")
+                .unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
             assert!(err.detail.contains("`timestamp`"), "{}", err.detail);
         }

@@ -21,7 +21,15 @@ async fn server_cert(stack: &TestStack, timestamp: Option<u64>) -> IdCert {
     if let Some(t) = timestamp {
         url = format!("{url}?timestamp={t}");
     }
-    let body: Value = stack.http.get(url).send().await.unwrap().json().await.unwrap();
+    let body: Value = stack
+        .http
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     IdCert::from_pem(body["idCertPem"].as_str().unwrap()).unwrap()
 }
 
@@ -49,7 +57,9 @@ fn assert_attested(entry: &Value, server: &IdCert) -> IdCert {
     let nb = u64_of(entry, "cacheNotValidBefore");
     let na = u64_of(entry, "cacheNotValidAfter");
     assert!(cert.not_before() <= nb && na <= cert.not_after() && na - nb <= 12 * 3600);
-    let invalidated = entry.get("invalidatedAt").map(|_| u64_of(entry, "invalidatedAt"));
+    let invalidated = entry
+        .get("invalidatedAt")
+        .map(|_| u64_of(entry, "invalidatedAt"));
     assert_eq!(entry["invalidated"], invalidated.is_some());
     p2_model::verify_cache_signature(
         &server.public_key().unwrap(),
@@ -112,7 +122,11 @@ async fn register_login_and_verify_the_issued_cert(stack: TestStack) {
     let response = register(&stack, "Alice", TEST_PASSWORD).await;
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["fid"], format!("alice@{DOMAIN}"), "names are normalised");
+    assert_eq!(
+        body["fid"],
+        format!("alice@{DOMAIN}"),
+        "names are normalised"
+    );
 
     let alice = login(&stack, "alice", "laptop").await;
     let server = server_cert(&stack, None).await;
@@ -129,7 +143,12 @@ async fn register_login_and_verify_the_issued_cert(stack: TestStack) {
     assert_eq!(listed.der(), cert.der());
     assert_eq!(certs[0]["invalidated"], false);
     // FIDs are case-insensitive.
-    assert_eq!(actor_certs(&stack, &format!("ALICE@{}", DOMAIN.to_uppercase()), "").await.len(), 1);
+    assert_eq!(
+        actor_certs(&stack, &format!("ALICE@{}", DOMAIN.to_uppercase()), "")
+            .await
+            .len(),
+        1
+    );
 }
 
 async fn challenges_are_long_mixed_unique_and_need_a_token(stack: TestStack) {
@@ -148,7 +167,12 @@ async fn challenges_are_long_mixed_unique_and_need_a_token(stack: TestStack) {
         assert!(expires > now() && expires <= now() + 301);
         assert!(seen.insert(challenge), "challenges must be unique");
     }
-    let response = stack.http.get(stack.url("/.p2/core/v1/challenge")).send().await.unwrap();
+    let response = stack
+        .http
+        .get(stack.url("/.p2/core/v1/challenge"))
+        .send()
+        .await
+        .unwrap();
     expect_problem(response, 401).await;
     let response = bearer_get(&stack, "/.p2/core/v1/challenge", "not-a-token").await;
     expect_problem(response, 401).await;
@@ -169,7 +193,12 @@ async fn deleting_a_session_kills_its_token_and_revokes_its_cert(stack: TestStac
     assert_attested(&certs[0], &server_cert(&stack, None).await);
     // The session ID is free again.
     let again = login(&stack, "alice", "s1").await;
-    assert_eq!(bearer_get(&stack, "/.p2/core/v1/challenge", &again.token).await.status(), 200);
+    assert_eq!(
+        bearer_get(&stack, "/.p2/core/v1/challenge", &again.token)
+            .await
+            .status(),
+        200
+    );
 }
 
 async fn deleting_another_session_needs_the_sensitive_solution(stack: TestStack) {
@@ -181,16 +210,35 @@ async fn deleting_another_session_needs_the_sensitive_solution(stack: TestStack)
     expect_problem(response, 403).await;
     let response = delete_session(&stack, &laptop, Some("nope"), Some(TEST_PASSWORD)).await;
     expect_problem(response, 404).await;
-    assert_eq!(bearer_get(&stack, "/.p2/core/v1/challenge", &phone.token).await.status(), 200);
+    assert_eq!(
+        bearer_get(&stack, "/.p2/core/v1/challenge", &phone.token)
+            .await
+            .status(),
+        200
+    );
     let response = delete_session(&stack, &laptop, Some("s1"), Some(TEST_PASSWORD)).await;
     assert_eq!(response.status(), 204);
-    expect_problem(bearer_get(&stack, "/.p2/core/v1/challenge", &phone.token).await, 401).await;
-    assert_eq!(bearer_get(&stack, "/.p2/core/v1/challenge", &laptop.token).await.status(), 200);
+    expect_problem(
+        bearer_get(&stack, "/.p2/core/v1/challenge", &phone.token).await,
+        401,
+    )
+    .await;
+    assert_eq!(
+        bearer_get(&stack, "/.p2/core/v1/challenge", &laptop.token)
+            .await
+            .status(),
+        200
+    );
     // Another actor's session cannot be named.
     let bob = register_and_login(&stack, "bob").await;
     let response = delete_session(&stack, &bob, Some("laptop"), Some(TEST_PASSWORD)).await;
     expect_problem(response, 404).await;
-    assert_eq!(bearer_get(&stack, "/.p2/core/v1/challenge", &laptop.token).await.status(), 200);
+    assert_eq!(
+        bearer_get(&stack, "/.p2/core/v1/challenge", &laptop.token)
+            .await
+            .status(),
+        200
+    );
 }
 
 async fn renewal_keeps_the_session_id_and_revokes_the_old_cert(stack: TestStack) {
@@ -198,7 +246,11 @@ async fn renewal_keeps_the_session_id_and_revokes_the_old_cert(stack: TestStack)
     let (csr, key) = csr_for("alice", "s1");
     // Sensitive action: no or wrong solution is 403.
     expect_problem(request_id_cert(&stack, &alice, &csr, None).await, 403).await;
-    expect_problem(request_id_cert(&stack, &alice, &csr, Some("nope nope")).await, 403).await;
+    expect_problem(
+        request_id_cert(&stack, &alice, &csr, Some("nope nope")).await,
+        403,
+    )
+    .await;
     let response = request_id_cert(&stack, &alice, &csr, Some(TEST_PASSWORD)).await;
     assert_eq!(response.status(), 201);
     let body: Value = response.json().await.unwrap();
@@ -213,8 +265,17 @@ async fn renewal_keeps_the_session_id_and_revokes_the_old_cert(stack: TestStack)
     assert_eq!(certs[0]["invalidated"], true, "the old cert is revoked");
     assert_eq!(certs[1]["invalidated"], false);
     assert_eq!(certs[1]["idCertPem"], body["id_cert"]);
-    assert_eq!(bearer_get(&stack, "/.p2/core/v1/challenge", new_token).await.status(), 200);
-    expect_problem(bearer_get(&stack, "/.p2/core/v1/challenge", &alice.token).await, 401).await;
+    assert_eq!(
+        bearer_get(&stack, "/.p2/core/v1/challenge", new_token)
+            .await
+            .status(),
+        200
+    );
+    expect_problem(
+        bearer_get(&stack, "/.p2/core/v1/challenge", &alice.token).await,
+        401,
+    )
+    .await;
 
     // A CSR for a new session ID opens a second session; one held by a valid cert is 409.
     let renewed_session = TestSession {
@@ -226,9 +287,13 @@ async fn renewal_keeps_the_session_id_and_revokes_the_old_cert(stack: TestStack)
     assert_eq!(response.status(), 201);
     let second: Value = response.json().await.unwrap();
     assert_eq!(
-        bearer_get(&stack, "/.p2/core/v1/challenge", second["token"].as_str().unwrap())
-            .await
-            .status(),
+        bearer_get(
+            &stack,
+            "/.p2/core/v1/challenge",
+            second["token"].as_str().unwrap()
+        )
+        .await
+        .status(),
         200
     );
     let (csr3, _) = csr_for("alice", "tablet");
@@ -242,15 +307,52 @@ async fn actor_cert_filters_select_by_session_and_time(stack: TestStack) {
     login(&stack, "alice", "laptop").await;
     let all = actor_certs(&stack, &alice.fid, "").await;
     assert_eq!(all.len(), 2);
-    assert_eq!(actor_certs(&stack, &alice.fid, "?sessionId=laptop").await.len(), 1);
-    assert_eq!(actor_certs(&stack, &alice.fid, "?session_id=none").await.len(), 0);
+    assert_eq!(
+        actor_certs(&stack, &alice.fid, "?sessionId=laptop")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        actor_certs(&stack, &alice.fid, "?session_id=none")
+            .await
+            .len(),
+        0
+    );
     let t = now();
-    assert_eq!(actor_certs(&stack, &alice.fid, &format!("?timestamp={t}")).await.len(), 2);
-    assert_eq!(actor_certs(&stack, &alice.fid, "?timestamp=1000").await.len(), 0);
-    let na = IdCert::from_pem(all[0]["idCertPem"].as_str().unwrap()).unwrap().not_after();
-    assert_eq!(actor_certs(&stack, &alice.fid, &format!("?notAfter={}", na - 1)).await.len(), 0);
-    assert_eq!(actor_certs(&stack, &alice.fid, &format!("?notAfter={}", na + 5)).await.len(), 2);
-    assert_eq!(actor_certs(&stack, &alice.fid, &format!("?notBefore={}", t + 100)).await.len(), 0);
+    assert_eq!(
+        actor_certs(&stack, &alice.fid, &format!("?timestamp={t}"))
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(
+        actor_certs(&stack, &alice.fid, "?timestamp=1000")
+            .await
+            .len(),
+        0
+    );
+    let na = IdCert::from_pem(all[0]["idCertPem"].as_str().unwrap())
+        .unwrap()
+        .not_after();
+    assert_eq!(
+        actor_certs(&stack, &alice.fid, &format!("?notAfter={}", na - 1))
+            .await
+            .len(),
+        0
+    );
+    assert_eq!(
+        actor_certs(&stack, &alice.fid, &format!("?notAfter={}", na + 5))
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(
+        actor_certs(&stack, &alice.fid, &format!("?notBefore={}", t + 100))
+            .await
+            .len(),
+        0
+    );
     // The same filters in a GET body.
     let response = stack
         .http
@@ -365,7 +467,11 @@ async fn bad_csrs_are_rejected_and_leave_nothing_behind(stack: TestStack) {
     let unique_id_oid = "0.9.2342.19200300.100.1.44";
 
     let mut bad: Vec<(&str, Vec<u8>)> = vec![
-        ("malformed PEM", b"-----BEGIN CERTIFICATE REQUEST-----\n!!!\n-----END CERTIFICATE REQUEST-----\n".to_vec()),
+        (
+            "malformed PEM",
+            b"-----BEGIN CERTIFICATE REQUEST-----\n!!!\n-----END CERTIFICATE REQUEST-----\n"
+                .to_vec(),
+        ),
         ("DER garbage", vec![0x30, 0x82, 0x01, 0x00, 0xde, 0xad]),
         ("empty", Vec::new()),
     ];
@@ -373,11 +479,15 @@ async fn bad_csrs_are_rejected_and_leave_nothing_behind(stack: TestStack) {
     let swapped = {
         let mut req = CertReq::from_der(&pem_to_der(&good)).unwrap();
         let info = req.info.to_der().unwrap();
-        req.signature = der::asn1::BitString::from_bytes(&other_key.sign(&info).to_bytes()).unwrap();
+        req.signature =
+            der::asn1::BitString::from_bytes(&other_key.sign(&info).to_bytes()).unwrap();
         der_to_pem(&req.to_der().unwrap())
     };
     bad.push(("CSR signed by a different key", swapped.into_bytes()));
-    bad.push(("CSR naming another actor", csr_for("bob", "s1").0.into_bytes()));
+    bad.push((
+        "CSR naming another actor",
+        csr_for("bob", "s1").0.into_bytes(),
+    ));
     let other_domain = {
         let fid = p2_model::FederationId::new("alice", "elsewhere.example").unwrap();
         p2_model::build_csr(&key, &fid, &p2_model::SessionId::parse("s1").unwrap()).unwrap()
@@ -445,18 +555,35 @@ async fn bad_csrs_are_rejected_and_leave_nothing_behind(stack: TestStack) {
         assert!(!detail.is_empty(), "{what}");
     }
     // Wrong password, unknown actor: 401; nothing was written by any failed attempt.
-    expect_problem(login_request(&stack, "alice", "wrong password", &good).await, 401).await;
-    expect_problem(login_request(&stack, "nobody", TEST_PASSWORD, &good).await, 401).await;
+    expect_problem(
+        login_request(&stack, "alice", "wrong password", &good).await,
+        401,
+    )
+    .await;
+    expect_problem(
+        login_request(&stack, "nobody", TEST_PASSWORD, &good).await,
+        401,
+    )
+    .await;
     assert!(actor_certs(&stack, "alice@p2.test", "").await.is_empty());
     assert_eq!(count_sessions(&stack).await, 0);
 
     // A duplicate session ID is 409 and does not disturb the first session.
     let first = login(&stack, "alice", "s1").await;
     let (dup, _) = csr_for("alice", "s1");
-    expect_problem(login_request(&stack, "alice", TEST_PASSWORD, &dup).await, 409).await;
+    expect_problem(
+        login_request(&stack, "alice", TEST_PASSWORD, &dup).await,
+        409,
+    )
+    .await;
     assert_eq!(actor_certs(&stack, "alice@p2.test", "").await.len(), 1);
     assert_eq!(count_sessions(&stack).await, 1);
-    assert_eq!(bearer_get(&stack, "/.p2/core/v1/challenge", &first.token).await.status(), 200);
+    assert_eq!(
+        bearer_get(&stack, "/.p2/core/v1/challenge", &first.token)
+            .await
+            .status(),
+        200
+    );
 }
 
 async fn count_sessions(stack: &TestStack) -> i64 {
@@ -464,7 +591,8 @@ async fn count_sessions(stack: &TestStack) -> i64 {
     let url = match &stack.storage {
         Storage::Embedded { data_dir } => p2_runtime::storage::sqlite_url_in(data_dir, "session"),
         Storage::External {
-            session_database_url, ..
+            session_database_url,
+            ..
         } => session_database_url.clone(),
     };
     sqlx::any::install_default_drivers();
@@ -484,10 +612,18 @@ async fn a_wrong_password_takes_as_long_for_unknown_actors(stack: TestStack) {
     let mut unknown = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        expect_problem(login_request(&stack, "alice", "wrong password", &csr).await, 401).await;
+        expect_problem(
+            login_request(&stack, "alice", "wrong password", &csr).await,
+            401,
+        )
+        .await;
         known.push(start.elapsed());
         let start = Instant::now();
-        expect_problem(login_request(&stack, "nobody", "wrong password", &csr).await, 401).await;
+        expect_problem(
+            login_request(&stack, "nobody", "wrong password", &csr).await,
+            401,
+        )
+        .await;
         unknown.push(start.elapsed());
     }
     known.sort();
@@ -496,7 +632,10 @@ async fn a_wrong_password_takes_as_long_for_unknown_actors(stack: TestStack) {
     // The failure this guards against is an unknown actor answered without hashing, i.e.
     // an order of magnitude faster; both paths run one Argon2id verification.
     assert!(u * 3 >= k && k * 3 >= u, "known {k:?} vs unknown {u:?}");
-    assert!(k > Duration::from_millis(1), "a password check must actually hash");
+    assert!(
+        k > Duration::from_millis(1),
+        "a password check must actually hash"
+    );
 }
 
 async fn rotation_keeps_old_certs_retrievable_by_time(stack: TestStack) {
@@ -511,7 +650,8 @@ async fn rotation_keeps_old_certs_retrievable_by_time(stack: TestStack) {
             key_encryption_key: None,
         },
         Storage::External {
-            identity_database_url, ..
+            identity_database_url,
+            ..
         } => AdminStorage {
             data_dir: std::env::temp_dir(),
             domain: DOMAIN.into(),
@@ -525,7 +665,11 @@ async fn rotation_keeps_old_certs_retrievable_by_time(stack: TestStack) {
     let root = login(&stack, "root", "console").await;
     let alice = register_and_login(&stack, "alice").await;
     let old_server = server_cert(&stack, None).await;
-    let old_key = bearer_get(&stack, "/.p2/core/v1/key/server", "").await.text().await.unwrap();
+    let old_key = bearer_get(&stack, "/.p2/core/v1/key/server", "")
+        .await
+        .text()
+        .await
+        .unwrap();
 
     // Not an admin / not sensitive / no token.
     let put = |token: Option<String>, sensitive: Option<&'static str>| {
@@ -539,12 +683,20 @@ async fn rotation_keeps_old_certs_retrievable_by_time(stack: TestStack) {
         request.send()
     };
     expect_problem(put(None, None).await.unwrap(), 401).await;
-    expect_problem(put(Some(alice.token.clone()), Some(TEST_PASSWORD)).await.unwrap(), 403).await;
+    expect_problem(
+        put(Some(alice.token.clone()), Some(TEST_PASSWORD))
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
     expect_problem(put(Some(root.token.clone()), None).await.unwrap(), 403).await;
 
     // Second-resolution timestamps: let the old generation own a second of its own.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let response = put(Some(root.token.clone()), Some(TEST_PASSWORD)).await.unwrap();
+    let response = put(Some(root.token.clone()), Some(TEST_PASSWORD))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let new_pem = response.text().await.unwrap();
     let new_server = IdCert::from_pem(&new_pem).unwrap();
@@ -552,7 +704,10 @@ async fn rotation_keeps_old_certs_retrievable_by_time(stack: TestStack) {
     p2_model::verify_root_cert(&new_server, DOMAIN, Some(now())).unwrap();
     assert_eq!(server_cert(&stack, None).await.der(), new_server.der());
     let old_time = old_server.not_before();
-    assert_eq!(server_cert(&stack, Some(old_time)).await.der(), old_server.der());
+    assert_eq!(
+        server_cert(&stack, Some(old_time)).await.der(),
+        old_server.der()
+    );
     let old_key_again = stack
         .http
         .get(stack.url(&format!("/.p2/core/v1/key/server?timestamp={old_time}")))

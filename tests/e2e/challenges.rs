@@ -65,9 +65,13 @@ async fn solved_challenges_pass_once_and_only_for_their_session(stack: TestStack
 
     let c = challenge(&stack, &alice).await;
     let headers = solution(&c, &alice.key);
-    require_challenge_solution(&state, &caller(&alice), &headers).await.unwrap();
+    require_challenge_solution(&state, &caller(&alice), &headers)
+        .await
+        .unwrap();
     // Reused: 403.
-    let err = require_challenge_solution(&state, &caller(&alice), &headers).await.unwrap_err();
+    let err = require_challenge_solution(&state, &caller(&alice), &headers)
+        .await
+        .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
 
     // Signed by another key: 403.
@@ -90,8 +94,13 @@ async fn solved_challenges_pass_once_and_only_for_their_session(stack: TestStack
         .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
     let mut headers = HeaderMap::new();
-    headers.insert("X-P2-Challenge-String-Solution", HeaderValue::from_static("nosig"));
-    let err = require_challenge_solution(&state, &caller(&alice), &headers).await.unwrap_err();
+    headers.insert(
+        "X-P2-Challenge-String-Solution",
+        HeaderValue::from_static("nosig"),
+    );
+    let err = require_challenge_solution(&state, &caller(&alice), &headers)
+        .await
+        .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
 }
 
@@ -107,7 +116,9 @@ async fn expired_challenges_are_refused() {
         dir.path(),
     );
     config.challenge_ttl_secs = 1;
-    let stack = polyproto_server::stack::start(config.clone()).await.unwrap();
+    let stack = polyproto_server::stack::start(config.clone())
+        .await
+        .unwrap();
     let test_stack = TestStack {
         base: format!("http://{}", stack.addr),
         stack: Some(stack),

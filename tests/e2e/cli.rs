@@ -21,7 +21,14 @@ async fn up_prints_its_url_once_every_route_answers() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Child(
         Command::new(BIN)
-            .args(["up", "--listen", "127.0.0.1:0", "--domain", "cli.test", "--data-dir"])
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--domain",
+                "cli.test",
+                "--data-dir",
+            ])
             .arg(dir.path())
             .env("P2_LOG", "warn")
             .stdout(Stdio::piped())
@@ -42,7 +49,10 @@ async fn up_prints_its_url_once_every_route_answers() {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    assert!(url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"), "{url}");
+    assert!(
+        url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
+        "{url}"
+    );
     // Immediately usable: no retry loop.
     let body: serde_json::Value = reqwest::get(format!("{url}/.well-known/polyproto-core"))
         .await
@@ -91,10 +101,20 @@ fn run_to_exit(args: &[&str]) -> (bool, String) {
 }
 
 fn assert_one_clear_error_line(stderr: &str, must_contain: &str, secret: &str) {
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "exactly one error line expected:\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "exactly one error line expected:\n{stderr}"
+    );
     assert!(errors[0].contains(must_contain), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(secret), "leaked a secret:\n{stderr}");
 }
 
@@ -110,7 +130,11 @@ fn an_unreachable_database_stops_start_up_with_one_clear_line() {
         "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
     ]);
     assert!(!ok, "must exit non-zero");
-    assert_one_clear_error_line(&stderr, "identity database at postgres://p2:***@127.0.0.1:1/identity", "hunter2");
+    assert_one_clear_error_line(
+        &stderr,
+        "identity database at postgres://p2:***@127.0.0.1:1/identity",
+        "hunter2",
+    );
 }
 
 #[test]
@@ -153,7 +177,12 @@ fn run_with_stdin(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> (bool, St
         command.env(key, value);
     }
     let mut child = command.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     (
         output.status.success(),
@@ -168,7 +197,16 @@ fn admin_commands_create_actors_and_rotate_keys_in_a_data_directory() {
     let data = dir.path().to_str().unwrap();
     // Password on stdin.
     let (ok, stdout, stderr) = run_with_stdin(
-        &["admin", "create-actor", "Root", "--admin", "--data-dir", data, "--domain", "cli.test"],
+        &[
+            "admin",
+            "create-actor",
+            "Root",
+            "--admin",
+            "--data-dir",
+            data,
+            "--domain",
+            "cli.test",
+        ],
         "a long admin password\n",
         &[],
     );
@@ -176,14 +214,30 @@ fn admin_commands_create_actors_and_rotate_keys_in_a_data_directory() {
     assert_eq!(stdout.trim(), "root@cli.test");
     // Password from P2_ADMIN_PASSWORD; a taken name is refused with a clear line.
     let (ok, stdout, _) = run_with_stdin(
-        &["admin", "create-actor", "bob", "--data-dir", data, "--domain", "cli.test"],
+        &[
+            "admin",
+            "create-actor",
+            "bob",
+            "--data-dir",
+            data,
+            "--domain",
+            "cli.test",
+        ],
         "",
         &[("P2_ADMIN_PASSWORD", "another long password")],
     );
     assert!(ok);
     assert_eq!(stdout.trim(), "bob@cli.test");
     let (ok, _, stderr) = run_with_stdin(
-        &["admin", "create-actor", "bob", "--data-dir", data, "--domain", "cli.test"],
+        &[
+            "admin",
+            "create-actor",
+            "bob",
+            "--data-dir",
+            data,
+            "--domain",
+            "cli.test",
+        ],
         "another long password\n",
         &[],
     );
@@ -191,23 +245,64 @@ fn admin_commands_create_actors_and_rotate_keys_in_a_data_directory() {
     assert_one_clear_error_line(&stderr, "already taken", "another long password");
     // No password at all.
     let (ok, _, stderr) = run_with_stdin(
-        &["admin", "create-actor", "carol", "--data-dir", data, "--domain", "cli.test"],
+        &[
+            "admin",
+            "create-actor",
+            "carol",
+            "--data-dir",
+            data,
+            "--domain",
+            "cli.test",
+        ],
         "",
         &[],
     );
     assert!(!ok);
     assert_one_clear_error_line(&stderr, "P2_ADMIN_PASSWORD", "\u{0}");
     // Rotation prints the new root cert, different from the first one.
-    let (ok, first, _) = run_with_stdin(&["admin", "rotate-key", "--data-dir", data, "--domain", "cli.test"], "", &[]);
+    let (ok, first, _) = run_with_stdin(
+        &[
+            "admin",
+            "rotate-key",
+            "--data-dir",
+            data,
+            "--domain",
+            "cli.test",
+        ],
+        "",
+        &[],
+    );
     assert!(ok);
-    let (ok, second, _) = run_with_stdin(&["admin", "rotate-key", "--data-dir", data, "--domain", "cli.test"], "", &[]);
+    let (ok, second, _) = run_with_stdin(
+        &[
+            "admin",
+            "rotate-key",
+            "--data-dir",
+            data,
+            "--domain",
+            "cli.test",
+        ],
+        "",
+        &[],
+    );
     assert!(ok);
     assert!(first.starts_with("-----BEGIN CERTIFICATE-----"));
     assert_ne!(first, second);
     let cert = p2_model::IdCert::from_pem(&second).unwrap();
     p2_model::verify_root_cert(&cert, "cli.test", None).unwrap();
     // The data directory belongs to cli.test: another domain is refused.
-    let (ok, _, stderr) = run_with_stdin(&["admin", "rotate-key", "--data-dir", data, "--domain", "other.test"], "", &[]);
+    let (ok, _, stderr) = run_with_stdin(
+        &[
+            "admin",
+            "rotate-key",
+            "--data-dir",
+            data,
+            "--domain",
+            "other.test",
+        ],
+        "",
+        &[],
+    );
     assert!(!ok);
     assert_one_clear_error_line(&stderr, "cli.test", "\u{0}");
 }

@@ -48,7 +48,9 @@ impl TestStack {
         if let Some(stack) = self.stack.take() {
             stack.stop().await.expect("stack stopped with an error");
         }
-        let stack = stack::start(config(self.storage.clone())).await.expect("restart failed");
+        let stack = stack::start(config(self.storage.clone()))
+            .await
+            .expect("restart failed");
         self.base = format!("http://{}", stack.addr);
         self.stack = Some(stack);
     }
@@ -262,6 +264,10 @@ pub async fn login(stack: &TestStack, local_name: &str, session_id: &str) -> Tes
 /// Registers `local_name` with [`TEST_PASSWORD`] and logs in with session `s1`.
 pub async fn register_and_login(stack: &TestStack, local_name: &str) -> TestSession {
     let response = register(stack, local_name, TEST_PASSWORD).await;
-    assert_eq!(response.status(), 201, "registration of {local_name} failed");
+    assert_eq!(
+        response.status(),
+        201,
+        "registration of {local_name} failed"
+    );
     login(stack, local_name, "s1").await
 }

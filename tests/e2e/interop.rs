@@ -66,7 +66,10 @@ async fn the_sdk_client_logs_in_with_its_csr_and_verifies_actor_certs(stack: Tes
 
     let url = polyproto::url::Url::parse(&stack.base).unwrap();
     let client = polyproto::api::HttpClient::new().unwrap();
-    let server = client.get_server_id_cert(None, &url).await.expect("SDK: idcert/server");
+    let server = client
+        .get_server_id_cert(None, &url)
+        .await
+        .expect("SDK: idcert/server");
     let server_key = p2_model::IdCert::from_pem(&server.cert)
         .unwrap()
         .public_key()
@@ -86,7 +89,9 @@ async fn the_sdk_client_logs_in_with_its_csr_and_verifies_actor_certs(stack: Tes
         .expect("SDK: idcert/actor");
     assert_eq!(certs.len(), 1);
     assert_eq!(certs[0].cert, pem);
-    certs[0].verify::<SdkSig, SdkPub>(&SdkPub(server_key)).expect("SDK: cacheSignature");
+    certs[0]
+        .verify::<SdkSig, SdkPub>(&SdkPub(server_key))
+        .expect("SDK: cacheSignature");
     certs[0]
         .try_to_actor_idcert::<SdkSig, SdkPub>(now(), &SdkPub(server_key))
         .expect("SDK: actor cert from the cache entry");

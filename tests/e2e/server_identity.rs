@@ -41,7 +41,11 @@ fn assert_root_cert_layout(pem: &str) {
     let cert = Certificate::from_pem(pem).expect("served cert is a parseable X.509 PEM");
     let tbs = &cert.tbs_certificate;
     assert_eq!(tbs.version, x509_cert::Version::V3);
-    assert_eq!(cert.signature_algorithm.oid.to_string(), "1.3.101.112", "Ed25519");
+    assert_eq!(
+        cert.signature_algorithm.oid.to_string(),
+        "1.3.101.112",
+        "Ed25519"
+    );
     assert!(cert.signature_algorithm.parameters.is_none());
     assert_eq!(
         tbs.subject_public_key_info.algorithm.oid.to_string(),
@@ -54,7 +58,11 @@ fn assert_root_cert_layout(pem: &str) {
     for rdn in tbs.issuer.0.iter() {
         for atv in rdn.0.iter() {
             assert_eq!(atv.oid.to_string(), "0.9.2342.19200300.100.1.25", "dc only");
-            labels.push(der::asn1::Ia5StringRef::try_from(&atv.value).unwrap().to_string());
+            labels.push(
+                der::asn1::Ia5StringRef::try_from(&atv.value)
+                    .unwrap()
+                    .to_string(),
+            );
         }
     }
     labels.reverse();
@@ -75,20 +83,25 @@ fn assert_root_cert_layout(pem: &str) {
     )
     .unwrap();
     let tbs_der = der::Encode::to_der(tbs).unwrap();
-    let signature =
-        ed25519_dalek::Signature::from_slice(cert.signature.raw_bytes()).unwrap();
+    let signature = ed25519_dalek::Signature::from_slice(cert.signature.raw_bytes()).unwrap();
     key.verify_strict(&tbs_der, &signature).unwrap();
 }
 
 async fn well_known_announces_the_public_api_url(stack: TestStack) {
     let (_, body) = get_json(&stack, "/.well-known/polyproto-core").await;
     assert_eq!(body["api"], format!("{}/.p2/core/", stack.base));
-    assert!(body.get("oidc_issuer").is_none(), "no issuer unless configured");
+    assert!(
+        body.get("oidc_issuer").is_none(),
+        "no issuer unless configured"
+    );
 }
 
 async fn server_id_cert_is_a_valid_root_cert_for_the_domain(stack: TestStack) {
     let (text, body) = get_json(&stack, IDCERT_SERVER).await;
-    assert!(!text.contains(": ") && !text.ends_with('\n'), "compact JSON");
+    assert!(
+        !text.contains(": ") && !text.ends_with('\n'),
+        "compact JSON"
+    );
     let pem = body["idCertPem"].as_str().unwrap();
     assert_root_cert_layout(pem);
 
@@ -144,7 +157,12 @@ async fn bare_pem_is_served_to_clients_that_ask_for_it(stack: TestStack) {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        assert!(response.headers()["content-type"].to_str().unwrap().starts_with(accept));
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(accept)
+        );
         let pem = response.text().await.unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
         assert_eq!(pem, body["idCertPem"].as_str().unwrap());
@@ -158,8 +176,14 @@ async fn trailing_slashes_and_timestamps_in_query_or_body_are_accepted(stack: Te
         (format!("{IDCERT_SERVER}/"), None),
         (format!("{IDCERT_SERVER}?timestamp={t}"), None),
         (format!("{IDCERT_SERVER}/?timestamp={t}"), None),
-        (IDCERT_SERVER.to_owned(), Some(format!(r#"{{"timestamp": {t}}}"#))),
-        (IDCERT_SERVER.to_owned(), Some(format!(r#"{{"timestamp": "{t}"}}"#))),
+        (
+            IDCERT_SERVER.to_owned(),
+            Some(format!(r#"{{"timestamp": {t}}}"#)),
+        ),
+        (
+            IDCERT_SERVER.to_owned(),
+            Some(format!(r#"{{"timestamp": "{t}"}}"#)),
+        ),
         // The query wins over a (bad) body value.
         (
             format!("{IDCERT_SERVER}?timestamp={t}"),
@@ -178,7 +202,10 @@ async fn trailing_slashes_and_timestamps_in_query_or_body_are_accepted(stack: Te
         assert_eq!(value["idCertPem"], current["idCertPem"], "{path}");
     }
     let key_now = get_text(&stack, KEY_SERVER).await;
-    assert_eq!(get_text(&stack, &format!("{KEY_SERVER}/?timestamp={t}")).await, key_now);
+    assert_eq!(
+        get_text(&stack, &format!("{KEY_SERVER}/?timestamp={t}")).await,
+        key_now
+    );
     assert!(key_now.starts_with("-----BEGIN PUBLIC KEY-----\n"));
 }
 
@@ -218,7 +245,11 @@ async fn malformed_timestamps_are_rejected_naming_the_parameter(stack: TestStack
 }
 
 async fn unknown_routes_are_problem_json_404s(stack: TestStack) {
-    for path in ["/nope", "/.p2/core/v1/idcert/servers", "/.p2/core/v2/key/server"] {
+    for path in [
+        "/nope",
+        "/.p2/core/v1/idcert/servers",
+        "/.p2/core/v2/key/server",
+    ] {
         let response = stack.http.get(stack.url(path)).send().await.unwrap();
         expect_problem(response, 404).await;
     }

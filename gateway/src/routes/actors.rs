@@ -144,7 +144,11 @@ pub async fn request_id_cert(
             return Err(status.into());
         }
     };
-    Ok((StatusCode::CREATED, axum::Json(IdCertAndToken::new(pem, token))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(IdCertAndToken::new(pem, token)),
+    )
+        .into_response())
 }
 
 /// `GET /.p2/core/v1/idcert/actor/{fid}`: every cert of the actor matching the filters, as
@@ -162,7 +166,12 @@ pub async fn actor_id_certs(
         not_before: params.u64_any(&["notBefore", "not_before"])?,
         not_after: params.u64_any(&["notAfter", "not_after"])?,
     };
-    let certs = state.identity().get_actor_id_certs(request).await?.into_inner().certs;
+    let certs = state
+        .identity()
+        .get_actor_id_certs(request)
+        .await?
+        .into_inner()
+        .certs;
     let json: Vec<CacheableIdCertJson> = certs.into_iter().map(Into::into).collect();
     Ok(canonical_json(&json))
 }

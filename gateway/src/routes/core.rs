@@ -60,7 +60,10 @@ impl From<p2_proto::common::v1::CacheableIdCert> for CacheableIdCertJson {
 pub fn canonical_json<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             body,
         )
             .into_response(),
@@ -91,7 +94,11 @@ fn pem_preference(headers: &HeaderMap) -> Option<&'static str> {
 }
 
 fn pem_response(content_type: &'static str, pem: String) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], pem).into_response()
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        pem,
+    )
+        .into_response()
 }
 
 /// `GET /.p2/core/v1/idcert/server`: the root ID-Cert valid at `timestamp` (else the current
@@ -128,7 +135,10 @@ pub async fn server_public_key(
         .get_server_public_key(identity::GetServerPublicKeyRequest { timestamp })
         .await?
         .into_inner();
-    Ok(pem_response("text/plain; charset=utf-8", key.public_key_pem))
+    Ok(pem_response(
+        "text/plain; charset=utf-8",
+        key.public_key_pem,
+    ))
 }
 
 #[cfg(test)]
@@ -139,7 +149,8 @@ mod tests {
     fn cacheable_id_certs_serialise_as_canonical_json() {
         let json = serde_json::to_string(&CacheableIdCertJson::from(
             p2_proto::common::v1::CacheableIdCert {
-                id_cert_pem: "-----BEGIN CERTIFICATE-----\nAB/+\n-----END CERTIFICATE-----\n".into(),
+                id_cert_pem: "-----BEGIN CERTIFICATE-----\nAB/+\n-----END CERTIFICATE-----\n"
+                    .into(),
                 cache_not_valid_before: 10,
                 cache_not_valid_after: 20,
                 cache_signature: "ab".into(),
@@ -157,11 +168,17 @@ mod tests {
     fn pem_is_served_only_to_clients_that_prefer_it() {
         let mut headers = HeaderMap::new();
         assert_eq!(pem_preference(&headers), None);
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/x-pem-file"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/x-pem-file"),
+        );
         assert_eq!(pem_preference(&headers), Some("application/x-pem-file"));
         headers.insert(header::ACCEPT, HeaderValue::from_static("text/plain"));
         assert!(pem_preference(&headers).is_some());
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/plain"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/plain"),
+        );
         assert_eq!(pem_preference(&headers), None);
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         assert_eq!(pem_preference(&headers), None);

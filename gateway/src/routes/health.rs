@@ -4,9 +4,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 use crate::AppState;
 
@@ -32,7 +32,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         }
     });
     let results = futures::future::join_all(checks).await;
-    let down: Vec<&str> = results.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+    let down: Vec<&str> = results
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
     if down.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {

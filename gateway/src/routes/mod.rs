@@ -28,9 +28,15 @@ pub fn router() -> Router<AppState> {
                 .post(sessions::rotate_server_key),
         )
         .route("/.p2/core/v1/idcert", post(actors::request_id_cert))
-        .route("/.p2/core/v1/idcert/actor/{fid}", get(actors::actor_id_certs))
+        .route(
+            "/.p2/core/v1/idcert/actor/{fid}",
+            get(actors::actor_id_certs),
+        )
         .route("/.p2/core/v1/challenge", get(sessions::challenge))
-        .route("/.p2/core/v1/session", axum::routing::delete(sessions::delete_session))
+        .route(
+            "/.p2/core/v1/session",
+            axum::routing::delete(sessions::delete_session),
+        )
         .route("/.p2/auth/v1/register", post(actors::register))
         .route("/.p2/auth/v1/session", post(actors::login))
         .route("/healthz", get(health::healthz))
@@ -43,7 +49,11 @@ pub fn router() -> Router<AppState> {
 async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }
 
@@ -56,7 +66,11 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 /// Answers 413 problem+json before reading a body whose declared length is over the limit.
-pub async fn reject_large_bodies(State(limit): State<usize>, request: Request, next: Next) -> Response {
+pub async fn reject_large_bodies(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)

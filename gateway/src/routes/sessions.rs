@@ -86,7 +86,10 @@ pub async fn rotate_server_key(
     // rotated.previous_invalid_since}.
     let pem = rotated.cert.map(|c| c.id_cert_pem).unwrap_or_default();
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
         pem,
     )
         .into_response())

@@ -29,9 +29,9 @@ impl KeyCipher {
     pub fn from_hex(hex_key: &str) -> anyhow::Result<Self> {
         let bytes = hex::decode(hex_key.trim())
             .map_err(|_| anyhow::anyhow!("the key encryption key must be 64 hex characters"))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("the key encryption key must be 64 hex characters (32 bytes)"))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            anyhow::anyhow!("the key encryption key must be 64 hex characters (32 bytes)")
+        })?;
         Ok(Self {
             cipher: ChaCha20Poly1305::new(&Key::from(key)),
         })
@@ -39,8 +39,9 @@ impl KeyCipher {
 
     /// From a file holding 64 hex characters.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the key encryption key file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read the key encryption key file {}", path.display())
+        })?;
         Self::from_hex(&text).with_context(|| format!("invalid key in {}", path.display()))
     }
 
@@ -131,9 +132,14 @@ mod tests {
     #[test]
     fn encrypted_keys_round_trip_and_hide_the_plaintext() {
         let cipher = KeyCipher::from_hex(KEY).unwrap();
-        let stored = cipher.encrypt(b"secret seed bytes", "server-key:1").unwrap();
+        let stored = cipher
+            .encrypt(b"secret seed bytes", "server-key:1")
+            .unwrap();
         assert!(!stored.contains(&hex::encode(b"secret seed bytes")));
-        assert_eq!(cipher.decrypt(&stored, "server-key:1").unwrap(), b"secret seed bytes");
+        assert_eq!(
+            cipher.decrypt(&stored, "server-key:1").unwrap(),
+            b"secret seed bytes"
+        );
     }
 
     #[test]
@@ -142,7 +148,10 @@ mod tests {
         let stored = cipher.encrypt(b"seed", "server-key:1").unwrap();
         assert!(cipher.decrypt(&stored, "server-key:2").is_err());
         let other = KeyCipher::from_hex(&KEY.replace("00", "ff")).unwrap();
-        let err = other.decrypt(&stored, "server-key:1").unwrap_err().to_string();
+        let err = other
+            .decrypt(&stored, "server-key:1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("P2_KEY_ENCRYPTION_KEY"), "{err}");
     }
 

@@ -7,7 +7,9 @@ use p2_model::ModelError;
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// The server had no key pair at the requested time.
-    #[error("the server had no identity key at timestamp {timestamp}; its first key dates from {first}")]
+    #[error(
+        "the server had no identity key at timestamp {timestamp}; its first key dates from {first}"
+    )]
     NoServerKeyAt {
         /// The requested UNIX time.
         timestamp: u64,
@@ -30,7 +32,9 @@ pub enum IdentityError {
     #[error("wrong name or password")]
     BadCredentials,
     /// A valid ID-Cert already holds this session ID (spec 6.1.1.3).
-    #[error("session ID {0:?} is in use by a valid ID-Cert; delete that session first or choose another session ID")]
+    #[error(
+        "session ID {0:?} is in use by a valid ID-Cert; delete that session first or choose another session ID"
+    )]
     SessionIdInUse(String),
     /// No valid ID-Cert for that session.
     #[error("{fid} has no valid ID-Cert for session {session_id:?}")]
@@ -59,7 +63,9 @@ impl From<IdentityError> for tonic::Status {
             IdentityError::NameTaken(_) | IdentityError::SessionIdInUse(_) => {
                 tonic::Status::already_exists(error.to_string())
             }
-            IdentityError::RegistrationClosed => tonic::Status::permission_denied(error.to_string()),
+            IdentityError::RegistrationClosed => {
+                tonic::Status::permission_denied(error.to_string())
+            }
             IdentityError::BadCredentials => tonic::Status::unauthenticated(error.to_string()),
             IdentityError::Model(model) if model.is_internal() => {
                 p2_runtime::error::internal(&anyhow::Error::new(model))
@@ -78,7 +84,10 @@ mod tests {
     fn each_error_maps_to_the_code_a_client_can_act_on() {
         let cases: Vec<(IdentityError, tonic::Code)> = vec![
             (
-                IdentityError::NoServerKeyAt { timestamp: 1, first: 2 },
+                IdentityError::NoServerKeyAt {
+                    timestamp: 1,
+                    first: 2,
+                },
                 tonic::Code::NotFound,
             ),
             (
@@ -89,14 +98,29 @@ mod tests {
                 IdentityError::Model(ModelError::BadSignature),
                 tonic::Code::InvalidArgument,
             ),
-            (IdentityError::UnknownActor("a@b".into()), tonic::Code::NotFound),
             (
-                IdentityError::NoValidCert { fid: "a@b".into(), session_id: "s".into() },
+                IdentityError::UnknownActor("a@b".into()),
                 tonic::Code::NotFound,
             ),
-            (IdentityError::NameTaken("a".into()), tonic::Code::AlreadyExists),
-            (IdentityError::SessionIdInUse("s".into()), tonic::Code::AlreadyExists),
-            (IdentityError::RegistrationClosed, tonic::Code::PermissionDenied),
+            (
+                IdentityError::NoValidCert {
+                    fid: "a@b".into(),
+                    session_id: "s".into(),
+                },
+                tonic::Code::NotFound,
+            ),
+            (
+                IdentityError::NameTaken("a".into()),
+                tonic::Code::AlreadyExists,
+            ),
+            (
+                IdentityError::SessionIdInUse("s".into()),
+                tonic::Code::AlreadyExists,
+            ),
+            (
+                IdentityError::RegistrationClosed,
+                tonic::Code::PermissionDenied,
+            ),
             (IdentityError::BadCredentials, tonic::Code::Unauthenticated),
             (
                 IdentityError::Model(ModelError::Encoding("x".into())),

@@ -53,7 +53,9 @@ impl pb::identity_server::Identity for IdentityGrpc {
             .keyring()
             .at_or_current(request.into_inner().timestamp)?;
         let cert = self.root_cacheable(&generation, p2_runtime::unix_now());
-        Ok(Response::new(pb::GetServerIdCertResponse { cert: Some(cert) }))
+        Ok(Response::new(pb::GetServerIdCertResponse {
+            cert: Some(cert),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(timestamp = request.get_ref().timestamp))]
@@ -75,7 +77,11 @@ impl pb::identity_server::Identity for IdentityGrpc {
         &self,
         request: Request<pb::RotateServerKeyRequest>,
     ) -> Result<Response<pb::RotateServerKeyResponse>, Status> {
-        let caller = request.into_inner().caller.map(|c| c.fid).unwrap_or_default();
+        let caller = request
+            .into_inner()
+            .caller
+            .map(|c| c.fid)
+            .unwrap_or_default();
         let now = p2_runtime::unix_now();
         let generation = self
             .state
@@ -96,8 +102,8 @@ impl pb::identity_server::Identity for IdentityGrpc {
         request: Request<pb::RegisterActorRequest>,
     ) -> Result<Response<pb::RegisterActorResponse>, Status> {
         let request = request.into_inner();
-        let local_name = p2_model::validate_local_name(&request.local_name)
-            .map_err(IdentityError::from)?;
+        let local_name =
+            p2_model::validate_local_name(&request.local_name).map_err(IdentityError::from)?;
         if self.state.registration() == Registration::Closed && !request.force {
             return Err(IdentityError::RegistrationClosed.into());
         }
@@ -136,13 +142,21 @@ impl pb::identity_server::Identity for IdentityGrpc {
         // Anything that names no actor of ours takes the unknown-actor path (same timing).
         let local_name = self.local_name_or_fid(&request.actor).ok();
         let actor = match &local_name {
-            Some(name) => self.state.store().actor(name).await.map_err(IdentityError::from)?,
+            Some(name) => self
+                .state
+                .store()
+                .actor(name)
+                .await
+                .map_err(IdentityError::from)?,
             None => None,
         };
         let ok = self
             .state
             .hasher()
-            .verify(request.password, actor.as_ref().map(|a| a.password_hash.clone()))
+            .verify(
+                request.password,
+                actor.as_ref().map(|a| a.password_hash.clone()),
+            )
             .await
             .map_err(IdentityError::from)?;
         match actor {

@@ -209,14 +209,22 @@ impl Keyring {
     }
 
     fn decode(&self, row: ServerKeyRow) -> anyhow::Result<Generation> {
-        let cert = IdCert::from_pem(&row.cert_pem)
-            .with_context(|| format!("stored root cert of generation {} is unreadable", row.generation))?;
-        let seed = self
-            .cipher
-            .decrypt(&row.private_key_enc, &key_context(row.generation, &row.serial))?;
-        let seed: [u8; 32] = seed
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("stored private key of generation {} has a wrong length", row.generation))?;
+        let cert = IdCert::from_pem(&row.cert_pem).with_context(|| {
+            format!(
+                "stored root cert of generation {} is unreadable",
+                row.generation
+            )
+        })?;
+        let seed = self.cipher.decrypt(
+            &row.private_key_enc,
+            &key_context(row.generation, &row.serial),
+        )?;
+        let seed: [u8; 32] = seed.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "stored private key of generation {} has a wrong length",
+                row.generation
+            )
+        })?;
         let signing_key = SigningKey::from_bytes(&seed);
         let public = cert.public_key().map_err(anyhow::Error::new)?;
         anyhow::ensure!(
@@ -300,7 +308,13 @@ impl Keyring {
         let attestation = CacheAttestation {
             not_valid_before: start,
             not_valid_after: end,
-            signature: p2_model::sign_cache(&generation.signing_key, serial, start, end, invalidated_at),
+            signature: p2_model::sign_cache(
+                &generation.signing_key,
+                serial,
+                start,
+                end,
+                invalidated_at,
+            ),
         };
         memo.insert(key, attestation.clone());
         attestation
@@ -332,12 +346,26 @@ mod tests {
     fn cache_windows_are_aligned_bounded_and_inside_validity() {
         let nb = 1_000_000;
         let na = nb + 10 * CACHE_WINDOW_SECS + 123;
-        for now in [0, nb, nb + 1, nb + 5 * CACHE_WINDOW_SECS, na - 1, na, na + 99_999] {
+        for now in [
+            0,
+            nb,
+            nb + 1,
+            nb + 5 * CACHE_WINDOW_SECS,
+            na - 1,
+            na,
+            na + 99_999,
+        ] {
             let (start, end) = cache_window(now, nb, na);
-            assert!(start >= nb && end <= na && start < end, "{now}: {start}..{end}");
+            assert!(
+                start >= nb && end <= na && start < end,
+                "{now}: {start}..{end}"
+            );
             assert!(end - start <= CACHE_WINDOW_SECS);
             let clamped = now.clamp(nb, na - 1);
-            assert!(start <= clamped && clamped < end, "{now} not in {start}..{end}");
+            assert!(
+                start <= clamped && clamped < end,
+                "{now} not in {start}..{end}"
+            );
         }
         // Two instants in the same aligned slice share a window.
         let a = cache_window(nb + 3 * CACHE_WINDOW_SECS + 10, nb, na);

@@ -57,7 +57,11 @@ pub struct IdentityConfig {
     #[arg(long = "database-url", env = "P2_DATABASE_URL")]
     pub database_url: String,
     /// 32-byte key (64 hex characters) that encrypts the server's private keys at rest.
-    #[arg(long = "key-encryption-key", env = "P2_KEY_ENCRYPTION_KEY", hide_env_values = true)]
+    #[arg(
+        long = "key-encryption-key",
+        env = "P2_KEY_ENCRYPTION_KEY",
+        hide_env_values = true
+    )]
     pub key_encryption_key: Option<SecretString>,
     /// File holding the key encryption key (64 hex characters), e.g. a mounted Kubernetes
     /// Secret. Used when `--key-encryption-key` is not given.

@@ -39,7 +39,11 @@ fn hash_blocking(password: &str) -> anyhow::Result<String> {
 
 fn verify_blocking(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| argon2().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            argon2()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -81,10 +85,14 @@ impl PasswordHasher {
 pub fn check_policy(password: &str, local_name: &str) -> Result<(), String> {
     let len = password.chars().count();
     if len < MIN_PASSWORD_LEN {
-        return Err(format!("the password must have at least {MIN_PASSWORD_LEN} characters"));
+        return Err(format!(
+            "the password must have at least {MIN_PASSWORD_LEN} characters"
+        ));
     }
     if password.len() > MAX_PASSWORD_LEN {
-        return Err(format!("the password must have at most {MAX_PASSWORD_LEN} bytes"));
+        return Err(format!(
+            "the password must have at most {MAX_PASSWORD_LEN} bytes"
+        ));
     }
     if password.eq_ignore_ascii_case(local_name) {
         return Err("the password must not be the actor's name".to_owned());
@@ -101,19 +109,38 @@ mod tests {
         let hasher = PasswordHasher::new().await.unwrap();
         let hash = hasher.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(hasher.verify("correct horse".into(), Some(hash.clone())).await.unwrap());
-        assert!(!hasher.verify("wrong horse".into(), Some(hash)).await.unwrap());
+        assert!(
+            hasher
+                .verify("correct horse".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify("wrong horse".into(), Some(hash))
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
     async fn unknown_actors_never_verify_even_with_the_dummy_password() {
         let hasher = PasswordHasher::new().await.unwrap();
-        assert!(!hasher.verify("polyproto dummy password".into(), None).await.unwrap());
+        assert!(
+            !hasher
+                .verify("polyproto dummy password".into(), None)
+                .await
+                .unwrap()
+        );
     }
 
     #[test]
     fn weak_passwords_are_refused_with_a_reason() {
-        assert!(check_policy("short", "alice").unwrap_err().contains("at least"));
+        assert!(
+            check_policy("short", "alice")
+                .unwrap_err()
+                .contains("at least")
+        );
         assert!(check_policy("alicealice", "alicealice").is_err());
         assert!(check_policy(&"x".repeat(2000), "alice").is_err());
         assert!(check_policy("long enough", "alice").is_ok());

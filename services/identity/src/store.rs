@@ -8,10 +8,11 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 /// The identity schema, in order. Never edit a released migration; add a new one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "server keys",
-    sql: "CREATE TABLE server_keys (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "server keys",
+        sql: "CREATE TABLE server_keys (
         generation BIGINT PRIMARY KEY,
         serial TEXT NOT NULL UNIQUE,
         active_from BIGINT NOT NULL,
@@ -21,10 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         public_key_pem TEXT NOT NULL,
         private_key_enc TEXT NOT NULL
     )",
-}, Migration {
-    version: 2,
-    description: "actors and actor id-certs",
-    sql: "CREATE TABLE actors (
+    },
+    Migration {
+        version: 2,
+        description: "actors and actor id-certs",
+        sql: "CREATE TABLE actors (
         local_name TEXT PRIMARY KEY,
         password_hash TEXT NOT NULL,
         admin BIGINT NOT NULL,
@@ -43,7 +45,8 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         invalidated_at BIGINT
     );
     CREATE INDEX id_certs_by_session ON id_certs (local_name, session_id);",
-}];
+    },
+];
 
 /// One stored key generation of the home server.
 #[derive(Debug, Clone)]
@@ -277,7 +280,12 @@ impl Store {
         now: i64,
         build: impl FnOnce() -> anyhow::Result<CertRow>,
     ) -> anyhow::Result<Result<Issued, IssueRefusal>> {
-        let mut tx = self.db.pool.begin().await.context("starting a transaction")?;
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting a transaction")?;
         // A no-op write: takes the actor's row lock (PostgreSQL) or the write lock (SQLite).
         let locked = sqlx::query("UPDATE actors SET admin = admin WHERE local_name = $1")
             .bind(local_name)
@@ -335,7 +343,11 @@ impl Store {
     }
 
     /// The certs of an actor matching `filter`, oldest first.
-    pub async fn certs(&self, local_name: &str, filter: &CertFilter) -> anyhow::Result<Vec<CertRow>> {
+    pub async fn certs(
+        &self,
+        local_name: &str,
+        filter: &CertFilter,
+    ) -> anyhow::Result<Vec<CertRow>> {
         // Fixed SQL with NULL-able parameters: one prepared statement for every filter mix.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CERT_COLUMNS} FROM id_certs WHERE local_name = $1 \

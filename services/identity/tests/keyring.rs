@@ -100,7 +100,10 @@ async fn a_database_of_another_domain_or_key_is_refused(url: String) {
     assert!(format!("{err:#}").contains("example.org"), "{err:#}");
     let wrong_key = "11".repeat(32);
     let err = open(&url, "example.org", &wrong_key).await.err().unwrap();
-    assert!(format!("{err:#}").contains("P2_KEY_ENCRYPTION_KEY"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("P2_KEY_ENCRYPTION_KEY"),
+        "{err:#}"
+    );
 }
 
 async fn private_keys_are_stored_encrypted(url: String) {
@@ -120,8 +123,22 @@ async fn cache_signatures_are_reused_within_a_window(url: String) {
     let generation = keyring.current().unwrap();
     let cert = &generation.cert;
     let now = p2_runtime::unix_now();
-    let a = keyring.attest(&generation, &cert.serial(), cert.not_before(), cert.not_after(), None, now);
-    let b = keyring.attest(&generation, &cert.serial(), cert.not_before(), cert.not_after(), None, now + 1);
+    let a = keyring.attest(
+        &generation,
+        &cert.serial(),
+        cert.not_before(),
+        cert.not_after(),
+        None,
+        now,
+    );
+    let b = keyring.attest(
+        &generation,
+        &cert.serial(),
+        cert.not_before(),
+        cert.not_after(),
+        None,
+        now + 1,
+    );
     if a.not_valid_after > now + 1 {
         assert_eq!(a, b, "same window, same attestation");
     }
@@ -134,8 +151,14 @@ async fn cache_signatures_are_reused_within_a_window(url: String) {
         &a.signature,
     )
     .unwrap();
-    let revoked =
-        keyring.attest(&generation, &cert.serial(), cert.not_before(), cert.not_after(), Some(now), now);
+    let revoked = keyring.attest(
+        &generation,
+        &cert.serial(),
+        cert.not_before(),
+        cert.not_after(),
+        Some(now),
+        now,
+    );
     assert_ne!(revoked.signature, a.signature);
 }
 
@@ -154,13 +177,18 @@ async fn grpc_answers_server_certs_by_time(url: String) {
     let state = p2_identity::IdentityState::open(&config).await.unwrap();
     let grpc = p2_identity::grpc::IdentityGrpc::new(state.clone());
     let cert = grpc
-        .get_server_id_cert(tonic::Request::new(pb::GetServerIdCertRequest { timestamp: None }))
+        .get_server_id_cert(tonic::Request::new(pb::GetServerIdCertRequest {
+            timestamp: None,
+        }))
         .await
         .unwrap()
         .into_inner()
         .cert
         .unwrap();
-    assert_eq!(cert.id_cert_pem, state.keyring().current().unwrap().cert_pem);
+    assert_eq!(
+        cert.id_cert_pem,
+        state.keyring().current().unwrap().cert_pem
+    );
     let status = grpc
         .get_server_public_key(tonic::Request::new(pb::GetServerPublicKeyRequest {
             timestamp: Some(5),
@@ -169,7 +197,9 @@ async fn grpc_answers_server_certs_by_time(url: String) {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
     let rotated = grpc
-        .rotate_server_key(tonic::Request::new(pb::RotateServerKeyRequest { caller: None }))
+        .rotate_server_key(tonic::Request::new(pb::RotateServerKeyRequest {
+            caller: None,
+        }))
         .await
         .unwrap()
         .into_inner();

@@ -13,10 +13,19 @@ pub struct TelemetryConfig {
     #[arg(long = "log", env = "P2_LOG", default_value = DEFAULT_LOG_FILTER, global = true)]
     pub log: String,
     /// Emit logs as JSON lines instead of human-readable text.
-    #[arg(long = "log-json", env = "P2_LOG_JSON", default_value_t = false, global = true)]
+    #[arg(
+        long = "log-json",
+        env = "P2_LOG_JSON",
+        default_value_t = false,
+        global = true
+    )]
     pub log_json: bool,
     /// OTLP/gRPC endpoint for trace export (e.g. `http://jaeger:4317`); unset disables export.
-    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    #[arg(
+        long = "otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        global = true
+    )]
     pub otlp_endpoint: Option<String>,
     /// Service name attached to exported traces; defaults to `polyproto-<component>`.
     #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME", global = true)]

@@ -12,8 +12,10 @@ use tonic::transport::server::TcpIncoming;
 use crate::telemetry::{TraceContextInterceptor, set_parent_from_headers};
 
 /// A gRPC client channel that carries the caller's trace context.
-pub type TracedChannel =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TraceContextInterceptor>;
+pub type TracedChannel = tonic::service::interceptor::InterceptedService<
+    tonic::transport::Channel,
+    TraceContextInterceptor,
+>;
 
 /// Opens a lazily connecting channel to `url` (e.g. `http://identity:50051`) that propagates
 /// trace context. Lazy, so a component starts even while a dependency is still starting;

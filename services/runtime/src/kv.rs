@@ -14,7 +14,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connects to `url` and checks it answers `PING`. Errors name the component and the
 /// (redacted) URL.
 pub async fn connect(url: &str, component: &str) -> anyhow::Result<ConnectionManager> {
-    let what = || format!("cannot connect to the {component} Redis at {}", redact_url(url));
+    let what = || {
+        format!(
+            "cannot connect to the {component} Redis at {}",
+            redact_url(url)
+        )
+    };
     let client = redis::Client::open(url).with_context(what)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -65,13 +70,19 @@ mod tests {
             .unwrap();
         assert_eq!(first.as_deref(), Some("OK"));
         assert_eq!(second, None, "NX must refuse to overwrite");
-        let taken: Option<String> = redis::cmd("GETDEL").arg(&key).query_async(&mut conn).await.unwrap();
+        let taken: Option<String> = redis::cmd("GETDEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(taken.as_deref(), Some("1"));
     }
 
     #[tokio::test]
     async fn an_unreachable_redis_is_a_clear_error() {
-        let err = connect("redis://:secret@127.0.0.1:1/", "session").await.unwrap_err();
+        let err = connect("redis://:secret@127.0.0.1:1/", "session")
+            .await
+            .unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("session Redis"), "{text}");
         assert!(!text.contains("secret"), "{text}");

@@ -56,8 +56,14 @@ mod tests {
             redact_url("postgres://p2:s3cret@db:5432/identity?sslmode=disable"),
             "postgres://p2:***@db:5432/identity"
         );
-        assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
-        assert_eq!(redact_url("sqlite:///tmp/x.db?mode=rwc"), "sqlite:///tmp/x.db");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+        assert_eq!(
+            redact_url("sqlite:///tmp/x.db?mode=rwc"),
+            "sqlite:///tmp/x.db"
+        );
         assert_eq!(redact_url("sqlite:data.db"), "sqlite:data.db");
     }
 }

@@ -96,7 +96,12 @@ pub async fn connect(
             })
         });
     }
-    let what = || format!("cannot connect to the {component} database at {}", redact_url(&url));
+    let what = || {
+        format!(
+            "cannot connect to the {component} database at {}",
+            redact_url(&url)
+        )
+    };
     let pool = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(&url))
         .await
         .map_err(|_| anyhow::anyhow!("timed out after {CONNECT_TIMEOUT:?}"))
@@ -146,7 +151,10 @@ pub async fn connect(
 
 /// The SQLite URL of `component`'s database file inside `data_dir`.
 pub fn sqlite_url_in(data_dir: &std::path::Path, component: &str) -> String {
-    format!("sqlite://{}", data_dir.join(format!("{component}.db")).display())
+    format!(
+        "sqlite://{}",
+        data_dir.join(format!("{component}.db")).display()
+    )
 }
 
 #[cfg(test)]
@@ -161,7 +169,9 @@ mod tests {
 
     #[test]
     fn unknown_url_schemes_are_rejected_with_a_hint() {
-        let err = Backend::from_url("mysql://u:pw@h/db").unwrap_err().to_string();
+        let err = Backend::from_url("mysql://u:pw@h/db")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sqlite:"), "{err}");
         assert!(!err.contains("pw"), "{err}");
     }
@@ -190,9 +200,13 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_postgres_names_the_component_and_hides_the_password() {
         // Port 1 on loopback refuses connections.
-        let err = connect("postgres://p2:hunter2@127.0.0.1:1/x", "identity", MIGRATIONS)
-            .await
-            .unwrap_err();
+        let err = connect(
+            "postgres://p2:hunter2@127.0.0.1:1/x",
+            "identity",
+            MIGRATIONS,
+        )
+        .await
+        .unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("identity database"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
@@ -202,8 +216,13 @@ mod tests {
     async fn postgres_databases_are_migrated() {
         let url = std::env::var("P2_TEST_POSTGRES_URL")
             .expect("P2_TEST_POSTGRES_URL must be set: run scripts/test.sh");
-        let db = connect(&url, "runtime_unit_test", MIGRATIONS).await.unwrap();
-        sqlx::query("DELETE FROM things").execute(&db.pool).await.unwrap();
+        let db = connect(&url, "runtime_unit_test", MIGRATIONS)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM things")
+            .execute(&db.pool)
+            .await
+            .unwrap();
         sqlx::query("INSERT INTO things (id, name) VALUES ($1, $2)")
             .bind(7_i64)
             .bind("seven")

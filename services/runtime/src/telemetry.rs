@@ -98,7 +98,10 @@ pub fn init(config: &TelemetryConfig, component: &str) -> anyhow::Result<Telemet
 pub struct TraceContextInterceptor;
 
 impl tonic::service::Interceptor for TraceContextInterceptor {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         let context = tracing::Span::current().context();
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
@@ -170,7 +173,9 @@ mod tests {
             let mut headers = http::HeaderMap::new();
             headers.insert(
                 "traceparent",
-                format!("00-{trace_id}-00f067aa0ba902b7-01").parse().unwrap(),
+                format!("00-{trace_id}-00f067aa0ba902b7-01")
+                    .parse()
+                    .unwrap(),
             );
             // Gateway: the request span joins the client's trace...
             let span = tracing::info_span!("http");
