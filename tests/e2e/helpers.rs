@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use polyproto_server::stack::{self, Stack, StackConfig, Storage};
-use sqlx::Executor as _;
 
 /// The domain every test stack serves.
 pub const DOMAIN: &str = "p2.test";
@@ -66,12 +65,6 @@ fn config(storage: Storage) -> StackConfig {
     config
 }
 
-/// The PostgreSQL admin URL from the environment; fails loudly when it is missing.
-pub fn postgres_admin_url() -> String {
-    std::env::var("P2_TEST_POSTGRES_URL")
-        .expect("P2_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh")
-}
-
 /// The Redis URL from the environment; fails loudly when it is missing.
 pub fn redis_url() -> String {
     std::env::var("P2_TEST_REDIS_URL")
@@ -80,34 +73,9 @@ pub fn redis_url() -> String {
 
 /// Creates a fresh, empty PostgreSQL database and returns its URL.
 pub async fn fresh_postgres_database(label: &str) -> String {
-    sqlx::any::install_default_drivers();
-    let admin = postgres_admin_url();
-    let name = format!(
-        "p2t_{label}_{}_{}",
-        std::process::id(),
-        hex::encode(rand_bytes())
-    );
-    let pool = sqlx::AnyPool::connect(&admin)
+    p2_runtime::storage::fresh_test_postgres_database(label)
         .await
-        .expect("cannot connect to the test PostgreSQL");
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .expect("cannot create a test database");
-    pool.close().await;
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    format!("{base}/{name}")
-}
-
-fn rand_bytes() -> [u8; 6] {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_nanos();
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mixed = (nanos as u64) ^ (n << 40);
-    let b = mixed.to_le_bytes();
-    [b[0], b[1], b[2], b[3], b[4], b[5]]
 }
 
 /// Starts a stack on `backend`.

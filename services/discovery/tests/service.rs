@@ -13,7 +13,6 @@ use p2_model::FederationId;
 use p2_proto::common::v1::{Caller, ServiceProvider};
 use p2_proto::discovery::v1 as pb;
 use p2_proto::discovery::v1::discovery_server::Discovery as _;
-use sqlx::Executor as _;
 use tonic::{Code, Request};
 
 const ALICE: &str = "alice@example.org";
@@ -34,26 +33,9 @@ impl ActorDirectory for Directory {
 }
 
 async fn postgres_url() -> String {
-    sqlx::any::install_default_drivers();
-    let admin = std::env::var("P2_TEST_POSTGRES_URL")
-        .expect("P2_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = format!(
-        "p2t_discovery_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+    p2_runtime::storage::fresh_test_postgres_database("discovery")
         .await
-        .unwrap();
-    pool.close().await;
-    let base = admin.rsplit_once('/').unwrap().0;
-    format!("{base}/{name}")
+        .unwrap()
 }
 
 async fn open(url: &str) -> DiscoveryGrpc {

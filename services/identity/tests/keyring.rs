@@ -7,7 +7,6 @@ use p2_identity::keyring::Keyring;
 use p2_identity::store::{MIGRATIONS, Store};
 use p2_proto::identity::v1 as pb;
 use p2_proto::identity::v1::identity_server::Identity as _;
-use sqlx::Executor as _;
 
 const KEK: &str = "0f0e0d0c0b0a09080706050403020100f0e0d0c0b0a090807060504030201000";
 const YEAR: u64 = 365 * 86_400;
@@ -17,24 +16,9 @@ async fn sqlite_url(dir: &tempfile::TempDir) -> String {
 }
 
 async fn postgres_url() -> String {
-    sqlx::any::install_default_drivers();
-    let admin = std::env::var("P2_TEST_POSTGRES_URL")
-        .expect("P2_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
-    let name = format!(
-        "p2t_keyring_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+    p2_runtime::storage::fresh_test_postgres_database("keyring")
         .await
-        .unwrap();
-    pool.close().await;
-    let base = admin.rsplit_once('/').unwrap().0;
-    format!("{base}/{name}")
+        .unwrap()
 }
 
 async fn open(url: &str, domain: &str, kek: &str) -> anyhow::Result<Keyring> {

@@ -157,6 +157,43 @@ pub fn sqlite_url_in(data_dir: &std::path::Path, component: &str) -> String {
     )
 }
 
+/// Environment variable naming the PostgreSQL server tests use (set by `scripts/test.sh`).
+pub const TEST_POSTGRES_ENV: &str = "P2_TEST_POSTGRES_URL";
+
+/// Test support: creates a fresh, empty database named `p2t_<label>_<unique>` on the
+/// PostgreSQL server of [`TEST_POSTGRES_ENV`] and returns its URL. Fails (never skips) when
+/// the variable is missing, so a test that needs PostgreSQL cannot pass without it.
+pub async fn fresh_test_postgres_database(label: &str) -> anyhow::Result<String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    sqlx::any::install_default_drivers();
+    let admin = std::env::var(TEST_POSTGRES_ENV).map_err(|_| {
+        anyhow::anyhow!("{TEST_POSTGRES_ENV} is not set: run the tests through scripts/test.sh")
+    })?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "p2t_{label}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    anyhow::ensure!(
+        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "database labels are [A-Za-z0-9_]"
+    );
+    let pool = AnyPool::connect(&admin)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact_url(&admin)))?;
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .context("cannot create a test database")?;
+    pool.close().await;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

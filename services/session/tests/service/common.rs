@@ -8,7 +8,6 @@ use p2_proto::identity::v1::identity_client::IdentityClient;
 use p2_runtime::grpc::TracedChannel;
 use p2_session::SessionGrpc;
 use p2_session::storage::{ChallengeStore, MIGRATIONS, MemoryChallengeStore, SessionStore};
-use sqlx::Executor as _;
 
 /// A URL where nothing listens: identity calls fail with UNAVAILABLE at once.
 pub const DEAD_IDENTITY_URL: &str = "http://127.0.0.1:1";
@@ -40,17 +39,10 @@ pub async fn sqlite_store() -> (SessionStore, tempfile::TempDir) {
 /// A fresh, migrated PostgreSQL session store in its own database, created from
 /// P2_TEST_POSTGRES_URL (set by scripts/test.sh; the test fails without it).
 pub async fn postgres_store() -> SessionStore {
-    sqlx::any::install_default_drivers();
-    let admin = std::env::var("P2_TEST_POSTGRES_URL")
-        .expect("P2_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
-    let name = unique("p2t_session");
-    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+    let url = p2_runtime::storage::fresh_test_postgres_database("session")
         .await
         .unwrap();
-    pool.close().await;
-    let base = admin.rsplit_once('/').unwrap().0;
-    let db = p2_runtime::storage::connect(&format!("{base}/{name}"), "session", MIGRATIONS)
+    let db = p2_runtime::storage::connect(&url, "session", MIGRATIONS)
         .await
         .unwrap();
     SessionStore::new(db)
