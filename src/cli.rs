@@ -85,6 +85,9 @@ pub struct UpConfig {
     /// OpenID Connect issuer announced in `/.well-known/polyproto-core`, if any.
     #[arg(long = "oidc-issuer", env = "P2_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
+    /// How long the gateway caches public read responses, in milliseconds; 0 disables.
+    #[arg(long = "public-cache-ms", env = "P2_PUBLIC_CACHE_MS", default_value_t = p2_gateway::DEFAULT_PUBLIC_CACHE_MS)]
+    pub public_cache_ms: u64,
 }
 
 impl UpConfig {
@@ -107,6 +110,7 @@ impl UpConfig {
             challenge_ttl_secs: self.challenge_ttl_secs,
             max_body_bytes: self.max_body_bytes,
             oidc_issuer: self.oidc_issuer.clone(),
+            public_cache_ms: self.public_cache_ms,
         }
     }
 }

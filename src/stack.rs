@@ -61,6 +61,8 @@ pub struct StackConfig {
     pub max_body_bytes: usize,
     /// OIDC issuer announced in `.well-known`, if any.
     pub oidc_issuer: Option<String>,
+    /// Lifetime of cached public read responses in the gateway, in milliseconds (0: off).
+    pub public_cache_ms: u64,
 }
 
 impl StackConfig {
@@ -80,6 +82,7 @@ impl StackConfig {
             challenge_ttl_secs: p2_session::DEFAULT_CHALLENGE_TTL_SECS,
             max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
             oidc_issuer: None,
+            public_cache_ms: p2_gateway::DEFAULT_PUBLIC_CACHE_MS,
         }
     }
 }
@@ -222,6 +225,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         events_url: url(grpc_addrs[3]),
         max_body_bytes: config.max_body_bytes,
         oidc_issuer: config.oidc_issuer.clone(),
+        public_cache_ms: config.public_cache_ms,
     };
 
     // Open every backend before serving anything, so a bad URL fails start-up as a whole.

@@ -69,7 +69,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the Tokio runtime: {error}");
@@ -158,7 +161,6 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         wrk_version,
         args.log.clone(),
         args.logins_per_sec,
-        args.services,
     );
 
     progress("starting the stack (embedded storage in a temporary directory)");
@@ -170,7 +172,10 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let server_path = "/.p2/core/v1/idcert/server";
     let (content_type, server_body) = gateway.get_ok(server_path, None).await?;
     let content_type = content_type.context("idcert/server answered without a content type")?;
-    report.baseline_body = Some((server_body.len(), content_type.to_str().unwrap_or("?").to_owned()));
+    report.baseline_body = Some((
+        server_body.len(),
+        content_type.to_str().unwrap_or("?").to_owned(),
+    ));
     let (baseline_addr, baseline) = setup::start_baseline(server_body, content_type).await?;
 
     progress("registering actors and logging in");
@@ -211,7 +216,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 
     progress(&format!("wrk: GET {actor_path}"));
     let stats = measure_route(&settings, &gateway, &actor_path, None).await;
-    report.rows.push(WrkRow::cert_read("GET idcert/actor/{fid}", stats));
+    report
+        .rows
+        .push(WrkRow::cert_read("GET idcert/actor/{fid}", stats));
 
     let label = format!("GET services/discover/{{fid}} ({} services)", args.services);
     let stats = match &discover_path {
@@ -221,16 +228,22 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         }
         Err(reason) => Outcome::Skipped(reason.clone()),
     };
-    report.rows.push(WrkRow::info(&label, stats, "no target (issue 4)"));
+    report
+        .rows
+        .push(WrkRow::info(&label, stats, "no target (issue 4)"));
 
     let challenge_path = "/.p2/core/v1/challenge";
     progress(&format!("wrk: GET {challenge_path} (Bearer)"));
     let stats = measure_route(&settings, &gateway, challenge_path, Some(&session.token)).await;
-    report.rows.push(WrkRow::info("GET challenge (Bearer)", stats, "context"));
+    report
+        .rows
+        .push(WrkRow::info("GET challenge (Bearer)", stats, "context"));
 
     progress(&format!("wrk: GET {server_path}"));
     let server_stats = measure_route(&settings, &gateway, server_path, None).await;
-    report.rows.push(WrkRow::cert_read("GET idcert/server", server_stats.clone()));
+    report
+        .rows
+        .push(WrkRow::cert_read("GET idcert/server", server_stats.clone()));
 
     progress(&format!(
         "wrk: GET {server_path} while {} logins/s run",

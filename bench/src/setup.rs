@@ -91,15 +91,25 @@ impl Gateway {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.with_context(|| format!("GET {path}"))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
         let status = response.status();
         let content_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
-        let body = response.bytes().await.with_context(|| format!("GET {path}: body"))?;
+        let body = response
+            .bytes()
+            .await
+            .with_context(|| format!("GET {path}: body"))?;
         if status != reqwest::StatusCode::OK {
-            bail!("GET {path} answered {status}: {}", String::from_utf8_lossy(&body));
+            let text = String::from_utf8_lossy(&body);
+            if text.trim().is_empty() {
+                bail!("GET {path} answered {status} with an empty body");
+            }
+            bail!("GET {path} answered {status}: {}", text.trim());
         }
         Ok((content_type, body))
     }
@@ -115,9 +125,15 @@ impl Gateway {
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.with_context(|| format!("POST {path}"))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
         let status = response.status();
-        let text = response.text().await.with_context(|| format!("POST {path}: body"))?;
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("POST {path}: body"))?;
         if status.as_u16() != expected {
             bail!("POST {path} answered {status} (expected {expected}): {text}");
         }
@@ -130,7 +146,9 @@ impl Gateway {
     /// `POST /.p2/auth/v1/register`; returns the new actor's FID.
     pub async fn register(&self, local_name: &str, password: &str) -> anyhow::Result<String> {
         let body = json!({ "local_name": local_name, "password": password });
-        let answer = self.post_json("/.p2/auth/v1/register", None, &body, 201).await?;
+        let answer = self
+            .post_json("/.p2/auth/v1/register", None, &body, 201)
+            .await?;
         answer["fid"]
             .as_str()
             .map(str::to_owned)
@@ -149,7 +167,9 @@ impl Gateway {
         let sid = p2_model::SessionId::parse(session_id)?;
         let csr = p2_model::build_csr(&key, &fid, &sid)?;
         let body = json!({ "local_name": local_name, "password": password, "csr": csr });
-        let answer = self.post_json("/.p2/auth/v1/session", None, &body, 201).await?;
+        let answer = self
+            .post_json("/.p2/auth/v1/session", None, &body, 201)
+            .await?;
         if answer["id_cert"].as_str().is_none() {
             bail!("login answered without an id_cert: {answer}");
         }
@@ -208,7 +228,11 @@ impl LoginStats {
     /// Logins started per second.
     pub fn rate(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { self.started as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.started as f64 / secs
+        } else {
+            0.0
+        }
     }
 }
 
@@ -259,7 +283,9 @@ impl LoginLoad {
                     Ok(latency) => stats.latencies.push(latency),
                     Err(error) => {
                         stats.failed += 1;
-                        stats.first_error.get_or_insert_with(|| format!("{error:#}"));
+                        stats
+                            .first_error
+                            .get_or_insert_with(|| format!("{error:#}"));
                     }
                 }
             }

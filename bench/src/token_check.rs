@@ -1,5 +1,6 @@
 //! The cost a Bearer route adds: `session.Authenticate` over loopback gRPC, called in a tight
-//! sequential loop from one tonic client, exactly as the gateway calls it per request.
+//! sequential loop from one tonic client, exactly as the gateway calls it per request; and
+//! the health check on the same server as the floor of any gRPC round trip.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -7,13 +8,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use p2_proto::session::v1::AuthenticateRequest;
 use p2_proto::session::v1::session_client::SessionClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The session service's name in the health protocol.
+const SESSION_SERVICE: &str = "polyproto.session.v1.Session";
 
 /// Calls made (and discarded) before measuring, to open the connection and warm caches.
 const WARMUP_CALLS: u32 = 200;
 
-/// Latencies of the measured calls.
+/// Latencies of a series of sequential calls.
 #[derive(Debug)]
-pub struct TokenCheck {
+pub struct Latencies {
     /// Measured calls.
     pub calls: usize,
     /// Median.
@@ -24,46 +30,102 @@ pub struct TokenCheck {
     pub mean: Duration,
 }
 
-/// Calls `Authenticate(token)` `calls` times against the session service at `addr`; every
-/// call must resolve the token to `fid`.
-pub async fn measure(addr: SocketAddr, token: &str, fid: &str, calls: u32) -> anyhow::Result<TokenCheck> {
-    if calls == 0 {
-        bail!("--auth-calls must be at least 1");
+impl Latencies {
+    fn from_unsorted(mut latencies: Vec<Duration>) -> Self {
+        latencies.sort_unstable();
+        let total: Duration = latencies.iter().sum();
+        Self {
+            calls: latencies.len(),
+            p50: percentile(&latencies, 0.50),
+            p99: percentile(&latencies, 0.99),
+            mean: total / u32::try_from(latencies.len().max(1)).unwrap_or(u32::MAX),
+        }
     }
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to the session service at {addr}"))?;
-    let mut client = SessionClient::new(channel);
+}
+
+/// What the token check measured.
+#[derive(Debug)]
+pub struct TokenCheck {
+    /// `session.Authenticate(token)`.
+    pub authenticate: Latencies,
+    /// `grpc.health.v1.Health/Check` on the same server and channel: the floor of any gRPC
+    /// round trip there (transport, tonic, the per-call span), without the token lookup.
+    pub floor: Latencies,
+}
+
+/// Times `calls` sequential calls of `call` after [`WARMUP_CALLS`] discarded ones.
+async fn time_calls<F, Fut>(calls: u32, mut call: F) -> anyhow::Result<Latencies>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let mut latencies = Vec::with_capacity(calls as usize);
     for i in 0..WARMUP_CALLS + calls {
-        let request = AuthenticateRequest {
-            token: token.to_owned(),
-        };
         let start = Instant::now();
-        let response = client
-            .authenticate(request)
-            .await
-            .context("session.Authenticate failed")?;
+        call().await?;
         let elapsed = start.elapsed();
-        let caller = response
-            .into_inner()
-            .caller
-            .context("session.Authenticate answered without a caller")?;
-        if !caller.fid.eq_ignore_ascii_case(fid) {
-            bail!("session.Authenticate resolved the token to {}, expected {fid}", caller.fid);
-        }
         if i >= WARMUP_CALLS {
             latencies.push(elapsed);
         }
     }
-    latencies.sort_unstable();
-    let total: Duration = latencies.iter().sum();
+    Ok(Latencies::from_unsorted(latencies))
+}
+
+/// Calls `Authenticate(token)` `calls` times against the session service at `addr`, through
+/// the same kind of channel the gateway uses; every call must resolve the token to `fid`.
+/// Then the health check, `calls` times, for the floor.
+pub async fn measure(
+    addr: SocketAddr,
+    token: &str,
+    fid: &str,
+    calls: u32,
+) -> anyhow::Result<TokenCheck> {
+    if calls == 0 {
+        bail!("--auth-calls must be at least 1");
+    }
+    let channel = p2_runtime::grpc::channel(&format!("http://{addr}"))?;
+    let session = SessionClient::new(channel.clone());
+    let authenticate = time_calls(calls, || {
+        let mut client = session.clone();
+        let request = AuthenticateRequest {
+            token: token.to_owned(),
+        };
+        async move {
+            let caller = client
+                .authenticate(request)
+                .await
+                .context("session.Authenticate failed")?
+                .into_inner()
+                .caller
+                .context("session.Authenticate answered without a caller")?;
+            if !caller.fid.eq_ignore_ascii_case(fid) {
+                bail!(
+                    "session.Authenticate resolved the token to {}, expected {fid}",
+                    caller.fid
+                );
+            }
+            Ok(())
+        }
+    })
+    .await?;
+
+    let health = HealthClient::new(channel);
+    let floor = time_calls(calls, || {
+        let mut client = health.clone();
+        async move {
+            client
+                .check(HealthCheckRequest {
+                    service: SESSION_SERVICE.to_owned(),
+                })
+                .await
+                .context("grpc.health.v1.Health/Check failed")?;
+            Ok(())
+        }
+    })
+    .await?;
     Ok(TokenCheck {
-        calls: latencies.len(),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        mean: total / u32::try_from(latencies.len()).unwrap_or(u32::MAX),
+        authenticate,
+        floor,
     })
 }
 

@@ -46,7 +46,11 @@ pub struct WrkSettings {
 impl WrkSettings {
     /// The command line of one run, as printed in the report.
     pub fn command_line(&self, duration: Duration, url: &str, bearer: bool) -> String {
-        let header = if bearer { " -H 'Authorization: Bearer …'" } else { "" };
+        let header = if bearer {
+            " -H 'Authorization: Bearer …'"
+        } else {
+            ""
+        };
         format!(
             "{} -t{} -c{} -d{}s --latency{header} {url}",
             self.program,
@@ -160,7 +164,13 @@ pub fn version(program: &str) -> Option<String> {
     let text = String::from_utf8_lossy(&output.stdout);
     text.lines()
         .next()
-        .map(|line| line.split("Copyright").next().unwrap_or(line).trim().to_owned())
+        .map(|line| {
+            line.split("Copyright")
+                .next()
+                .unwrap_or(line)
+                .trim()
+                .to_owned()
+        })
         .filter(|line| line.starts_with("wrk"))
 }
 

@@ -7,6 +7,7 @@
 //! - [`AppState`]: the gRPC clients (trace context propagated) and public settings.
 //! - [`auth`]: Bearer tokens and the sensitive-action check.
 //! - [`error`]: RFC 9457 problem details and the one gRPC → HTTP table.
+//! - [`cache`]: the short-lived cache of public read responses.
 //! - [`body`]: lenient bodies (JSON without Content-Type, PEM bare or quoted).
 //! - [`params`]: lenient parameters (query or JSON body, numbers as strings).
 //! - [`routes`]: the handlers, grouped like API.md.
@@ -32,6 +33,7 @@ use tower::Layer as _;
 
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod error;
 pub mod params;
 pub mod routes;
@@ -40,6 +42,8 @@ pub use error::ApiError;
 
 /// Default HTTP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default lifetime of cached public read responses, in milliseconds.
+pub const DEFAULT_PUBLIC_CACHE_MS: u64 = 1000;
 /// Default request body limit, in bytes (API.md "Limits").
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -87,6 +91,10 @@ pub struct GatewayConfig {
     /// OpenID Connect issuer announced in `/.well-known/polyproto-core`, if any.
     #[arg(long = "oidc-issuer", env = "P2_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
+    /// How long public read responses (server and actor certs, discovery) are cached, in
+    /// milliseconds; 0 disables. Mutations through this gateway clear the cache at once.
+    #[arg(long = "public-cache-ms", env = "P2_PUBLIC_CACHE_MS", default_value_t = DEFAULT_PUBLIC_CACHE_MS)]
+    pub public_cache_ms: u64,
 }
 
 /// What every handler shares: gRPC clients and public settings. Cheap to clone.
@@ -99,6 +107,7 @@ struct Inner {
     public_url: String,
     oidc_issuer: Option<String>,
     max_body_bytes: usize,
+    cache: cache::ResponseCache,
     identity: IdentityClient<TracedChannel>,
     session: SessionClient<TracedChannel>,
     discovery: DiscoveryClient<TracedChannel>,
@@ -125,6 +134,9 @@ impl AppState {
                 public_url,
                 oidc_issuer: config.oidc_issuer.clone(),
                 max_body_bytes: config.max_body_bytes,
+                cache: cache::ResponseCache::new(std::time::Duration::from_millis(
+                    config.public_cache_ms,
+                )),
                 identity: IdentityClient::new(identity.clone()),
                 session: SessionClient::new(session.clone()),
                 discovery: DiscoveryClient::new(discovery.clone()),
@@ -142,6 +154,11 @@ impl AppState {
     /// Public base URL, without a trailing slash.
     pub fn public_url(&self) -> &str {
         &self.inner.public_url
+    }
+
+    /// The public read cache.
+    pub fn cache(&self) -> &cache::ResponseCache {
+        &self.inner.cache
     }
 
     /// A client of the identity service.
@@ -170,6 +187,10 @@ pub fn router(state: AppState) -> Router {
     let limit = state.inner.max_body_bytes;
     routes::router()
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::clear_cache_after_mutations,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             limit,
             routes::reject_large_bodies,
         ))
@@ -190,6 +211,12 @@ pub async fn serve(
         tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(router(state));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
+    // Small responses must not wait for delayed ACKs: NODELAY on every accepted connection.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         axum::ServiceExt::<axum::extract::Request>::into_make_service(app),

@@ -166,12 +166,24 @@ pub async fn actor_id_certs(
         not_before: params.u64_any(&["notBefore", "not_before"])?,
         not_after: params.u64_any(&["notAfter", "not_after"])?,
     };
+    let key = format!(
+        "actor|{}|{:?}|{:?}|{:?}|{:?}",
+        request.fid, request.timestamp, request.session_id, request.not_before, request.not_after
+    );
+    let miss = match state.cache().get(&key) {
+        Ok(hit) => return Ok(hit),
+        Err(miss) => miss,
+    };
     let certs = state
         .identity()
         .get_actor_id_certs(request)
         .await?
         .into_inner()
         .certs;
+    let fresh_until = certs.iter().map(|c| c.cache_not_valid_after).min();
     let json: Vec<CacheableIdCertJson> = certs.into_iter().map(Into::into).collect();
-    Ok(canonical_json(&json))
+    Ok(state
+        .cache()
+        .store(key, miss, canonical_json(&json), fresh_until)
+        .await)
 }

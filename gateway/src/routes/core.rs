@@ -110,6 +110,12 @@ pub async fn server_id_cert(
     params: Params,
 ) -> Result<Response, ApiError> {
     let timestamp = params.u64("timestamp")?;
+    let pem = pem_preference(&headers);
+    let key = format!("server|{pem:?}|{timestamp:?}");
+    let miss = match state.cache().get(&key) {
+        Ok(hit) => return Ok(hit),
+        Err(miss) => miss,
+    };
     let cert = state
         .identity()
         .get_server_id_cert(identity::GetServerIdCertRequest { timestamp })
@@ -117,10 +123,15 @@ pub async fn server_id_cert(
         .into_inner()
         .cert
         .ok_or_else(|| ApiError::not_found("the server has no identity certificate"))?;
-    Ok(match pem_preference(&headers) {
+    let fresh_until = cert.cache_not_valid_after;
+    let response = match pem {
         Some(content_type) => pem_response(content_type, cert.id_cert_pem),
         None => canonical_json(&CacheableIdCertJson::from(cert)),
-    })
+    };
+    Ok(state
+        .cache()
+        .store(key, miss, response, Some(fresh_until))
+        .await)
 }
 
 /// `GET /.p2/core/v1/key/server`: the server's public key (SPKI PEM) valid at `timestamp`.
@@ -130,15 +141,18 @@ pub async fn server_public_key(
     params: Params,
 ) -> Result<Response, ApiError> {
     let timestamp = params.u64("timestamp")?;
-    let key = state
+    let key = format!("key|{timestamp:?}");
+    let miss = match state.cache().get(&key) {
+        Ok(hit) => return Ok(hit),
+        Err(miss) => miss,
+    };
+    let public_key = state
         .identity()
         .get_server_public_key(identity::GetServerPublicKeyRequest { timestamp })
         .await?
         .into_inner();
-    Ok(pem_response(
-        "text/plain; charset=utf-8",
-        key.public_key_pem,
-    ))
+    let response = pem_response("text/plain; charset=utf-8", public_key.public_key_pem);
+    Ok(state.cache().store(key, miss, response, None).await)
 }
 
 #[cfg(test)]

@@ -65,6 +65,24 @@ async fn not_found(request: Request) -> ApiError {
     ))
 }
 
+/// Clears the public read cache after every request that may change state (any method but
+/// GET/HEAD/OPTIONS), whatever its outcome: one place covers every mutation route.
+pub async fn clear_cache_after_mutations(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mutates = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let response = next.run(request).await;
+    if mutates {
+        state.cache().clear();
+    }
+    response
+}
+
 /// Answers 413 problem+json before reading a body whose declared length is over the limit.
 pub async fn reject_large_bodies(
     State(limit): State<usize>,

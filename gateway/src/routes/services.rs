@@ -398,6 +398,11 @@ async fn discover(
     service: Option<String>,
     limit: Option<u64>,
 ) -> Result<Response, ApiError> {
+    let key = format!("discover|{fid}|{service:?}|{limit:?}");
+    let miss = match state.cache().get(&key) {
+        Ok(hit) => return Ok(hit),
+        Err(miss) => miss,
+    };
     let answer = state
         .discovery()
         .discover(pb::DiscoverRequest {
@@ -414,11 +419,13 @@ async fn discover(
         // are served.
         tracing::debug!(%target, "the actor set up a migration redirect");
     }
-    if answer.providers.is_empty() {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    let providers: Vec<ServiceJson> = answer.providers.into_iter().map(Into::into).collect();
-    Ok(axum::Json(providers).into_response())
+    let response = if answer.providers.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        let providers: Vec<ServiceJson> = answer.providers.into_iter().map(Into::into).collect();
+        axum::Json(providers).into_response()
+    };
+    Ok(state.cache().store(key, miss, response, None).await)
 }
 
 /// `GET /.p2/core/v1/services/discover/{fid}` (public).

@@ -190,7 +190,9 @@ pub async fn fresh_test_postgres_database(label: &str) -> anyhow::Result<String>
         .await
         .context("cannot create a test database")?;
     pool.close().await;
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
     Ok(format!("{base}/{name}"))
 }
 
