@@ -48,14 +48,16 @@ fn verify_blocking(password: &str, hash: &str) -> bool {
 }
 
 impl PasswordHasher {
-    /// A hasher allowing as many concurrent hashes as there are CPUs.
+    /// A hasher allowing half as many concurrent hashes as there are CPUs (at least one), so
+    /// a burst of logins cannot take every core from request handling.
     pub async fn new() -> anyhow::Result<Self> {
         let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let permits = (cpus / 2).max(1);
         let dummy = tokio::task::spawn_blocking(|| hash_blocking("polyproto dummy password"))
             .await
             .context("hashing task failed")??;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(cpus)),
+            permits: Arc::new(Semaphore::new(permits)),
             dummy_hash: Arc::new(dummy),
         })
     }

@@ -120,8 +120,17 @@ impl SessionGrpc {
             )),
             None => Arc::new(storage::MemoryChallengeStore::default()),
         };
+        // Embedded mode (SQLite, no Redis) is one process by definition: it may keep the
+        // token index in memory, so token checks need no database round trip.
+        let embedded =
+            config.redis_url.is_none() && db.backend == p2_runtime::storage::Backend::Sqlite;
+        let store = if embedded {
+            SessionStore::with_memory_index(db).await?
+        } else {
+            SessionStore::new(db)
+        };
         Ok(Self::new(
-            SessionStore::new(db),
+            store,
             challenges,
             identity,
             Duration::from_secs(config.challenge_ttl_secs),

@@ -42,6 +42,33 @@ pub struct SessionRow {
 #[derive(Debug, Clone)]
 pub struct SessionStore {
     db: Database,
+    index: Option<std::sync::Arc<MemoryIndex>>,
+}
+
+/// A write-through copy of the table in memory, for the embedded single-process mode: token
+/// checks then need no database round trip. Only valid while this process is the table's
+/// only writer (SQLite under `polyproto up`), so it is opt-in
+/// ([`SessionStore::with_memory_index`]).
+#[derive(Debug, Default)]
+struct MemoryIndex {
+    by_token: std::sync::RwLock<std::collections::HashMap<String, SessionRow>>,
+    /// Serialises writes so that the table and the copy change in the same order.
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl MemoryIndex {
+    fn replace(&self, token_hash: &str, row: SessionRow) {
+        if let Ok(mut map) = self.by_token.write() {
+            map.retain(|_, r| !(r.fid == row.fid && r.session_id == row.session_id));
+            map.insert(token_hash.to_owned(), row);
+        }
+    }
+
+    fn remove(&self, fid: &str, session_id: &str) {
+        if let Ok(mut map) = self.by_token.write() {
+            map.retain(|_, r| !(r.fid == fid && r.session_id == session_id));
+        }
+    }
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -55,7 +82,28 @@ fn to_u64(value: i64) -> u64 {
 impl SessionStore {
     /// Wraps a database migrated with [`MIGRATIONS`].
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self { db, index: None }
+    }
+
+    /// Like [`SessionStore::new`], plus an in-memory copy of every session that answers
+    /// token lookups. Only for a database this process alone writes (embedded SQLite).
+    pub async fn with_memory_index(db: Database) -> anyhow::Result<Self> {
+        let rows =
+            sqlx::query("SELECT token_hash, fid, session_id, admin, created_at FROM sessions")
+                .fetch_all(&db.pool)
+                .await
+                .context("loading sessions")?;
+        let index = MemoryIndex::default();
+        if let Ok(mut map) = index.by_token.write() {
+            for row in &rows {
+                let hash: String = row.try_get(0).context("reading a session row")?;
+                map.insert(hash, Self::decode(row, 1).context("reading a session row")?);
+            }
+        }
+        Ok(Self {
+            db,
+            index: Some(std::sync::Arc::new(index)),
+        })
     }
 
     /// The database underneath (tests inspect and break it).
@@ -74,6 +122,10 @@ impl SessionStore {
         token_hash: &TokenHash,
         created_at: u64,
     ) -> anyhow::Result<()> {
+        let _write = match &self.index {
+            Some(index) => Some(index.writes.lock().await),
+            None => None,
+        };
         sqlx::query(
             "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at) \
              VALUES ($1, $2, $3, $4, $5) \
@@ -89,6 +141,17 @@ impl SessionStore {
         .execute(&self.db.pool)
         .await
         .context("storing a session")?;
+        if let Some(index) = &self.index {
+            index.replace(
+                token_hash.as_str(),
+                SessionRow {
+                    fid: fid.to_owned(),
+                    session_id: session_id.to_owned(),
+                    admin,
+                    created_at,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -98,6 +161,16 @@ impl SessionStore {
         &self,
         token_hash: &TokenHash,
     ) -> anyhow::Result<Option<SessionRow>> {
+        if let Some(index) = &self.index {
+            let map = index
+                .by_token
+                .read()
+                .map_err(|_| anyhow::anyhow!("session index poisoned"))?;
+            return Ok(map
+                .get_key_value(token_hash.as_str())
+                .filter(|(stored, _)| token_hash.matches(stored))
+                .map(|(_, row)| row.clone()));
+        }
         let row = sqlx::query(
             "SELECT token_hash, fid, session_id, admin, created_at FROM sessions \
              WHERE token_hash = $1",
@@ -137,12 +210,19 @@ impl SessionStore {
     /// Deletes the session (fid, session_id): its token fails from the next lookup on.
     /// Returns whether there was such a session.
     pub async fn delete(&self, fid: &str, session_id: &str) -> anyhow::Result<bool> {
+        let _write = match &self.index {
+            Some(index) => Some(index.writes.lock().await),
+            None => None,
+        };
         let done = sqlx::query("DELETE FROM sessions WHERE fid = $1 AND session_id = $2")
             .bind(fid)
             .bind(session_id)
             .execute(&self.db.pool)
             .await
             .context("deleting a session")?;
+        if let Some(index) = &self.index {
+            index.remove(fid, session_id);
+        }
         Ok(done.rows_affected() > 0)
     }
 

@@ -36,6 +36,16 @@ pub async fn sqlite_store() -> (SessionStore, tempfile::TempDir) {
     (SessionStore::new(db), dir)
 }
 
+/// Like [`sqlite_store`], with the embedded mode's in-memory token index.
+pub async fn sqlite_indexed_store() -> (SessionStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = p2_runtime::storage::sqlite_url_in(dir.path(), "session");
+    let db = p2_runtime::storage::connect(&url, "session", MIGRATIONS)
+        .await
+        .unwrap();
+    (SessionStore::with_memory_index(db).await.unwrap(), dir)
+}
+
 /// A fresh, migrated PostgreSQL session store in its own database, created from
 /// P2_TEST_POSTGRES_URL (set by scripts/test.sh; the test fails without it).
 pub async fn postgres_store() -> SessionStore {

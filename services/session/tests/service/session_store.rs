@@ -182,6 +182,16 @@ macro_rules! conformance {
                 }
             )*
         }
+        /// Embedded mode: SQLite plus the write-through in-memory token index.
+        mod sqlite_with_memory_index {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = crate::common::sqlite_indexed_store().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
     };
 }
 
@@ -194,3 +204,32 @@ conformance!(
     only_the_hash_of_a_token_is_stored,
     concurrent_replacements_of_one_session_leave_exactly_one_live_token,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_index_is_rebuilt_from_the_table_at_start() {
+    let (store, dir) = crate::common::sqlite_indexed_store().await;
+    let token = SessionToken::generate();
+    store
+        .put("alice@x.test", "s1", true, token.hash(), 1)
+        .await
+        .unwrap();
+    drop(store);
+    let url = p2_runtime::storage::sqlite_url_in(dir.path(), "session");
+    let db = p2_runtime::storage::connect(&url, "session", p2_session::MIGRATIONS)
+        .await
+        .unwrap();
+    let reopened = p2_session::storage::SessionStore::with_memory_index(db)
+        .await
+        .unwrap();
+    let found = reopened.find_by_token(token.hash()).await.unwrap().unwrap();
+    assert_eq!(found.fid, "alice@x.test");
+    assert!(found.admin);
+    assert!(reopened.delete("alice@x.test", "s1").await.unwrap());
+    assert!(
+        reopened
+            .find_by_token(token.hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
