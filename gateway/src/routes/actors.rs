@@ -23,7 +23,7 @@ pub struct RegisterBody {
 }
 
 /// `POST /.p2/auth/v1/register`: creates an actor with a password.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn register(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RegisterBody>,
@@ -72,7 +72,7 @@ impl IdCertAndToken {
 }
 
 /// `POST /.p2/auth/v1/session`: password + ID-CSR → the session's ID-Cert and token.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn login(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<LoginBody>,
@@ -95,7 +95,7 @@ pub async fn login(
 
 /// `POST /.p2/core/v1/idcert` (sensitive): an ID-Cert for a new session of the caller, or the
 /// renewal of the caller's own session (same session ID: the old cert is revoked).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn request_id_cert(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -153,7 +153,7 @@ pub async fn request_id_cert(
 
 /// `GET /.p2/core/v1/idcert/actor/{fid}`: every cert of the actor matching the filters, as
 /// JCS-canonical CacheableIdCert JSON; revoked ones carry `invalidatedAt`.
-#[tracing::instrument(skip_all, fields(fid = %fid))]
+#[tracing::instrument(level = "debug", skip_all, fields(fid = %fid))]
 pub async fn actor_id_certs(
     State(state): State<AppState>,
     Path(fid): Path<String>,

@@ -103,7 +103,7 @@ fn pem_response(content_type: &'static str, pem: String) -> Response {
 
 /// `GET /.p2/core/v1/idcert/server`: the root ID-Cert valid at `timestamp` (else the current
 /// one) as CacheableIdCert JSON, or bare PEM when the client accepts only PEM/text.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn server_id_cert(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -135,7 +135,7 @@ pub async fn server_id_cert(
 }
 
 /// `GET /.p2/core/v1/key/server`: the server's public key (SPKI PEM) valid at `timestamp`.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn server_public_key(
     State(state): State<AppState>,
     params: Params,

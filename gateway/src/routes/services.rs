@@ -429,7 +429,7 @@ async fn discover(
 }
 
 /// `GET /.p2/core/v1/services/discover/{fid}` (public).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn discover_all(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -444,7 +444,7 @@ async fn discover_all(
 
 /// `GET /.p2/core/v1/services/discover/{fid}/{service}` (public). A `name` sent along (older
 /// clients put it in the body) must match the path.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 async fn discover_one(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,

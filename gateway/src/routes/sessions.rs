@@ -19,7 +19,7 @@ struct Challenge {
 }
 
 /// `GET /.p2/core/v1/challenge`: a challenge string bound to the caller's session.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn challenge(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -41,7 +41,7 @@ pub async fn challenge(
 
 /// `DELETE /.p2/core/v1/session`: ends the caller's own session, or (sensitive) another
 /// session of the same actor. The token dies at once and the session's ID-Cert is revoked.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_session(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -66,7 +66,7 @@ pub async fn delete_session(
 
 /// `PUT` or `POST /.p2/core/v1/key/server` (admin, sensitive): a new server key pair and root
 /// ID-Cert; the previous ones stay retrievable by time.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn rotate_server_key(
     State(state): State<AppState>,
     caller: Authenticated,
