@@ -13,9 +13,10 @@
 #      persistence in a fresh temp dir, each on a free 127.0.0.1 port;
 #   3. exports P2_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/postgres and
 #      P2_TEST_REDIS_URL=redis://127.0.0.1:PORT/ and waits until both answer;
-#   4. runs `cargo test --workspace --all-targets [EXTRA ARGS]`, then, if that passed,
-#      `cargo test --workspace --doc` (extra args go to the first command only; but if they select
-#      packages with -p/--package, both commands test just those packages, without --workspace);
+#   4. runs `cargo test --workspace --doc`, then, if that passed,
+#      `cargo test --workspace --all-targets [EXTRA ARGS]` (extra args go to the second command
+#      only; but if they select packages with -p/--package, both commands test just those
+#      packages, without --workspace), and ends with the line `tests: N passed, N failed`;
 #   5. always (success, failure, Ctrl-C) stops both servers and removes the temp dir, and exits
 #      with cargo's status.
 #
@@ -78,17 +79,26 @@ else
         prev=$arg
     done
     [ "${#pkgs[@]}" -eq 0 ] || scope=()
-    p2_log "cargo test${scope[*]:+ ${scope[*]}} --all-targets $*"
-    cargo test "${scope[@]}" --all-targets "$@" || status=$?
+    # Doc tests first (few), then every target; both outputs are kept to count the results.
+    results="$(mktemp)"
+    doc_scope=("${scope[@]}")
+    [ "${#pkgs[@]}" -eq 0 ] || doc_scope=("${pkgs[@]}")
+    p2_log "cargo test ${doc_scope[*]} --doc"
+    cargo test "${doc_scope[@]}" --doc 2>&1 | tee -a "$results" || status=$?
     if [ "$status" -eq 0 ]; then
-        [ "${#pkgs[@]}" -eq 0 ] || scope=("${pkgs[@]}")
-        p2_log "cargo test ${scope[*]} --doc"
-        cargo test "${scope[@]}" --doc || status=$?
+        p2_log "cargo test${scope[*]:+ ${scope[*]}} --all-targets $*"
+        cargo test "${scope[@]}" --all-targets "$@" 2>&1 | tee -a "$results" || status=$?
     fi
+    passed=$(sed -n 's/^test result: .*[^0-9]\([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1/p' "$results" | awk '{s+=$1} END {print s+0}')
+    failed=$(sed -n 's/^test result: .*[^0-9]\([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\2/p' "$results" | awk '{s+=$1} END {print s+0}')
+    rm -f "$results"
     if [ "$status" -eq 0 ]; then
         p2_log "all tests passed"
     else
         p2_log "tests failed (exit $status)"
+        [ "$failed" -gt 0 ] || failed=1
     fi
+    # The plain closing line CI reads: the totals over every test binary.
+    printf 'tests: %d passed, %d failed\n' "$passed" "$failed"
 fi
 exit "$status"
