@@ -88,6 +88,10 @@ pub struct UpConfig {
     /// How long the gateway caches public read responses, in milliseconds; 0 disables.
     #[arg(long = "public-cache-ms", env = "P2_PUBLIC_CACHE_MS", default_value_t = p2_gateway::DEFAULT_PUBLIC_CACHE_MS)]
     pub public_cache_ms: u64,
+    /// How long the gateway caches resolved session tokens, in milliseconds; 0 disables. Every
+    /// session change through the gateway (the only one in `up`) clears it at once.
+    #[arg(long = "token-cache-ms", env = "P2_TOKEN_CACHE_MS", default_value_t = crate::stack::DEFAULT_UP_TOKEN_CACHE_MS)]
+    pub token_cache_ms: u64,
 }
 
 impl UpConfig {
@@ -111,6 +115,7 @@ impl UpConfig {
             max_body_bytes: self.max_body_bytes,
             oidc_issuer: self.oidc_issuer.clone(),
             public_cache_ms: self.public_cache_ms,
+            token_cache_ms: self.token_cache_ms,
         }
     }
 }

@@ -11,6 +11,9 @@ use p2_runtime::shutdown::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+/// Token cache lifetime of `polyproto up`'s single gateway, in milliseconds.
+pub const DEFAULT_UP_TOKEN_CACHE_MS: u64 = 5_000;
+
 /// File name of the generated key encryption key inside an embedded data directory.
 pub const KEY_FILE_NAME: &str = "key-encryption.key";
 
@@ -63,6 +66,9 @@ pub struct StackConfig {
     pub oidc_issuer: Option<String>,
     /// Lifetime of cached public read responses in the gateway, in milliseconds (0: off).
     pub public_cache_ms: u64,
+    /// Lifetime of cached token resolutions in the gateway, in milliseconds (0: off). Safe
+    /// here: the stack has exactly one gateway, which handles every session mutation.
+    pub token_cache_ms: u64,
 }
 
 impl StackConfig {
@@ -83,6 +89,7 @@ impl StackConfig {
             max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
             oidc_issuer: None,
             public_cache_ms: p2_gateway::DEFAULT_PUBLIC_CACHE_MS,
+            token_cache_ms: DEFAULT_UP_TOKEN_CACHE_MS,
         }
     }
 }
@@ -226,6 +233,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         max_body_bytes: config.max_body_bytes,
         oidc_issuer: config.oidc_issuer.clone(),
         public_cache_ms: config.public_cache_ms,
+        token_cache_ms: config.token_cache_ms,
     };
 
     // Open every backend before serving anything, so a bad URL fails start-up as a whole.

@@ -199,7 +199,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         args.auth_calls
     ));
     report.token_check = match token_check::measure(
-        stack.grpc_addrs[1],
+        stack.grpc_addrs,
         &session.token,
         &session.fid,
         args.auth_calls,

@@ -335,20 +335,26 @@ impl Report {
         }
 
         println!();
-        println!(
-            "Token check: session.Authenticate over loopback gRPC (a channel as the gateway opens it, sequential calls)"
-        );
+        println!("Token check: what a Bearer route adds (sequential calls)");
         match &self.token_check {
             Outcome::Measured(check) => {
+                let g = &check.gateway;
+                println!(
+                    "  gateway check  {} calls: p50 {}, p99 {}, mean {}   target p50 < {}  {}   (p2_gateway::auth::authenticate as every Bearer route runs it, `up` token cache)",
+                    g.calls,
+                    ms(g.p50),
+                    ms(g.p99),
+                    ms(g.mean),
+                    ms(TOKEN_CHECK_TARGET),
+                    verdict(g.p50 < TOKEN_CHECK_TARGET)
+                );
                 let a = &check.authenticate;
                 println!(
-                    "  Authenticate   {} calls: p50 {}, p99 {}, mean {}   target p50 < {}  {}",
+                    "  Authenticate   {} calls: p50 {}, p99 {}, mean {}   (a token cache miss: the gRPC call)",
                     a.calls,
                     ms(a.p50),
                     ms(a.p99),
                     ms(a.mean),
-                    ms(TOKEN_CHECK_TARGET),
-                    verdict(a.p50 < TOKEN_CHECK_TARGET)
                 );
                 let f = &check.floor;
                 println!(
@@ -490,8 +496,9 @@ impl Report {
         let goal = format!("token check p50 < {}", ms(TOKEN_CHECK_TARGET));
         lines.push(match self.token_check.measured() {
             Some(check) => format!(
-                "{}  {goal}: {}",
-                verdict(check.authenticate.p50 < TOKEN_CHECK_TARGET),
+                "{}  {goal}: {} (cache miss: {})",
+                verdict(check.gateway.p50 < TOKEN_CHECK_TARGET),
+                ms(check.gateway.p50),
                 ms(check.authenticate.p50)
             ),
             None => format!("n/a   {goal}: not measured"),

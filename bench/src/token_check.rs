@@ -46,7 +46,10 @@ impl Latencies {
 /// What the token check measured.
 #[derive(Debug)]
 pub struct TokenCheck {
-    /// `session.Authenticate(token)`.
+    /// The gateway's token check exactly as every Bearer route runs it
+    /// (`p2_gateway::auth::authenticate`, with `polyproto up`'s token cache).
+    pub gateway: Latencies,
+    /// `session.Authenticate(token)`: the gateway's check on a token cache miss.
     pub authenticate: Latencies,
     /// `grpc.health.v1.Health/Check` on the same server and channel: the floor of any gRPC
     /// round trip there (transport, tonic, the per-call span), without the token lookup.
@@ -75,7 +78,7 @@ where
 /// the same kind of channel the gateway uses; every call must resolve the token to `fid`.
 /// Then the health check, `calls` times, for the floor.
 pub async fn measure(
-    addr: SocketAddr,
+    grpc_addrs: [SocketAddr; 4],
     token: &str,
     fid: &str,
     calls: u32,
@@ -83,6 +86,7 @@ pub async fn measure(
     if calls == 0 {
         bail!("--auth-calls must be at least 1");
     }
+    let addr = grpc_addrs[1];
     let channel = p2_runtime::grpc::channel(&format!("http://{addr}"))?;
     let session = SessionClient::new(channel.clone());
     let authenticate = time_calls(calls, || {
@@ -109,6 +113,37 @@ pub async fn measure(
     })
     .await?;
 
+    let url = |addr: SocketAddr| format!("http://{addr}");
+    let gateway_config = p2_gateway::GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        public_url: None,
+        identity_url: url(grpc_addrs[0]),
+        session_url: url(grpc_addrs[1]),
+        discovery_url: url(grpc_addrs[2]),
+        events_url: url(grpc_addrs[3]),
+        max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
+        oidc_issuer: None,
+        public_cache_ms: p2_gateway::DEFAULT_PUBLIC_CACHE_MS,
+        token_cache_ms: polyproto_server::stack::DEFAULT_UP_TOKEN_CACHE_MS,
+    };
+    let gateway_state = p2_gateway::AppState::new(&gateway_config, ([127, 0, 0, 1], 1).into())?;
+    let gateway = time_calls(calls, || {
+        let state = gateway_state.clone();
+        async move {
+            let caller = p2_gateway::auth::authenticate(&state, token)
+                .await
+                .map_err(|e| anyhow::anyhow!("the gateway's token check failed: {}", e.detail))?;
+            if !caller.fid.eq_ignore_ascii_case(fid) {
+                bail!(
+                    "the gateway resolved the token to {}, expected {fid}",
+                    caller.fid
+                );
+            }
+            Ok(())
+        }
+    })
+    .await?;
+
     let health = HealthClient::new(channel);
     let floor = time_calls(calls, || {
         let mut client = health.clone();
@@ -124,6 +159,7 @@ pub async fn measure(
     })
     .await?;
     Ok(TokenCheck {
+        gateway,
         authenticate,
         floor,
     })

@@ -39,16 +39,107 @@ impl FromRequestParts<AppState> for Authenticated {
                 "this route needs `Authorization: Bearer <session token>`",
             )
         })?;
-        let caller = state
-            .session()
-            .authenticate(p2_proto::session::v1::AuthenticateRequest {
-                token: token.to_owned(),
-            })
-            .await?
-            .into_inner()
-            .caller
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown session token"))?;
-        Ok(Self(caller))
+        authenticate(state, token).await.map(Self)
+    }
+}
+
+/// The token check of every Bearer route: the gateway's token cache when it is on and holds
+/// the token, else `session.Authenticate`.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let cache = state.token_cache();
+    let miss = match cache.get(token) {
+        Ok(caller) => return Ok(caller),
+        Err(miss) => miss,
+    };
+    let caller = state
+        .session()
+        .authenticate(p2_proto::session::v1::AuthenticateRequest {
+            token: token.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .caller
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown session token"))?;
+    cache.insert(token, miss, caller.clone());
+    Ok(caller)
+}
+
+/// Resolved tokens, for `--token-cache-ms`. Keys are SHA-256 digests, so no token text stays
+/// in memory. Every mutation handled by the gateway (session deletion, renewal, ...) clears
+/// it, and a resolution that raced a clear is not stored (generation check): a deleted
+/// session's token fails at once *through this gateway*. That makes it safe only where one
+/// gateway handles every mutation (`polyproto up`); with several replicas keep it off.
+pub struct TokenCache {
+    ttl: std::time::Duration,
+    inner: std::sync::RwLock<TokenEntries>,
+}
+
+#[derive(Default)]
+struct TokenEntries {
+    map: std::collections::HashMap<[u8; 32], (Caller, std::time::Instant)>,
+    generation: u64,
+}
+
+/// A token cache miss (remembers the generation it happened in).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenMiss(u64);
+
+/// Most tokens kept.
+pub const MAX_CACHED_TOKENS: usize = 10_000;
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+impl TokenCache {
+    /// A cache whose entries live `ttl`; zero disables it.
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            inner: std::sync::RwLock::new(TokenEntries::default()),
+        }
+    }
+
+    /// The caller of `token` if cached and fresh.
+    pub fn get(&self, token: &str) -> Result<Caller, TokenMiss> {
+        let Ok(entries) = self.inner.read() else {
+            return Err(TokenMiss(u64::MAX));
+        };
+        let miss = TokenMiss(entries.generation);
+        if self.ttl.is_zero() {
+            return Err(miss);
+        }
+        match entries.map.get(&digest(token)) {
+            Some((caller, expires)) if *expires > std::time::Instant::now() => Ok(caller.clone()),
+            _ => Err(miss),
+        }
+    }
+
+    /// Remembers `caller` for `token`, unless the cache was cleared since `miss`.
+    pub fn insert(&self, token: &str, miss: TokenMiss, caller: Caller) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut entries) = self.inner.write()
+            && entries.generation == miss.0
+        {
+            let now = std::time::Instant::now();
+            if entries.map.len() >= MAX_CACHED_TOKENS {
+                entries.map.retain(|_, (_, expires)| *expires > now);
+            }
+            if entries.map.len() < MAX_CACHED_TOKENS {
+                entries.map.insert(digest(token), (caller, now + self.ttl));
+            }
+        }
+    }
+
+    /// Forgets every token (after a mutation).
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.inner.write() {
+            entries.map.clear();
+            entries.generation = entries.generation.wrapping_add(1);
+        }
     }
 }
 
@@ -152,6 +243,38 @@ pub async fn require_challenge_solution(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn caller() -> Caller {
+        Caller {
+            fid: "a@b.test".into(),
+            session_id: "s".into(),
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn cached_tokens_are_answered_until_a_clear() {
+        let cache = TokenCache::new(std::time::Duration::from_secs(60));
+        let miss = cache.get("tok").unwrap_err();
+        cache.insert("tok", miss, caller());
+        assert_eq!(cache.get("tok").unwrap().fid, "a@b.test");
+        assert!(cache.get("other").is_err());
+        cache.clear();
+        assert!(cache.get("tok").is_err());
+    }
+
+    #[test]
+    fn a_resolution_that_raced_a_clear_is_not_cached_and_zero_ttl_caches_nothing() {
+        let cache = TokenCache::new(std::time::Duration::from_secs(60));
+        let miss = cache.get("tok").unwrap_err();
+        cache.clear();
+        cache.insert("tok", miss, caller());
+        assert!(cache.get("tok").is_err());
+        let off = TokenCache::new(std::time::Duration::ZERO);
+        let miss = off.get("tok").unwrap_err();
+        off.insert("tok", miss, caller());
+        assert!(off.get("tok").is_err());
+    }
 
     #[test]
     fn challenge_solutions_split_on_colon_or_space() {

@@ -95,6 +95,15 @@ pub struct GatewayConfig {
     /// milliseconds; 0 disables. Mutations through this gateway clear the cache at once.
     #[arg(long = "public-cache-ms", env = "P2_PUBLIC_CACHE_MS", default_value_t = DEFAULT_PUBLIC_CACHE_MS)]
     pub public_cache_ms: u64,
+    /// How long resolved session tokens are cached, in milliseconds; 0 (default) disables.
+    /// Only safe with a single gateway: a session deleted through another replica stays usable
+    /// here for up to this long. `polyproto up` (one gateway) turns it on.
+    #[arg(
+        long = "token-cache-ms",
+        env = "P2_TOKEN_CACHE_MS",
+        default_value_t = 0
+    )]
+    pub token_cache_ms: u64,
 }
 
 /// What every handler shares: gRPC clients and public settings. Cheap to clone.
@@ -108,6 +117,7 @@ struct Inner {
     oidc_issuer: Option<String>,
     max_body_bytes: usize,
     cache: cache::ResponseCache,
+    tokens: auth::TokenCache,
     identity: IdentityClient<TracedChannel>,
     session: SessionClient<TracedChannel>,
     discovery: DiscoveryClient<TracedChannel>,
@@ -137,6 +147,9 @@ impl AppState {
                 cache: cache::ResponseCache::new(std::time::Duration::from_millis(
                     config.public_cache_ms,
                 )),
+                tokens: auth::TokenCache::new(std::time::Duration::from_millis(
+                    config.token_cache_ms,
+                )),
                 identity: IdentityClient::new(identity.clone()),
                 session: SessionClient::new(session.clone()),
                 discovery: DiscoveryClient::new(discovery.clone()),
@@ -159,6 +172,11 @@ impl AppState {
     /// The public read cache.
     pub fn cache(&self) -> &cache::ResponseCache {
         &self.inner.cache
+    }
+
+    /// The token cache.
+    pub fn token_cache(&self) -> &auth::TokenCache {
+        &self.inner.tokens
     }
 
     /// A client of the identity service.

@@ -23,6 +23,7 @@ fn gateway_state(stack: &TestStack) -> p2_gateway::AppState {
         max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
         oidc_issuer: None,
         public_cache_ms: 0,
+        token_cache_ms: 0,
     };
     p2_gateway::AppState::new(&config, ([127, 0, 0, 1], 1).into()).unwrap()
 }

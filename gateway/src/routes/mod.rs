@@ -79,6 +79,7 @@ pub async fn clear_cache_after_mutations(
     let response = next.run(request).await;
     if mutates {
         state.cache().clear();
+        state.token_cache().clear();
     }
     response
 }
