@@ -101,15 +101,19 @@ pub async fn reject_large_bodies(
     next.run(request).await
 }
 
-/// One span per HTTP request, joined to the client's trace context when it sent one.
+/// One span per HTTP request, joined to the client's trace context when it sent one. At DEBUG
+/// level: the log output (INFO by default) does not need it, and OTLP export enables it (see
+/// `p2_runtime::telemetry`), so with export off a request creates no span at all.
 pub fn request_span(request: &Request) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "http",
         otel.kind = "server",
         otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
         http.method = %request.method(),
         http.target = %request.uri().path(),
     );
-    p2_runtime::telemetry::set_parent_from_headers(&span, request.headers());
+    if !span.is_disabled() {
+        p2_runtime::telemetry::set_parent_from_headers(&span, request.headers());
+    }
     span
 }

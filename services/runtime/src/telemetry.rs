@@ -78,7 +78,11 @@ pub fn init(config: &TelemetryConfig, component: &str) -> anyhow::Result<Telemet
             opentelemetry::global::set_tracer_provider(provider.clone());
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(EnvFilter::new("info,h2=off,hyper=off,tower=off"));
+                // The gateway's request and handler spans are at DEBUG (free when nothing
+                // exports them); export takes them.
+                .with_filter(EnvFilter::new(
+                    "info,p2_gateway=debug,h2=off,hyper=off,tower=off",
+                ));
             (Some(layer), Some(provider))
         }
         _ => (None, None),
