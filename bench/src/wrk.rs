@@ -101,8 +101,13 @@ pub struct WrkStats {
 /// Runs wrk once against `url` (blocking: call it from `spawn_blocking`). A warm-up run of
 /// `settings.warmup` precedes the measured run and is discarded. Fails when wrk cannot run,
 /// exits unsuccessfully, prints a report that cannot be read, completes no request, or
-/// receives any non-2xx/3xx response.
-pub fn measure(settings: &WrkSettings, url: &str, headers: &[String]) -> anyhow::Result<WrkStats> {
+/// receives any non-2xx/3xx response (unless `allow_non_success`: then they are only counted).
+pub fn measure(
+    settings: &WrkSettings,
+    url: &str,
+    headers: &[String],
+    allow_non_success: bool,
+) -> anyhow::Result<WrkStats> {
     if !settings.warmup.is_zero() {
         run(settings, settings.warmup, url, headers).context("warm-up run")?;
     }
@@ -110,7 +115,7 @@ pub fn measure(settings: &WrkSettings, url: &str, headers: &[String]) -> anyhow:
     if stats.requests == 0 || stats.requests_per_sec <= 0.0 {
         bail!("wrk completed no request against {url}");
     }
-    if stats.non_success > 0 {
+    if stats.non_success > 0 && !allow_non_success {
         bail!(
             "{} of {} responses from {url} were not 2xx/3xx",
             stats.non_success,
