@@ -7,8 +7,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use p2_proto::identity::v1 as pb;
-use p2_proto::identity::v1::identity_server::Identity as _;
 use secrecy::ExposeSecret as _;
 
 /// `polyproto admin ...`
@@ -102,6 +100,10 @@ impl AdminStorage {
             root_validity_days: p2_identity::DEFAULT_ROOT_VALIDITY_DAYS,
             actor_cert_validity_days: p2_identity::DEFAULT_ACTOR_CERT_VALIDITY_DAYS,
             registration: p2_identity::Registration::Closed,
+            // The admin CLI serves nothing: a throwaway key satisfies the state.
+            internal: p2_runtime::internal::InternalKeyConfig::with_key(
+                &p2_runtime::internal::InternalKey::generate(),
+            ),
         })
     }
 }
@@ -123,10 +125,9 @@ fn read_password() -> anyhow::Result<String> {
     Ok(password)
 }
 
-async fn open(storage: &AdminStorage) -> anyhow::Result<p2_identity::grpc::IdentityGrpc> {
+async fn open(storage: &AdminStorage) -> anyhow::Result<p2_identity::IdentityState> {
     let config = storage.identity_config()?;
-    let state = p2_identity::IdentityState::open(&config).await?;
-    Ok(p2_identity::grpc::IdentityGrpc::new(state))
+    p2_identity::IdentityState::open(&config).await
 }
 
 /// Creates an actor (even when registration is closed); returns its federation ID.
@@ -136,34 +137,24 @@ pub async fn create_actor(
     admin: bool,
     password: String,
 ) -> anyhow::Result<String> {
-    let created = open(storage)
+    // In process, on the operator's authority: the only path that may create administrators
+    // or register while registration is closed (never reachable over gRPC).
+    let fid = open(storage)
         .await?
-        .register_actor(tonic::Request::new(pb::RegisterActorRequest {
-            local_name: name.to_owned(),
-            password,
-            admin,
-            force: true,
-        }))
+        .register(name, password, p2_identity::actors::Registrant::Operator { admin })
         .await
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-        .into_inner();
-    Ok(created.fid)
+        .map_err(|error| anyhow::anyhow!("{}", tonic::Status::from(error).message()))?;
+    Ok(fid.to_string())
 }
 
 /// Rotates the server key; returns the new root ID-Cert (PEM).
 pub async fn rotate_key(storage: &AdminStorage) -> anyhow::Result<String> {
-    let rotated = open(storage)
+    let (generation, _) = open(storage)
         .await?
-        .rotate_server_key(tonic::Request::new(pb::RotateServerKeyRequest {
-            caller: None,
-        }))
+        .rotate_now()
         .await
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-        .into_inner();
-    rotated
-        .cert
-        .map(|c| c.id_cert_pem)
-        .context("the identity service returned no certificate")
+        .map_err(|error| anyhow::anyhow!("{}", tonic::Status::from(error).message()))?;
+    Ok(generation.cert_pem.clone())
 }
 
 /// Runs an admin command; what it prints on stdout is the result (fid or PEM).

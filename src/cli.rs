@@ -42,6 +42,19 @@ pub enum Command {
     /// Operator commands (create actors, rotate the server key), with or without a running
     /// server.
     Admin(crate::admin::AdminArgs),
+    /// Print a component's credential derived from the internal key (`P2_INTERNAL_KEY`), for
+    /// deployments that give the gateway only its own credential (`P2_COMPONENT_CREDENTIAL`).
+    InternalCredential(InternalCredentialArgs),
+}
+
+/// Flags of `polyproto internal-credential`.
+#[derive(Debug, Clone, Args)]
+pub struct InternalCredentialArgs {
+    /// The component: gateway, identity, session, discovery or events.
+    pub component: String,
+    /// The deployment's internal key.
+    #[command(flatten)]
+    pub internal: p2_runtime::internal::InternalKeyConfig,
 }
 
 /// Flags of `polyproto up`.
@@ -136,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Discovery(_) => "discovery",
         Command::Events(_) => "events",
         Command::Admin(_) => "admin",
+        Command::InternalCredential(_) => "admin",
     };
     let telemetry = p2_runtime::telemetry::init(&cli.telemetry, component)?;
     let shutdown = CancellationToken::new();
@@ -176,6 +190,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             p2_events::serve(config, listener, shutdown).await
         }
         Command::Admin(args) => crate::admin::run(args).await,
+        Command::InternalCredential(args) => {
+            let component = p2_runtime::internal::Component::from_name(&args.component)
+                .with_context(|| {
+                    format!(
+                        "unknown component {:?}: gateway, identity, session, discovery or events",
+                        args.component
+                    )
+                })?;
+            println!("{}", args.internal.load()?.credential(component).to_hex());
+            Ok(())
+        }
     };
     telemetry.shutdown().await;
     result

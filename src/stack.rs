@@ -195,6 +195,11 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         events_listener.local_addr()?,
     ];
     let url = |addr: SocketAddr| format!("http://{addr}");
+    // One process, one deployment: its internal key lives in memory only, so the loopback
+    // ports it prints admit no caller but its own components.
+    let internal = p2_runtime::internal::InternalKeyConfig::with_key(
+        &p2_runtime::internal::InternalKey::generate(),
+    );
 
     let identity_config = p2_identity::IdentityConfig {
         listen: grpc_addrs[0],
@@ -205,23 +210,27 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         root_validity_days: config.root_validity_days,
         actor_cert_validity_days: config.actor_cert_validity_days,
         registration: config.registration,
+        internal: internal.clone(),
     };
     let session_config = p2_session::SessionConfig {
         listen: grpc_addrs[1],
         database_url: session_db,
         redis_url: redis_url.clone(),
         identity_url: url(grpc_addrs[0]),
-        events_url: url(grpc_addrs[3]),
         challenge_ttl_secs: config.challenge_ttl_secs,
+        assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+        internal: internal.clone(),
     };
     let discovery_config = p2_discovery::DiscoveryConfig {
         listen: grpc_addrs[2],
         database_url: discovery_db,
         identity_url: url(grpc_addrs[0]),
+        internal: internal.clone(),
     };
     let events_config = p2_events::EventsConfig {
         listen: grpc_addrs[3],
         redis_url,
+        internal: internal.clone(),
     };
     let gateway_config = p2_gateway::GatewayConfig {
         listen: config.listen,
@@ -234,6 +243,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         oidc_issuer: config.oidc_issuer.clone(),
         public_cache_ms: config.public_cache_ms,
         token_cache_ms: config.token_cache_ms,
+        internal,
+        component_credential: None,
     };
 
     // Open every backend before serving anything, so a bad URL fails start-up as a whole.
@@ -256,26 +267,29 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     });
     let token = shutdown.clone();
     tasks.spawn(async move {
+        let auth = session.server_auth();
         let service = p2_session::grpc_service(session);
         (
             "session",
-            p2_runtime::grpc::serve(service, session_listener, token).await,
+            p2_runtime::grpc::serve(service, auth, session_listener, token).await,
         )
     });
     let token = shutdown.clone();
     tasks.spawn(async move {
-        let service = p2_discovery::grpc_service(discovery);
+        let p2_discovery::Opened { handlers, auth } = discovery;
+        let service = p2_discovery::grpc_service(handlers);
         (
             "discovery",
-            p2_runtime::grpc::serve(service, discovery_listener, token).await,
+            p2_runtime::grpc::serve(service, auth, discovery_listener, token).await,
         )
     });
     let token = shutdown.clone();
     tasks.spawn(async move {
+        let auth = events.server_auth();
         let service = p2_events::grpc_service(events);
         (
             "events",
-            p2_runtime::grpc::serve(service, events_listener, token).await,
+            p2_runtime::grpc::serve(service, auth, events_listener, token).await,
         )
     });
     let token = shutdown.clone();

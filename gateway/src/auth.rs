@@ -1,20 +1,29 @@
 //! Who is calling: `Authorization: Bearer <token>` resolved by `session.Authenticate` (the one
-//! RPC every Bearer route makes), and the sensitive-action check of spec 4.2.
+//! RPC every Bearer route makes) into the caller and its caller assertion, which the gateway
+//! passes on unchanged to every RPC that acts for the caller. The gateway decides nothing about
+//! rights: admin checks and sensitive-action solutions are checked by the service that owns
+//! the data (API.md "Internal boundary"); it only reads the headers.
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use p2_proto::common::v1::Caller;
+use p2_proto::common::v1::{Caller, CallerAssertion};
 
 use crate::AppState;
 use crate::error::ApiError;
 
 /// Header carrying the solution of a sensitive action (for password actors: the password).
+/// Its value is read as raw UTF-8 bytes, so passwords outside ASCII can be sent as they are.
 pub const SENSITIVE_SOLUTION_HEADER: &str = "x-p2-sensitive-solution";
 
-/// The authenticated caller of a Bearer route.
+/// The authenticated caller of a Bearer route, with the proof to pass on.
 #[derive(Debug, Clone)]
-pub struct Authenticated(pub Caller);
+pub struct Authenticated {
+    /// Who it is (for logs and spans).
+    pub caller: Caller,
+    /// The caller assertion session minted for it.
+    pub assertion: CallerAssertion,
+}
 
 fn bearer_token(parts: &Parts) -> Option<&str> {
     let value = parts
@@ -39,36 +48,39 @@ impl FromRequestParts<AppState> for Authenticated {
                 "this route needs `Authorization: Bearer <session token>`",
             )
         })?;
-        authenticate(state, token).await.map(Self)
+        authenticate(state, token).await
     }
 }
 
 /// The token check of every Bearer route: the gateway's token cache when it is on and holds
-/// the token, else `session.Authenticate`.
-pub async fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+/// the token (never past the assertion's expiry), else `session.Authenticate`.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
     let cache = state.token_cache();
     let miss = match cache.get(token) {
-        Ok(caller) => return Ok(caller),
+        Ok(hit) => return Ok(hit),
         Err(miss) => miss,
     };
-    let caller = state
+    let answer = state
         .session()
         .authenticate(p2_proto::session::v1::AuthenticateRequest {
             token: token.to_owned(),
         })
         .await?
-        .into_inner()
-        .caller
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown session token"))?;
-    cache.insert(token, miss, caller.clone());
-    Ok(caller)
+        .into_inner();
+    let authenticated = Authenticated {
+        caller: crate::error::required(answer.caller, "session.Authenticate", "caller")?,
+        assertion: crate::error::required(answer.assertion, "session.Authenticate", "assertion")?,
+    };
+    cache.insert(token, miss, authenticated.clone(), answer.assertion_expires_ms);
+    Ok(authenticated)
 }
 
 /// Resolved tokens, for `--token-cache-ms`. Keys are SHA-256 digests, so no token text stays
-/// in memory. Every mutation handled by the gateway (session deletion, renewal, ...) clears
-/// it, and a resolution that raced a clear is not stored (generation check): a deleted
-/// session's token fails at once *through this gateway*. That makes it safe only where one
-/// gateway handles every mutation (`polyproto up`); with several replicas keep it off.
+/// in memory; an entry lives at most the TTL and never past 5 s before its assertion expires.
+/// Every mutation handled by the gateway (session deletion, renewal, ...) clears it, and a
+/// resolution that raced a clear is not stored (generation check): a deleted session's token
+/// fails at once *through this gateway*. That makes it safe only where one gateway handles
+/// every mutation (`polyproto up`); with several replicas keep it off.
 pub struct TokenCache {
     ttl: std::time::Duration,
     inner: std::sync::RwLock<TokenEntries>,
@@ -76,7 +88,7 @@ pub struct TokenCache {
 
 #[derive(Default)]
 struct TokenEntries {
-    map: std::collections::HashMap<[u8; 32], (Caller, std::time::Instant)>,
+    map: std::collections::HashMap<[u8; 32], (Authenticated, std::time::Instant)>,
     generation: u64,
 }
 
@@ -86,6 +98,9 @@ pub struct TokenMiss(u64);
 
 /// Most tokens kept.
 pub const MAX_CACHED_TOKENS: usize = 10_000;
+
+/// How long before its assertion expires a cached resolution is dropped, in milliseconds.
+const ASSERTION_MARGIN_MS: u64 = 5_000;
 
 fn digest(token: &str) -> [u8; 32] {
     use sha2::Digest as _;
@@ -101,8 +116,8 @@ impl TokenCache {
         }
     }
 
-    /// The caller of `token` if cached and fresh.
-    pub fn get(&self, token: &str) -> Result<Caller, TokenMiss> {
+    /// The resolution of `token` if cached and fresh.
+    pub fn get(&self, token: &str) -> Result<Authenticated, TokenMiss> {
         let Ok(entries) = self.inner.read() else {
             return Err(TokenMiss(u64::MAX));
         };
@@ -111,14 +126,28 @@ impl TokenCache {
             return Err(miss);
         }
         match entries.map.get(&digest(token)) {
-            Some((caller, expires)) if *expires > std::time::Instant::now() => Ok(caller.clone()),
+            Some((hit, expires)) if *expires > std::time::Instant::now() => Ok(hit.clone()),
             _ => Err(miss),
         }
     }
 
-    /// Remembers `caller` for `token`, unless the cache was cleared since `miss`.
-    pub fn insert(&self, token: &str, miss: TokenMiss, caller: Caller) {
+    /// Remembers `resolved` for `token` (its assertion expiring at UNIX ms
+    /// `assertion_expires_ms`), unless the cache was cleared since `miss`.
+    pub fn insert(
+        &self,
+        token: &str,
+        miss: TokenMiss,
+        resolved: Authenticated,
+        assertion_expires_ms: u64,
+    ) {
         if self.ttl.is_zero() {
+            return;
+        }
+        let left_ms = assertion_expires_ms
+            .saturating_sub(p2_runtime::internal::unix_now_ms())
+            .saturating_sub(ASSERTION_MARGIN_MS);
+        let ttl = self.ttl.min(std::time::Duration::from_millis(left_ms));
+        if ttl.is_zero() {
             return;
         }
         if let Ok(mut entries) = self.inner.write()
@@ -129,7 +158,7 @@ impl TokenCache {
                 entries.map.retain(|_, (_, expires)| *expires > now);
             }
             if entries.map.len() < MAX_CACHED_TOKENS {
-                entries.map.insert(digest(token), (caller, now + self.ttl));
+                entries.map.insert(digest(token), (resolved, now + ttl));
             }
         }
     }
@@ -143,54 +172,18 @@ impl TokenCache {
     }
 }
 
-impl Authenticated {
-    /// 403 unless the caller is an administrator.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.0.admin {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "this action needs an administrator of this home server",
-            ))
-        }
-    }
-}
-
-/// The sensitive-action check (spec 4.2): the request must carry
-/// `X-P2-Sensitive-Solution`, which for password actors is the actor's password. 403 when it
-/// is missing or wrong.
-pub async fn require_sensitive(
-    state: &AppState,
-    caller: &Caller,
-    headers: &axum::http::HeaderMap,
-) -> Result<(), ApiError> {
-    let solution = headers
-        .get(SENSITIVE_SOLUTION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "this is a sensitive action: send the solution (your password) in the \
-                 X-P2-Sensitive-Solution header",
-            )
-        })?;
-    let verified = state
-        .identity()
-        .verify_password(p2_proto::identity::v1::VerifyPasswordRequest {
-            actor: caller.fid.clone(),
-            password: solution.to_owned(),
-        })
-        .await;
-    match verified {
-        Ok(_) => Ok(()),
-        Err(status) if status.code() == tonic::Code::Unauthenticated => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "the sensitive-action solution in X-P2-Sensitive-Solution is wrong",
-        )),
-        Err(status) => Err(status.into()),
-    }
+/// The sensitive-action solution the request carries (`X-P2-Sensitive-Solution`), read as raw
+/// UTF-8; `None` when absent or empty. Whether it is right is for the owning service to say.
+pub fn sensitive_solution(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(SENSITIVE_SOLUTION_HEADER) else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+        ApiError::bad_request(format!(
+            "the {SENSITIVE_SOLUTION_HEADER} header must be UTF-8 text"
+        ))
+    })?;
+    Ok((!text.is_empty()).then(|| text.to_owned()))
 }
 
 /// Header carrying a challenge-string solution (spec 4.3).
@@ -210,7 +203,7 @@ pub fn parse_challenge_solution(value: &str) -> Option<(&str, &str)> {
 /// signature is by the session's key. The challenge is consumed either way. 403 otherwise.
 pub async fn require_challenge_solution(
     state: &AppState,
-    caller: &Caller,
+    caller: &Authenticated,
     headers: &axum::http::HeaderMap,
 ) -> Result<(), ApiError> {
     let value = headers
@@ -232,7 +225,7 @@ pub async fn require_challenge_solution(
     state
         .session()
         .verify_challenge_solution(p2_proto::session::v1::VerifyChallengeSolutionRequest {
-            caller: Some(caller.clone()),
+            caller: Some(caller.assertion.clone()),
             challenge: challenge.to_owned(),
             signature: signature.to_owned(),
         })
@@ -244,20 +237,24 @@ pub async fn require_challenge_solution(
 mod tests {
     use super::*;
 
-    fn caller() -> Caller {
-        Caller {
-            fid: "a@b.test".into(),
-            session_id: "s".into(),
-            admin: false,
+    fn caller() -> Authenticated {
+        Authenticated {
+            caller: Caller {
+                fid: "a@b.test".into(),
+                session_id: "s".into(),
+            },
+            assertion: CallerAssertion { token: vec![1] },
         }
     }
+
+    const FAR: u64 = u64::MAX;
 
     #[test]
     fn cached_tokens_are_answered_until_a_clear() {
         let cache = TokenCache::new(std::time::Duration::from_secs(60));
         let miss = cache.get("tok").unwrap_err();
-        cache.insert("tok", miss, caller());
-        assert_eq!(cache.get("tok").unwrap().fid, "a@b.test");
+        cache.insert("tok", miss, caller(), FAR);
+        assert_eq!(cache.get("tok").unwrap().caller.fid, "a@b.test");
         assert!(cache.get("other").is_err());
         cache.clear();
         assert!(cache.get("tok").is_err());
@@ -268,12 +265,44 @@ mod tests {
         let cache = TokenCache::new(std::time::Duration::from_secs(60));
         let miss = cache.get("tok").unwrap_err();
         cache.clear();
-        cache.insert("tok", miss, caller());
+        cache.insert("tok", miss, caller(), FAR);
         assert!(cache.get("tok").is_err());
         let off = TokenCache::new(std::time::Duration::ZERO);
         let miss = off.get("tok").unwrap_err();
-        off.insert("tok", miss, caller());
+        off.insert("tok", miss, caller(), FAR);
         assert!(off.get("tok").is_err());
+    }
+
+    #[test]
+    fn a_resolution_is_never_cached_past_its_assertion() {
+        let cache = TokenCache::new(std::time::Duration::from_secs(60));
+        let miss = cache.get("tok").unwrap_err();
+        // Expires within the safety margin: not stored at all.
+        let soon = p2_runtime::internal::unix_now_ms() + 1_000;
+        cache.insert("tok", miss, caller(), soon);
+        assert!(cache.get("tok").is_err());
+    }
+
+    #[test]
+    fn sensitive_solutions_are_read_as_raw_utf8() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(sensitive_solution(&headers).unwrap(), None);
+        headers.insert(
+            SENSITIVE_SOLUTION_HEADER,
+            axum::http::HeaderValue::from_bytes("pässwört-1234".as_bytes()).unwrap(),
+        );
+        assert_eq!(
+            sensitive_solution(&headers).unwrap().as_deref(),
+            Some("pässwört-1234")
+        );
+        headers.insert(
+            SENSITIVE_SOLUTION_HEADER,
+            axum::http::HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap(),
+        );
+        assert_eq!(
+            sensitive_solution(&headers).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

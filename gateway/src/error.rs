@@ -90,19 +90,43 @@ impl From<tonic::Status> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let detail = match http {
-            StatusCode::INTERNAL_SERVER_ERROR => {
+        // The few refusals whose wording names HTTP headers: the gateway owns those words.
+        let reason = match p2_runtime::error::Reason::of(&status) {
+            Some(p2_runtime::error::Reason::SensitiveSolutionRequired) => Some(format!(
+                "{}: send the solution (your password) in the X-P2-Sensitive-Solution header",
+                status.message()
+            )),
+            Some(p2_runtime::error::Reason::SensitiveSolutionWrong) => Some(
+                "the sensitive-action solution in X-P2-Sensitive-Solution is wrong".to_owned(),
+            ),
+            Some(p2_runtime::error::Reason::NotAdmin) | None => None,
+        };
+        let detail = match (reason, http) {
+            (Some(text), _) => text,
+            (None, StatusCode::INTERNAL_SERVER_ERROR) => {
                 tracing::error!(code = ?status.code(), message = status.message(), "upstream error");
                 "the server failed to handle this request; it has been logged".to_owned()
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
+            (None, StatusCode::SERVICE_UNAVAILABLE) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "upstream unavailable");
                 "a backend service is unavailable; try again shortly".to_owned()
             }
-            _ => status.message().to_owned(),
+            (None, _) => status.message().to_owned(),
         };
         Self::new(http, detail)
     }
+}
+
+/// A field a service's answer must carry: its absence breaks the service's contract, which
+/// is answered the same way everywhere — logged, and a generic 500.
+pub fn required<T>(field: Option<T>, rpc: &str, name: &str) -> Result<T, ApiError> {
+    field.ok_or_else(|| {
+        tracing::error!(rpc, field = name, "upstream answer lacks a required field");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server failed to handle this request; it has been logged",
+        )
+    })
 }
 
 #[cfg(test)]

@@ -104,6 +104,42 @@ pub struct GatewayConfig {
         default_value_t = 0
     )]
     pub token_cache_ms: u64,
+    /// The deployment's internal key, from which the gateway derives its component credential.
+    #[command(flatten)]
+    pub internal: p2_runtime::internal::InternalKeyConfig,
+    /// The gateway's component credential alone (64 hex characters, as `polyproto
+    /// internal-credential gateway` prints it), instead of the internal key: a gateway that
+    /// holds only this can call the services but cannot mint caller assertions.
+    #[arg(
+        long = "component-credential",
+        env = "P2_COMPONENT_CREDENTIAL",
+        hide_env_values = true
+    )]
+    pub component_credential: Option<secrecy::SecretString>,
+}
+
+impl GatewayConfig {
+    /// The credential the gateway presents: `--component-credential`, else derived from the
+    /// internal key; a clear one-line error when neither is set.
+    pub fn credential(&self) -> anyhow::Result<p2_runtime::internal::ComponentCredential> {
+        use anyhow::Context as _;
+        use secrecy::ExposeSecret as _;
+        let gateway = p2_runtime::internal::Component::Gateway;
+        if let Some(credential) = &self.component_credential {
+            return p2_runtime::internal::ComponentCredential::from_hex(
+                gateway,
+                credential.expose_secret(),
+            )
+            .context("invalid P2_COMPONENT_CREDENTIAL");
+        }
+        if self.internal.internal_key.is_none() && self.internal.internal_key_file.is_none() {
+            anyhow::bail!(
+                "no internal credential: set P2_INTERNAL_KEY (or P2_INTERNAL_KEY_FILE), the key \
+                 every service of this deployment uses, or P2_COMPONENT_CREDENTIAL"
+            );
+        }
+        Ok(self.internal.load()?.credential(gateway))
+    }
 }
 
 /// What every handler shares: gRPC clients and public settings. Cheap to clone.
@@ -135,10 +171,11 @@ impl AppState {
             .unwrap_or_else(|| format!("http://{bound}"))
             .trim_end_matches('/')
             .to_owned();
-        let identity = p2_runtime::grpc::channel(&config.identity_url)?;
-        let session = p2_runtime::grpc::channel(&config.session_url)?;
-        let discovery = p2_runtime::grpc::channel(&config.discovery_url)?;
-        let events = p2_runtime::grpc::channel(&config.events_url)?;
+        let credential = config.credential()?;
+        let identity = p2_runtime::grpc::channel(&config.identity_url, &credential)?;
+        let session = p2_runtime::grpc::channel(&config.session_url, &credential)?;
+        let discovery = p2_runtime::grpc::channel(&config.discovery_url, &credential)?;
+        let events = p2_runtime::grpc::channel(&config.events_url, &credential)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 public_url,
@@ -206,8 +243,9 @@ pub fn router(state: AppState) -> Router {
     routes::router()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            routes::clear_cache_after_mutations,
+            routes::complete_mutations,
         ))
+        .layer(axum::middleware::from_fn(routes::problem_json_everywhere))
         .layer(axum::middleware::from_fn_with_state(
             limit,
             routes::reject_large_bodies,

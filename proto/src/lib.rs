@@ -6,6 +6,10 @@
 //! conversions live at each edge (service crates and the gateway).
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
+/// Every `.proto` of this crate as an encoded `google.protobuf.FileDescriptorSet`, so tests can
+/// enumerate every service and RPC (a new RPC without a boundary test fails the suite).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 /// Shared messages.
 pub mod common {
     /// Version 1.

@@ -9,7 +9,7 @@ use p2_proto::session::v1 as session;
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::auth::{Authenticated, require_sensitive};
+use crate::auth::{Authenticated, sensitive_solution};
 use crate::body::{JsonBody, RawBody, pem_payload};
 use crate::error::ApiError;
 use crate::params::Params;
@@ -33,8 +33,6 @@ pub async fn register(
         .register_actor(identity::RegisterActorRequest {
             local_name: body.local_name,
             password: body.password,
-            admin: false,
-            force: false,
         })
         .await?
         .into_inner();
@@ -94,59 +92,29 @@ pub async fn login(
 }
 
 /// `POST /.p2/core/v1/idcert` (sensitive): an ID-Cert for a new session of the caller, or the
-/// renewal of the caller's own session (same session ID: the old cert is revoked).
+/// renewal of the caller's own session (same session ID: the old cert is revoked). One session
+/// RPC does it all (identity checks the solution and signs; session stores the token).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn request_id_cert(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    caller: Authenticated,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    require_sensitive(&state, &caller, &headers).await?;
+    let solution = sensitive_solution(&headers)?.unwrap_or_default();
     let csr = pem_payload(&body, &["csr", "idCsr", "id_csr"])?;
-    let session_id = p2_model::IdCsr::parse(&csr)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?
-        .session_id()
-        .to_string();
-    let renew = session_id == caller.session_id;
-    let signed = state
-        .identity()
-        .sign_csr(identity::SignCsrRequest {
-            fid: caller.fid.clone(),
+    let issued = state
+        .session()
+        .request_id_cert(session::RequestIdCertRequest {
+            caller: Some(caller.assertion),
             csr,
-            renew,
+            sensitive_solution: solution,
         })
         .await?
         .into_inner();
-    let pem = signed
-        .cert
-        .map(|c| c.id_cert_pem)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no cert returned"))?;
-    let created = state
-        .session()
-        .create_session(session::CreateSessionRequest {
-            fid: caller.fid.clone(),
-            session_id: signed.session_id.clone(),
-            admin: caller.admin,
-        })
-        .await;
-    let token = match created {
-        Ok(created) => created.into_inner().token,
-        Err(status) => {
-            // No cert without a session: take the new cert back before answering.
-            let _ = state
-                .identity()
-                .revoke_actor_id_cert(identity::RevokeActorIdCertRequest {
-                    fid: caller.fid,
-                    session_id: signed.session_id,
-                })
-                .await;
-            return Err(status.into());
-        }
-    };
     Ok((
         StatusCode::CREATED,
-        axum::Json(IdCertAndToken::new(pem, token)),
+        axum::Json(IdCertAndToken::new(issued.id_cert_pem, issued.token)),
     )
         .into_response())
 }

@@ -121,8 +121,8 @@ pub async fn server_id_cert(
         .get_server_id_cert(identity::GetServerIdCertRequest { timestamp })
         .await?
         .into_inner()
-        .cert
-        .ok_or_else(|| ApiError::not_found("the server has no identity certificate"))?;
+        .cert;
+    let cert = crate::error::required(cert, "identity.GetServerIdCert", "cert")?;
     let fresh_until = cert.cache_not_valid_after;
     let response = match pem {
         Some(content_type) => pem_response(content_type, cert.id_cert_pem),

@@ -65,23 +65,81 @@ async fn not_found(request: Request) -> ApiError {
     ))
 }
 
-/// Clears the public read cache after every request that may change state (any method but
-/// GET/HEAD/OPTIONS), whatever its outcome: one place covers every mutation route.
-pub async fn clear_cache_after_mutations(
+/// Runs every request that may change state (any method but GET/HEAD/OPTIONS) in a task of
+/// its own, and clears the public read cache and the token cache when it is done, whatever its
+/// outcome. A client that disconnects drops only the waiting, not the mutation: the upstream
+/// call and the invalidation both happen (CONVENTIONS 18). One place covers every mutation
+/// route.
+pub async fn complete_mutations(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
+    use tracing::Instrument as _;
     let mutates = !matches!(
         *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
     );
-    let response = next.run(request).await;
-    if mutates {
-        state.cache().clear();
-        state.token_cache().clear();
+    if !mutates {
+        return next.run(request).await;
     }
-    response
+    let task = tokio::spawn(
+        async move {
+            let response = next.run(request).await;
+            state.cache().clear();
+            state.token_cache().clear();
+            response
+        }
+        .in_current_span(),
+    );
+    match task.await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "a mutation's task failed");
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "the server failed to handle this request; it has been logged",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Turns every error response that is not problem+json yet (axum's own rejections of paths,
+/// queries and bodies answer `text/plain`) into RFC 9457 problem details with the same status
+/// and message, so clients see one error shape everywhere.
+pub async fn problem_json_everywhere(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(crate::error::PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let detail = if status.is_server_error() {
+        "the server failed to handle this request; it has been logged".to_owned()
+    } else {
+        let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            text
+        }
+    };
+    let mut problem = ApiError::new(status, detail).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(value) = parts.headers.get(&name) {
+            problem.headers_mut().insert(name, value.clone());
+        }
+    }
+    problem
 }
 
 /// Answers 413 problem+json before reading a body whose declared length is over the limit.

@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::AppState;
-use crate::auth::{Authenticated, SENSITIVE_SOLUTION_HEADER, require_sensitive};
+use crate::auth::{Authenticated, sensitive_solution};
 use crate::error::ApiError;
 use crate::params::Params;
 
@@ -202,10 +202,10 @@ fn parse_new_provider(body: &[u8]) -> Result<ServiceProvider, ApiError> {
 }
 
 /// `POST /.p2/core/v1/services`.
-#[tracing::instrument(skip_all, fields(fid = %caller.fid))]
+#[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn add_service(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    caller: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r))?;
@@ -213,13 +213,13 @@ async fn add_service(
     let added = state
         .discovery()
         .add_service(pb::AddServiceRequest {
-            caller: Some(caller),
+            caller: Some(caller.assertion),
             provider: Some(provider),
         })
         .await?
         .into_inner()
-        .provider
-        .ok_or_else(|| ApiError::from(tonic::Status::internal("no provider in the answer")))?;
+        .provider;
+    let added = crate::error::required(added, "discovery.AddService", "provider")?;
     Ok((StatusCode::CREATED, axum::Json(ServiceJson::from(added))).into_response())
 }
 
@@ -291,30 +291,23 @@ fn parse_removals(query: Option<&str>, body: &[u8]) -> Result<Vec<pb::ProviderKe
 }
 
 /// `DELETE /.p2/core/v1/services`.
-#[tracing::instrument(skip_all, fields(fid = %caller.fid))]
+#[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn remove_services(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    caller: Authenticated,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r))?;
     let providers = parse_removals(query.as_deref(), &body)?;
-    // Only a primary's removal needs the solution, and only the discovery service knows
-    // which providers are primary: check one that was sent, and tell the service.
-    let sensitive_solved = if headers.contains_key(SENSITIVE_SOLUTION_HEADER) {
-        require_sensitive(&state, &caller, &headers).await?;
-        true
-    } else {
-        false
-    };
+    // Only a primary's removal needs the solution; discovery decides, identity checks it.
     let answer = state
         .discovery()
         .remove_service(pb::RemoveServiceRequest {
-            caller: Some(caller),
+            caller: Some(caller.assertion),
             providers,
-            sensitive_solved,
+            sensitive_solution: sensitive_solution(&headers)?,
         })
         .await?
         .into_inner();
@@ -365,24 +358,23 @@ fn parse_primary(query: Option<&str>, body: &[u8]) -> Result<(String, String), A
 }
 
 /// `PUT /.p2/core/v1/services/primary` (sensitive, spec 9.1.1).
-#[tracing::instrument(skip_all, fields(fid = %caller.fid))]
+#[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn set_primary(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    caller: Authenticated,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| body_rejection(&r))?;
-    // Parse before the (deliberately slow) password check: bad input costs no hashing.
     let (service, url) = parse_primary(query.as_deref(), &body)?;
-    require_sensitive(&state, &caller, &headers).await?;
     let changed = state
         .discovery()
         .set_primary(pb::SetPrimaryRequest {
-            caller: Some(caller),
+            caller: Some(caller.assertion),
             service,
             url,
+            sensitive_solution: sensitive_solution(&headers)?.unwrap_or_default(),
         })
         .await?
         .into_inner()

@@ -8,7 +8,7 @@ use p2_proto::session::v1 as session;
 use serde::Serialize;
 
 use crate::AppState;
-use crate::auth::{Authenticated, require_sensitive};
+use crate::auth::{Authenticated, sensitive_solution};
 use crate::error::ApiError;
 use crate::params::Params;
 
@@ -22,12 +22,12 @@ struct Challenge {
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn challenge(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    caller: Authenticated,
 ) -> Result<Response, ApiError> {
     let created = state
         .session()
         .create_challenge(session::CreateChallengeRequest {
-            caller: Some(caller),
+            caller: Some(caller.assertion),
         })
         .await?
         .into_inner();
@@ -44,21 +44,17 @@ pub async fn challenge(
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_session(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    caller: Authenticated,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
     let target = params.string_any(&["session_id", "sessionId"])?;
-    let other = target.as_deref().is_some_and(|t| t != caller.session_id);
-    if other {
-        require_sensitive(&state, &caller, &headers).await?;
-    }
     state
         .session()
         .delete_session(session::DeleteSessionRequest {
-            caller: Some(caller),
+            caller: Some(caller.assertion),
             session_id: target,
-            sensitive_verified: other,
+            sensitive_solution: sensitive_solution(&headers)?,
         })
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -72,19 +68,19 @@ pub async fn rotate_server_key(
     caller: Authenticated,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require_admin()?;
-    require_sensitive(&state, &caller.0, &headers).await?;
+    // Admin rights and the solution are checked by identity, which owns both.
     let rotated = state
         .identity()
         .rotate_server_key(identity::RotateServerKeyRequest {
-            caller: Some(caller.0),
+            caller: Some(caller.assertion),
+            sensitive_solution: sensitive_solution(&headers)?.unwrap_or_default(),
         })
         .await?
         .into_inner();
     // Gateway op 6 (server certificate change) reaches every session from here once the
     // events service exists: events.Publish{broadcast, op 6, oldInvalidSince:
     // rotated.previous_invalid_since}.
-    let pem = rotated.cert.map(|c| c.id_cert_pem).unwrap_or_default();
+    let pem = crate::error::required(rotated.cert, "identity.RotateServerKey", "cert")?.id_cert_pem;
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -1,8 +1,10 @@
-//! Which actors are registered on this home server: asked of the identity service (which owns
-//! actors) through its `GetActor` RPC. Behind a trait so that service tests can run the
-//! discovery RPCs against real storage without an identity service.
+//! What discovery asks of the identity service (which owns actors and their secrets): which
+//! actors are registered here (`GetActor`) and whether a sensitive-action solution is right
+//! (`VerifySensitiveSolution`). Behind a trait so that service tests can run the discovery RPCs
+//! against real storage without an identity service.
 
 use p2_model::FederationId;
+use p2_proto::common::v1::CallerAssertion;
 use p2_proto::identity::v1 as identity;
 use p2_proto::identity::v1::identity_client::IdentityClient;
 use p2_runtime::grpc::TracedChannel;
@@ -23,6 +25,14 @@ pub struct LocalActor {
 pub trait ActorDirectory: Send + Sync + 'static {
     /// The actor `fid` if it is registered on this home server, `None` otherwise.
     async fn actor(&self, fid: &FederationId) -> Result<Option<LocalActor>, DiscoveryError>;
+
+    /// Checks the sensitive-action solution of the actor of `assertion` (forwarded as it came).
+    /// [`DiscoveryError::SolutionRefused`] when it is missing or wrong.
+    async fn check_sensitive_solution(
+        &self,
+        assertion: &CallerAssertion,
+        solution: &str,
+    ) -> Result<(), DiscoveryError>;
 }
 
 /// The production directory: the identity service's `GetActor`.
@@ -32,10 +42,14 @@ pub struct IdentityDirectory {
 }
 
 impl IdentityDirectory {
-    /// A directory asking the identity service at `url` (connects lazily).
-    pub fn connect(url: &str) -> anyhow::Result<Self> {
+    /// A directory asking the identity service at `url` (connects lazily), presenting
+    /// `credential`.
+    pub fn connect(
+        url: &str,
+        credential: &p2_runtime::internal::ComponentCredential,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            client: IdentityClient::new(p2_runtime::grpc::channel(url)?),
+            client: IdentityClient::new(p2_runtime::grpc::channel(url, credential)?),
         })
     }
 }
@@ -63,14 +77,46 @@ impl ActorDirectory for IdentityDirectory {
                 tonic::Code::InvalidArgument => {
                     Err(DiscoveryError::InvalidArgument(status.message().to_owned()))
                 }
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => Err(
-                    DiscoveryError::Unavailable(format!("identity: {}", status.message())),
-                ),
-                code => Err(DiscoveryError::Internal(anyhow::anyhow!(
-                    "identity.GetActor failed: {code:?}: {}",
-                    status.message()
-                ))),
+                _ => Err(unexpected(status, "identity.GetActor")),
             },
         }
+    }
+
+    async fn check_sensitive_solution(
+        &self,
+        assertion: &CallerAssertion,
+        solution: &str,
+    ) -> Result<(), DiscoveryError> {
+        let answer = self
+            .client
+            .clone()
+            .verify_sensitive_solution(identity::VerifySensitiveSolutionRequest {
+                caller: Some(assertion.clone()),
+                solution: solution.to_owned(),
+            })
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(status) => match status.code() {
+                tonic::Code::PermissionDenied => Err(DiscoveryError::SolutionRefused(status)),
+                tonic::Code::Unauthenticated => Err(DiscoveryError::Assertion(
+                    p2_runtime::internal::AssertionError::Invalid,
+                )),
+                _ => Err(unexpected(status, "identity.VerifySensitiveSolution")),
+            },
+        }
+    }
+}
+
+/// An identity failure discovery cannot act on: an outage stays retryable, the rest is internal.
+fn unexpected(status: tonic::Status, rpc: &str) -> DiscoveryError {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            DiscoveryError::Unavailable(format!("identity: {}", status.message()))
+        }
+        code => DiscoveryError::Internal(anyhow::anyhow!(
+            "{rpc} failed: {code:?}: {}",
+            status.message()
+        )),
     }
 }

@@ -58,8 +58,8 @@ pub enum DiscoveryError {
     /// Removing a primary provider is a sensitive action (spec 9.1.1, 4.2) and it was not
     /// solved.
     #[error(
-        "{url} is the primary provider of {service}: removing it is a sensitive action; send \
-         the solution (your password) in the X-P2-Sensitive-Solution header"
+        "{url} is the primary provider of {service}: removing it is a sensitive action that \
+         needs the actor's password as its solution"
     )]
     SensitiveActionRequired {
         /// The service.
@@ -67,6 +67,13 @@ pub enum DiscoveryError {
         /// The primary provider's URL.
         url: String,
     },
+    /// The call's caller assertion is missing, forged or expired.
+    #[error(transparent)]
+    Assertion(#[from] p2_runtime::internal::AssertionError),
+    /// Identity refused the sensitive-action solution (missing or wrong): its status, with its
+    /// reason, is passed on unchanged.
+    #[error("{}", .0.message())]
+    SolutionRefused(tonic::Status),
     /// A service this one depends on (identity) did not answer.
     #[error("a backend service is unavailable: {0}")]
     Unavailable(String),
@@ -81,6 +88,8 @@ impl From<sqlx::Error> for DiscoveryError {
     }
 }
 
+use p2_runtime::error::Reason;
+
 impl From<DiscoveryError> for tonic::Status {
     fn from(error: DiscoveryError) -> Self {
         use tonic::Status;
@@ -90,10 +99,12 @@ impl From<DiscoveryError> for tonic::Status {
             DiscoveryError::ActorNotFound { .. } | DiscoveryError::ProviderNotFound { .. } => {
                 Status::not_found(error.to_string())
             }
-            DiscoveryError::NotLocalActor { .. }
-            | DiscoveryError::SensitiveActionRequired { .. } => {
-                Status::permission_denied(error.to_string())
+            DiscoveryError::NotLocalActor { .. } => Status::permission_denied(error.to_string()),
+            DiscoveryError::SensitiveActionRequired { .. } => {
+                Reason::SensitiveSolutionRequired.denied(error.to_string())
             }
+            DiscoveryError::Assertion(error) => error.into(),
+            DiscoveryError::SolutionRefused(status) => status,
             DiscoveryError::ProviderExists { .. } => Status::already_exists(error.to_string()),
             DiscoveryError::PrimaryExists { .. } | DiscoveryError::TooManyProviders { .. } => {
                 Status::failed_precondition(error.to_string())
@@ -159,6 +170,14 @@ mod tests {
             ),
             (
                 DiscoveryError::SensitiveActionRequired { service, url },
+                Code::PermissionDenied,
+            ),
+            (
+                DiscoveryError::Assertion(p2_runtime::internal::AssertionError::Missing),
+                Code::Unauthenticated,
+            ),
+            (
+                DiscoveryError::SolutionRefused(tonic::Status::permission_denied("wrong")),
                 Code::PermissionDenied,
             ),
             (

@@ -1,6 +1,7 @@
-//! The `polyproto.discovery.v1.Discovery` handlers: convert at the edge (FID, service name,
-//! URL, limit into domain types, failing fast with `INVALID_ARGUMENT`), ask the directory and
-//! the store, map back.
+//! The `polyproto.discovery.v1.Discovery` handlers: verify the caller assertion (the actor
+//! whose table changes is the asserted one), convert at the edge (FID, service name, URL,
+//! limit into domain types, failing fast with `INVALID_ARGUMENT`), ask the directory and the
+//! store, map back.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use crate::directory::ActorDirectory;
 use crate::error::DiscoveryError;
 use crate::model::{Limit, ProviderUrl, ServiceName};
 use crate::store::Store;
+use p2_runtime::internal::AssertionKey;
 
 /// The most providers one `RemoveService` call may name.
 pub const MAX_REMOVALS_PER_CALL: usize = 100;
@@ -22,12 +24,18 @@ pub const MAX_REMOVALS_PER_CALL: usize = 100;
 pub struct DiscoveryGrpc {
     store: Store,
     directory: Arc<dyn ActorDirectory>,
+    assertions: AssertionKey,
 }
 
 impl DiscoveryGrpc {
-    /// Handlers over `store`, asking `directory` which actors are registered here.
-    pub fn new(store: Store, directory: Arc<dyn ActorDirectory>) -> Self {
-        Self { store, directory }
+    /// Handlers over `store`, asking `directory` which actors are registered here and
+    /// verifying caller assertions with `assertions`.
+    pub fn new(store: Store, directory: Arc<dyn ActorDirectory>, assertions: AssertionKey) -> Self {
+        Self {
+            store,
+            directory,
+            assertions,
+        }
     }
 
     /// The store (for tests and tooling).
@@ -40,19 +48,39 @@ fn invalid_fid(error: p2_model::ModelError) -> DiscoveryError {
     DiscoveryError::InvalidArgument(error.to_string())
 }
 
-fn caller_fid(caller: Option<&common::Caller>) -> Result<FederationId, DiscoveryError> {
-    let caller = caller.ok_or_else(|| {
-        DiscoveryError::InvalidArgument("the request carries no caller".to_owned())
-    })?;
-    FederationId::parse(&caller.fid).map_err(invalid_fid)
-}
-
 impl DiscoveryGrpc {
+    /// The actor a caller assertion proves.
+    fn caller_fid(&self, caller: Option<&common::CallerAssertion>) -> Result<FederationId, DiscoveryError> {
+        let token = caller.map(|c| c.token.as_slice()).unwrap_or_default();
+        let verified = self
+            .assertions
+            .verify(token, p2_runtime::internal::unix_now_ms())?;
+        FederationId::parse(&verified.fid)
+            .map_err(|_| DiscoveryError::Assertion(p2_runtime::internal::AssertionError::Invalid))
+    }
+
+    /// The sensitive-action check, by identity, of the asserted actor's `solution`.
+    async fn check_solution(
+        &self,
+        caller: Option<&common::CallerAssertion>,
+        solution: Option<&str>,
+    ) -> Result<bool, DiscoveryError> {
+        match (caller, solution.filter(|s| !s.is_empty())) {
+            (Some(caller), Some(solution)) => {
+                self.directory
+                    .check_sensitive_solution(caller, solution)
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn add_provider(
         &self,
         request: pb::AddServiceRequest,
     ) -> Result<pb::AddServiceResponse, DiscoveryError> {
-        let fid = caller_fid(request.caller.as_ref())?;
+        let fid = self.caller_fid(request.caller.as_ref())?;
         let provider = request.provider.ok_or_else(|| {
             DiscoveryError::InvalidArgument("the request carries no provider".to_owned())
         })?;
@@ -77,7 +105,7 @@ impl DiscoveryGrpc {
         &self,
         request: pb::RemoveServiceRequest,
     ) -> Result<pb::RemoveServiceResponse, DiscoveryError> {
-        let fid = caller_fid(request.caller.as_ref())?;
+        let fid = self.caller_fid(request.caller.as_ref())?;
         if request.providers.is_empty() {
             return Err(DiscoveryError::InvalidArgument(
                 "name at least one provider to remove (service name and URL)".to_owned(),
@@ -99,10 +127,15 @@ impl DiscoveryGrpc {
                 ))
             })
             .collect::<Result<Vec<_>, DiscoveryError>>()?;
-        let removal = self
-            .store
-            .remove(fid.as_str(), &providers, request.sensitive_solved)
+        // Only a primary's removal needs the solution, and which providers are primary is
+        // decided in the store's transaction: a solution that was sent is checked up front.
+        let solved = self
+            .check_solution(
+                request.caller.as_ref(),
+                request.sensitive_solution.as_deref(),
+            )
             .await?;
+        let removal = self.store.remove(fid.as_str(), &providers, solved).await?;
         for provider in &removal.removed {
             tracing::info!(fid = %fid, service = %provider.service, url = %provider.url, "removed service provider");
         }
@@ -119,9 +152,21 @@ impl DiscoveryGrpc {
         &self,
         request: pb::SetPrimaryRequest,
     ) -> Result<pb::SetPrimaryResponse, DiscoveryError> {
-        let fid = caller_fid(request.caller.as_ref())?;
+        let fid = self.caller_fid(request.caller.as_ref())?;
         let service = ServiceName::parse(&request.service)?;
         let url = ProviderUrl::parse(&request.url)?;
+        // A sensitive action (spec 9.1.1): parsed first, so bad input costs no password hash.
+        if !self
+            .check_solution(request.caller.as_ref(), Some(&request.sensitive_solution))
+            .await?
+        {
+            return Err(DiscoveryError::SolutionRefused(
+                p2_runtime::error::Reason::SensitiveSolutionRequired.denied(
+                    "changing the primary provider of a service is a sensitive action that \
+                     needs the actor's password as its solution",
+                ),
+            ));
+        }
         let changed = self.store.set_primary(fid.as_str(), &service, &url).await?;
         tracing::info!(fid = %fid, service = %service, url = %url.as_str(), "set primary service provider");
         Ok(pb::SetPrimaryResponse {

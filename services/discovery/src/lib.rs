@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use p2_proto::discovery::v1 as pb;
+use p2_runtime::internal::{CallerPolicy, Component, InternalKeyConfig, ServerAuth};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,14 @@ pub use store::MIGRATIONS;
 
 /// Default gRPC listen address of the discovery service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50053";
+
+/// Which component may call which RPC: the gateway, which translates the public routes.
+pub const CALLERS: CallerPolicy = &[
+    ("/polyproto.discovery.v1.Discovery/AddService", &[Component::Gateway]),
+    ("/polyproto.discovery.v1.Discovery/RemoveService", &[Component::Gateway]),
+    ("/polyproto.discovery.v1.Discovery/SetPrimary", &[Component::Gateway]),
+    ("/polyproto.discovery.v1.Discovery/Discover", &[Component::Gateway]),
+];
 
 /// Flags of the discovery service.
 #[derive(Debug, Clone, Args)]
@@ -48,16 +57,38 @@ pub struct DiscoveryConfig {
         default_value = "http://127.0.0.1:50051"
     )]
     pub identity_url: String,
+    /// The deployment's internal key.
+    #[command(flatten)]
+    pub internal: InternalKeyConfig,
+}
+
+/// The opened service: handlers plus the boundary its server enforces.
+pub struct Opened {
+    /// The handlers.
+    pub handlers: DiscoveryGrpc,
+    /// Credential check and caller allow-list ([`CALLERS`]).
+    pub auth: ServerAuth,
 }
 
 impl DiscoveryGrpc {
-    /// Connects and migrates storage (failing with one clear line when it does not answer)
-    /// and prepares the identity client (which connects lazily).
-    pub async fn open(config: &DiscoveryConfig) -> anyhow::Result<Self> {
+    /// Loads the internal key, connects and migrates storage (failing with one clear line when
+    /// it does not answer) and prepares the identity client (which connects lazily).
+    pub async fn open(config: &DiscoveryConfig) -> anyhow::Result<Opened> {
+        let key = config.internal.load()?;
         let db =
             p2_runtime::storage::connect(&config.database_url, "discovery", MIGRATIONS).await?;
-        let directory = directory::IdentityDirectory::connect(&config.identity_url)?;
-        Ok(Self::new(store::Store::new(db), Arc::new(directory)))
+        let directory = directory::IdentityDirectory::connect(
+            &config.identity_url,
+            &key.credential(Component::Discovery),
+        )?;
+        Ok(Opened {
+            handlers: Self::new(
+                store::Store::new(db),
+                Arc::new(directory),
+                key.assertion_key(),
+            ),
+            auth: ServerAuth::new(key.verifier(), CALLERS),
+        })
     }
 }
 
@@ -74,6 +105,6 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let handlers = DiscoveryGrpc::open(&config).await?;
-    p2_runtime::grpc::serve(grpc_service(handlers), listener, shutdown).await
+    let Opened { handlers, auth } = DiscoveryGrpc::open(&config).await?;
+    p2_runtime::grpc::serve(grpc_service(handlers), auth, listener, shutdown).await
 }

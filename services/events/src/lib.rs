@@ -2,20 +2,33 @@
 //! embedded mode), sequence numbers, resume and the REST polling cursor.
 //!
 //! This crate currently provides the service's process shape — configuration, the Redis
-//! connection checked at start, gRPC health — and answers its RPCs with `UNIMPLEMENTED` until
-//! the events work fills them in.
+//! connection checked at start, gRPC health, the internal boundary ([`CALLERS`], caller
+//! assertions for Subscribe and Poll) — and answers its RPCs with `UNIMPLEMENTED` until the
+//! events work fills them in.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 
 use clap::Args;
 use p2_proto::events::v1 as pb;
+use p2_runtime::internal::{AssertionKey, CallerPolicy, Component, InternalKeyConfig, ServerAuth};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 /// Default gRPC listen address of the events service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50054";
+
+/// Which component may call which RPC: the services that cause events publish them; the
+/// gateway subscribes and polls for its clients.
+pub const CALLERS: CallerPolicy = &[
+    (
+        "/polyproto.events.v1.Events/Publish",
+        &[Component::Identity, Component::Session],
+    ),
+    ("/polyproto.events.v1.Events/Subscribe", &[Component::Gateway]),
+    ("/polyproto.events.v1.Events/Poll", &[Component::Gateway]),
+];
 
 /// Flags of the events service.
 #[derive(Debug, Clone, Args)]
@@ -27,21 +40,42 @@ pub struct EventsConfig {
     /// one replica only).
     #[arg(long = "redis-url", env = "P2_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// The deployment's internal key.
+    #[command(flatten)]
+    pub internal: InternalKeyConfig,
 }
 
 /// The gRPC handler set of the events service.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct EventsGrpc {
-    _private: (),
+    assertions: AssertionKey,
+    auth: ServerAuth,
 }
 
 impl EventsGrpc {
-    /// Connects Redis (when configured); fails with one clear line when it does not answer.
+    /// Loads the internal key and connects Redis (when configured); fails with one clear line
+    /// when either is missing or does not answer.
     pub async fn open(config: &EventsConfig) -> anyhow::Result<Self> {
+        let key = config.internal.load()?;
         if let Some(url) = &config.redis_url {
             p2_runtime::kv::connect(url, "events").await?;
         }
-        Ok(Self::default())
+        Ok(Self {
+            assertions: key.assertion_key(),
+            auth: ServerAuth::new(key.verifier(), CALLERS),
+        })
+    }
+
+    /// The boundary this service's server enforces.
+    pub fn server_auth(&self) -> ServerAuth {
+        self.auth.clone()
+    }
+
+    fn verify(&self, caller: Option<&p2_proto::common::v1::CallerAssertion>) -> Result<(), Status> {
+        let token = caller.map(|c| c.token.as_slice()).unwrap_or_default();
+        self.assertions
+            .verify(token, p2_runtime::internal::unix_now_ms())?;
+        Ok(())
     }
 }
 
@@ -57,7 +91,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let handlers = EventsGrpc::open(&config).await?;
-    p2_runtime::grpc::serve(grpc_service(handlers), listener, shutdown).await
+    let auth = handlers.server_auth();
+    p2_runtime::grpc::serve(grpc_service(handlers), auth, listener, shutdown).await
 }
 
 fn not_yet() -> Status {
@@ -80,15 +115,17 @@ impl pb::events_server::Events for EventsGrpc {
 
     async fn subscribe(
         &self,
-        _request: Request<pb::SubscribeRequest>,
+        request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.verify(request.get_ref().caller.as_ref())?;
         Err(not_yet())
     }
 
     async fn poll(
         &self,
-        _request: Request<pb::PollRequest>,
+        request: Request<pb::PollRequest>,
     ) -> Result<Response<pb::PollResponse>, Status> {
+        self.verify(request.get_ref().caller.as_ref())?;
         Err(not_yet())
     }
 }

@@ -1,6 +1,7 @@
 //! The identity service's errors and their one mapping to gRPC status codes.
 
 use p2_model::ModelError;
+use p2_runtime::error::Reason;
 
 /// What can go wrong in the identity service. Every variant but [`IdentityError::Internal`]
 /// is something the caller can act on; its message is shown to clients verbatim.
@@ -44,6 +45,18 @@ pub enum IdentityError {
         /// Session ID.
         session_id: String,
     },
+    /// The call's caller assertion is missing, forged or expired.
+    #[error(transparent)]
+    Assertion(#[from] p2_runtime::internal::AssertionError),
+    /// A sensitive action (spec 4.2) without its solution.
+    #[error("this is a sensitive action: it needs the actor's password as its solution")]
+    SensitiveSolutionRequired,
+    /// A sensitive action with a wrong solution.
+    #[error("the sensitive-action solution is wrong")]
+    SensitiveSolutionWrong,
+    /// An admin-only action by an actor that is not an administrator.
+    #[error("this action needs an administrator of this home server")]
+    NotAdmin,
     /// A domain rule of polyproto rejected the input (bad FID, CSR, certificate...).
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -67,6 +80,14 @@ impl From<IdentityError> for tonic::Status {
                 tonic::Status::permission_denied(error.to_string())
             }
             IdentityError::BadCredentials => tonic::Status::unauthenticated(error.to_string()),
+            IdentityError::Assertion(error) => error.into(),
+            IdentityError::SensitiveSolutionRequired => {
+                Reason::SensitiveSolutionRequired.denied(error.to_string())
+            }
+            IdentityError::SensitiveSolutionWrong => {
+                Reason::SensitiveSolutionWrong.denied(error.to_string())
+            }
+            IdentityError::NotAdmin => Reason::NotAdmin.denied(error.to_string()),
             IdentityError::Model(model) if model.is_internal() => {
                 p2_runtime::error::internal(&anyhow::Error::new(model))
             }
@@ -122,6 +143,19 @@ mod tests {
                 tonic::Code::PermissionDenied,
             ),
             (IdentityError::BadCredentials, tonic::Code::Unauthenticated),
+            (
+                IdentityError::Assertion(p2_runtime::internal::AssertionError::Expired),
+                tonic::Code::Unauthenticated,
+            ),
+            (
+                IdentityError::SensitiveSolutionRequired,
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                IdentityError::SensitiveSolutionWrong,
+                tonic::Code::PermissionDenied,
+            ),
+            (IdentityError::NotAdmin, tonic::Code::PermissionDenied),
             (
                 IdentityError::Model(ModelError::Encoding("x".into())),
                 tonic::Code::Internal,

@@ -1,12 +1,16 @@
-//! `polyproto.identity.v1.Identity`: converts wire messages into domain calls and back.
+//! `polyproto.identity.v1.Identity`: converts wire messages into calls of the operations in
+//! [`crate::actors`] (and the keyring) and back. The actor of every RPC that acts for one is
+//! the actor of its verified caller assertion ([`IdentityGrpc::asserted`]).
 
-use p2_proto::common::v1::CacheableIdCert;
+use p2_model::{FederationId, SessionId};
+use p2_proto::common::v1::{CacheableIdCert, CallerAssertion};
 use p2_proto::identity::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use crate::actors::{IssuedCert, Registrant, to_i64};
 use crate::keyring::Generation;
-use crate::store::{ActorRow, CertFilter, CertRow, IssueRefusal};
-use crate::{IdentityError, IdentityState, Registration, passwords};
+use crate::store::{CertFilter, CertRow};
+use crate::{IdentityError, IdentityState};
 
 /// The gRPC handler set of the identity service.
 #[derive(Clone)]
@@ -14,10 +18,29 @@ pub struct IdentityGrpc {
     state: IdentityState,
 }
 
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
 impl IdentityGrpc {
     /// Handlers over `state`.
     pub fn new(state: IdentityState) -> Self {
         Self { state }
+    }
+
+    /// The actor and session a caller assertion proves.
+    fn asserted(
+        &self,
+        assertion: Option<&CallerAssertion>,
+    ) -> Result<(FederationId, SessionId), IdentityError> {
+        let token = assertion.map(|a| a.token.as_slice()).unwrap_or_default();
+        let verified = self
+            .state
+            .assertion_key()
+            .verify(token, p2_runtime::internal::unix_now_ms())?;
+        let fid = FederationId::parse(&verified.fid)?;
+        let session_id = SessionId::parse(&verified.session_id)?;
+        Ok((fid, session_id))
     }
 
     fn root_cacheable(&self, generation: &Generation, now: u64) -> CacheableIdCert {
@@ -38,315 +61,6 @@ impl IdentityGrpc {
             cache_signature: attestation.signature,
             invalidated_at: None,
         }
-    }
-}
-
-#[tonic::async_trait]
-impl pb::identity_server::Identity for IdentityGrpc {
-    #[tracing::instrument(skip_all, fields(timestamp = request.get_ref().timestamp))]
-    async fn get_server_id_cert(
-        &self,
-        request: Request<pb::GetServerIdCertRequest>,
-    ) -> Result<Response<pb::GetServerIdCertResponse>, Status> {
-        let generation = self
-            .state
-            .keyring()
-            .at_or_current(request.into_inner().timestamp)?;
-        let cert = self.root_cacheable(&generation, p2_runtime::unix_now());
-        Ok(Response::new(pb::GetServerIdCertResponse {
-            cert: Some(cert),
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(timestamp = request.get_ref().timestamp))]
-    async fn get_server_public_key(
-        &self,
-        request: Request<pb::GetServerPublicKeyRequest>,
-    ) -> Result<Response<pb::GetServerPublicKeyResponse>, Status> {
-        let generation = self
-            .state
-            .keyring()
-            .at_or_current(request.into_inner().timestamp)?;
-        Ok(Response::new(pb::GetServerPublicKeyResponse {
-            public_key_pem: generation.public_key_pem.clone(),
-        }))
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn rotate_server_key(
-        &self,
-        request: Request<pb::RotateServerKeyRequest>,
-    ) -> Result<Response<pb::RotateServerKeyResponse>, Status> {
-        let caller = request
-            .into_inner()
-            .caller
-            .map(|c| c.fid)
-            .unwrap_or_default();
-        let now = p2_runtime::unix_now();
-        let generation = self
-            .state
-            .keyring()
-            .rotate(now)
-            .await
-            .map_err(|e| p2_runtime::error::internal(&e))?;
-        tracing::info!(caller = %caller, generation = generation.generation, "server key rotated");
-        Ok(Response::new(pb::RotateServerKeyResponse {
-            cert: Some(self.root_cacheable(&generation, now)),
-            previous_invalid_since: now,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(local_name = %request.get_ref().local_name))]
-    async fn register_actor(
-        &self,
-        request: Request<pb::RegisterActorRequest>,
-    ) -> Result<Response<pb::RegisterActorResponse>, Status> {
-        let request = request.into_inner();
-        let local_name =
-            p2_model::validate_local_name(&request.local_name).map_err(IdentityError::from)?;
-        if self.state.registration() == Registration::Closed && !request.force {
-            return Err(IdentityError::RegistrationClosed.into());
-        }
-        passwords::check_policy(&request.password, &local_name)
-            .map_err(IdentityError::InvalidArgument)?;
-        let fid = p2_model::FederationId::new(&local_name, self.state.domain())
-            .map_err(IdentityError::from)?;
-        let hash = self
-            .state
-            .hasher()
-            .hash(request.password)
-            .await
-            .map_err(IdentityError::from)?;
-        let now = now_i64();
-        if !self
-            .state
-            .store()
-            .insert_actor(&local_name, &hash, request.admin, now)
-            .await
-            .map_err(IdentityError::from)?
-        {
-            return Err(IdentityError::NameTaken(local_name).into());
-        }
-        tracing::info!(fid = %fid, admin = request.admin, "registered actor");
-        Ok(Response::new(pb::RegisterActorResponse {
-            fid: fid.to_string(),
-        }))
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn verify_password(
-        &self,
-        request: Request<pb::VerifyPasswordRequest>,
-    ) -> Result<Response<pb::VerifyPasswordResponse>, Status> {
-        let request = request.into_inner();
-        // Anything that names no actor of ours takes the unknown-actor path (same timing).
-        let local_name = self.local_name_or_fid(&request.actor).ok();
-        let actor = match &local_name {
-            Some(name) => self
-                .state
-                .store()
-                .actor(name)
-                .await
-                .map_err(IdentityError::from)?,
-            None => None,
-        };
-        let ok = self
-            .state
-            .hasher()
-            .verify(
-                request.password,
-                actor.as_ref().map(|a| a.password_hash.clone()),
-            )
-            .await
-            .map_err(IdentityError::from)?;
-        match actor {
-            Some(actor) if ok => Ok(Response::new(pb::VerifyPasswordResponse {
-                fid: self.fid_of(&actor.local_name)?,
-                admin: actor.admin,
-            })),
-            _ => Err(IdentityError::BadCredentials.into()),
-        }
-    }
-
-    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid))]
-    async fn get_actor(
-        &self,
-        request: Request<pb::GetActorRequest>,
-    ) -> Result<Response<pb::GetActorResponse>, Status> {
-        let actor = self.actor(&request.into_inner().fid).await?;
-        Ok(Response::new(pb::GetActorResponse {
-            fid: self.fid_of(&actor.local_name)?,
-            admin: actor.admin,
-            redirect_to: actor.redirect_to,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid, renew = request.get_ref().renew))]
-    async fn sign_csr(
-        &self,
-        request: Request<pb::SignCsrRequest>,
-    ) -> Result<Response<pb::SignCsrResponse>, Status> {
-        let request = request.into_inner();
-        let local_name = self.local_name_of(&request.fid)?;
-        let csr = p2_model::IdCsr::parse(&request.csr).map_err(IdentityError::from)?;
-        csr.check_for(self.state.domain(), Some(&local_name))
-            .map_err(IdentityError::from)?;
-        let session_id = csr.session_id().to_string();
-        let generation = self.state.keyring().current()?;
-        let now = p2_runtime::unix_now();
-        let not_after = now
-            .saturating_add(self.state.actor_cert_validity_secs())
-            .min(generation.cert.not_after());
-        let issued = self
-            .state
-            .store()
-            .issue_cert(&local_name, &session_id, request.renew, to_i64(now), || {
-                let cert = p2_model::issue_actor_cert(
-                    &generation.cert,
-                    generation.signing_key(),
-                    &csr,
-                    p2_model::random_serial(),
-                    now,
-                    not_after,
-                )
-                .map_err(anyhow::Error::new)?;
-                Ok(CertRow {
-                    serial: cert.serial(),
-                    local_name: local_name.clone(),
-                    session_id: session_id.clone(),
-                    generation: generation.generation,
-                    not_before: to_i64(cert.not_before()),
-                    not_after: to_i64(cert.not_after()),
-                    cert_pem: cert.to_pem(),
-                    issued_at: to_i64(now),
-                    invalidated_at: None,
-                })
-            })
-            .await
-            .map_err(IdentityError::from)?;
-        let issued = match issued {
-            Ok(issued) => issued,
-            Err(IssueRefusal::UnknownActor) => {
-                return Err(IdentityError::UnknownActor(request.fid).into());
-            }
-            Err(IssueRefusal::SessionIdInUse) => {
-                return Err(IdentityError::SessionIdInUse(session_id).into());
-            }
-        };
-        if let Some(old) = &issued.revoked {
-            tracing::info!(serial = %old.serial, "renewal revoked the previous cert");
-            // Gateway op 4 (certificate invalidation) for the renewed cert is published here
-            // once the events service exists.
-        }
-        tracing::info!(serial = %issued.cert.serial, session_id = %session_id, "issued actor id-cert");
-        Ok(Response::new(pb::SignCsrResponse {
-            cert: Some(self.cert_cacheable(&issued.cert, now)?),
-            session_id,
-            serial: issued.cert.serial,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid))]
-    async fn get_actor_id_certs(
-        &self,
-        request: Request<pb::GetActorIdCertsRequest>,
-    ) -> Result<Response<pb::GetActorIdCertsResponse>, Status> {
-        let request = request.into_inner();
-        let actor = self.actor(&request.fid).await?;
-        let session_id = request
-            .session_id
-            .map(|s| p2_model::SessionId::parse(&s).map(|s| s.to_string()))
-            .transpose()
-            .map_err(IdentityError::from)?;
-        let filter = CertFilter {
-            valid_at: request.timestamp.map(to_i64),
-            session_id,
-            not_before: request.not_before.map(to_i64),
-            not_after: request.not_after.map(to_i64),
-        };
-        let rows = self
-            .state
-            .store()
-            .certs(&actor.local_name, &filter)
-            .await
-            .map_err(IdentityError::from)?;
-        let now = p2_runtime::unix_now();
-        let certs = rows
-            .iter()
-            .map(|row| self.cert_cacheable(row, now))
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(pb::GetActorIdCertsResponse { certs }))
-    }
-
-    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid, session_id = %request.get_ref().session_id))]
-    async fn revoke_actor_id_cert(
-        &self,
-        request: Request<pb::RevokeActorIdCertRequest>,
-    ) -> Result<Response<pb::RevokeActorIdCertResponse>, Status> {
-        let request = request.into_inner();
-        let local_name = self.local_name_of(&request.fid)?;
-        let now = p2_runtime::unix_now();
-        let revoked = self
-            .state
-            .store()
-            .revoke_cert(&local_name, &request.session_id, to_i64(now))
-            .await
-            .map_err(IdentityError::from)?
-            .ok_or(IdentityError::NoValidCert {
-                fid: request.fid,
-                session_id: request.session_id,
-            })?;
-        tracing::info!(serial = %revoked.serial, "revoked actor id-cert");
-        Ok(Response::new(pb::RevokeActorIdCertResponse {
-            serial: revoked.serial.clone(),
-            invalidated_at: now,
-            cert: Some(self.cert_cacheable(&revoked, now)?),
-        }))
-    }
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn now_i64() -> i64 {
-    to_i64(p2_runtime::unix_now())
-}
-
-impl IdentityGrpc {
-    /// The normalised local name of `fid`, a full federation ID of this domain.
-    fn local_name_of(&self, fid: &str) -> Result<String, IdentityError> {
-        let fid = p2_model::FederationId::parse(fid)?;
-        if fid.domain() != self.state.domain() {
-            return Err(IdentityError::UnknownActor(fid.to_string()));
-        }
-        Ok(fid.local_name().to_owned())
-    }
-
-    /// Like [`Self::local_name_of`], but also accepts a bare local name (password logins).
-    fn local_name_or_fid(&self, actor: &str) -> Result<String, IdentityError> {
-        if actor.contains('@') {
-            self.local_name_of(actor)
-        } else {
-            Ok(p2_model::validate_local_name(actor)?)
-        }
-    }
-
-    fn fid_of(&self, local_name: &str) -> Result<String, IdentityError> {
-        Ok(p2_model::FederationId::new(local_name, self.state.domain())?.to_string())
-    }
-
-    async fn actor(&self, fid: &str) -> Result<ActorRow, IdentityError> {
-        let local_name = self.local_name_of(fid)?;
-        self.state
-            .store()
-            .actor(&local_name)
-            .await?
-            .ok_or_else(|| IdentityError::UnknownActor(fid.to_owned()))
     }
 
     /// The cacheable form of a stored cert, attested by the generation that issued it. The
@@ -370,5 +84,194 @@ impl IdentityGrpc {
             cache_signature: attestation.signature,
             invalidated_at,
         })
+    }
+
+    fn revoked(&self, row: &CertRow, now: u64) -> Result<pb::RevokeActorIdCertResponse, IdentityError> {
+        Ok(pb::RevokeActorIdCertResponse {
+            serial: row.serial.clone(),
+            invalidated_at: row.invalidated_at.map_or(now, to_u64),
+            cert: Some(self.cert_cacheable(row, now)?),
+        })
+    }
+
+    fn issued(&self, issued: &IssuedCert) -> Result<pb::IssuedCert, IdentityError> {
+        let now = p2_runtime::unix_now();
+        Ok(pb::IssuedCert {
+            cert: Some(self.cert_cacheable(&issued.cert, now)?),
+            session_id: issued.cert.session_id.clone(),
+            serial: issued.cert.serial.clone(),
+            fid: issued.fid.to_string(),
+            replaced: issued
+                .replaced
+                .as_ref()
+                .map(|row| self.revoked(row, now))
+                .transpose()?,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::identity_server::Identity for IdentityGrpc {
+    #[tracing::instrument(skip_all, fields(timestamp = request.get_ref().timestamp))]
+    async fn get_server_id_cert(
+        &self,
+        request: Request<pb::GetServerIdCertRequest>,
+    ) -> Result<Response<pb::GetServerIdCertResponse>, Status> {
+        let generation = self
+            .state
+            .keyring()
+            .at_or_current(request.into_inner().timestamp)?;
+        let cert = self.root_cacheable(&generation, p2_runtime::unix_now());
+        Ok(Response::new(pb::GetServerIdCertResponse { cert: Some(cert) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(timestamp = request.get_ref().timestamp))]
+    async fn get_server_public_key(
+        &self,
+        request: Request<pb::GetServerPublicKeyRequest>,
+    ) -> Result<Response<pb::GetServerPublicKeyResponse>, Status> {
+        let generation = self
+            .state
+            .keyring()
+            .at_or_current(request.into_inner().timestamp)?;
+        Ok(Response::new(pb::GetServerPublicKeyResponse {
+            public_key_pem: generation.public_key_pem.clone(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rotate_server_key(
+        &self,
+        request: Request<pb::RotateServerKeyRequest>,
+    ) -> Result<Response<pb::RotateServerKeyResponse>, Status> {
+        let pb::RotateServerKeyRequest {
+            caller,
+            sensitive_solution,
+        } = request.into_inner();
+        let (fid, _) = self.asserted(caller.as_ref())?;
+        let (generation, now) = self.state.rotate_for(&fid, &sensitive_solution).await?;
+        Ok(Response::new(pb::RotateServerKeyResponse {
+            cert: Some(self.root_cacheable(&generation, now)),
+            previous_invalid_since: now,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(local_name = %request.get_ref().local_name))]
+    async fn register_actor(
+        &self,
+        request: Request<pb::RegisterActorRequest>,
+    ) -> Result<Response<pb::RegisterActorResponse>, Status> {
+        let pb::RegisterActorRequest {
+            local_name,
+            password,
+        } = request.into_inner();
+        let fid = self
+            .state
+            .register(&local_name, password, Registrant::Public)
+            .await?;
+        Ok(Response::new(pb::RegisterActorResponse {
+            fid: fid.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn verify_sensitive_solution(
+        &self,
+        request: Request<pb::VerifySensitiveSolutionRequest>,
+    ) -> Result<Response<pb::VerifySensitiveSolutionResponse>, Status> {
+        let pb::VerifySensitiveSolutionRequest { caller, solution } = request.into_inner();
+        let (fid, _) = self.asserted(caller.as_ref())?;
+        self.state.check_sensitive_solution(&fid, &solution).await?;
+        Ok(Response::new(pb::VerifySensitiveSolutionResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid))]
+    async fn get_actor(
+        &self,
+        request: Request<pb::GetActorRequest>,
+    ) -> Result<Response<pb::GetActorResponse>, Status> {
+        let fid = FederationId::parse(&request.into_inner().fid).map_err(IdentityError::from)?;
+        let actor = self.state.actor(&fid).await?;
+        Ok(Response::new(pb::GetActorResponse {
+            fid: fid.to_string(),
+            redirect_to: actor.redirect_to,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(actor = %request.get_ref().actor))]
+    async fn issue_login_cert(
+        &self,
+        request: Request<pb::IssueLoginCertRequest>,
+    ) -> Result<Response<pb::IssuedCert>, Status> {
+        let pb::IssueLoginCertRequest {
+            actor,
+            password,
+            csr,
+        } = request.into_inner();
+        let issued = self.state.issue_login_cert(&actor, password, &csr).await?;
+        Ok(Response::new(self.issued(&issued)?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn sign_csr(
+        &self,
+        request: Request<pb::SignCsrRequest>,
+    ) -> Result<Response<pb::IssuedCert>, Status> {
+        let pb::SignCsrRequest {
+            caller,
+            csr,
+            sensitive_solution,
+        } = request.into_inner();
+        let (fid, session_id) = self.asserted(caller.as_ref())?;
+        let issued = self
+            .state
+            .sign_for(&fid, &session_id, &csr, &sensitive_solution)
+            .await?;
+        Ok(Response::new(self.issued(&issued)?))
+    }
+
+    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid))]
+    async fn get_actor_id_certs(
+        &self,
+        request: Request<pb::GetActorIdCertsRequest>,
+    ) -> Result<Response<pb::GetActorIdCertsResponse>, Status> {
+        let request = request.into_inner();
+        let fid = FederationId::parse(&request.fid).map_err(IdentityError::from)?;
+        let actor = self.state.actor(&fid).await?;
+        let session_id = request
+            .session_id
+            .map(|s| SessionId::parse(&s).map(|s| s.to_string()))
+            .transpose()
+            .map_err(IdentityError::from)?;
+        let filter = CertFilter {
+            valid_at: request.timestamp.map(to_i64),
+            session_id,
+            not_before: request.not_before.map(to_i64),
+            not_after: request.not_after.map(to_i64),
+        };
+        let rows = self
+            .state
+            .store()
+            .certs(&actor.local_name, &filter)
+            .await
+            .map_err(IdentityError::from)?;
+        let now = p2_runtime::unix_now();
+        let certs = rows
+            .iter()
+            .map(|row| self.cert_cacheable(row, now))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::GetActorIdCertsResponse { certs }))
+    }
+
+    #[tracing::instrument(skip_all, fields(session_id = %request.get_ref().session_id))]
+    async fn revoke_actor_id_cert(
+        &self,
+        request: Request<pb::RevokeActorIdCertRequest>,
+    ) -> Result<Response<pb::RevokeActorIdCertResponse>, Status> {
+        let pb::RevokeActorIdCertRequest { caller, session_id } = request.into_inner();
+        let (fid, _) = self.asserted(caller.as_ref())?;
+        let session_id = SessionId::parse(&session_id).map_err(IdentityError::from)?;
+        let revoked = self.state.revoke(&fid, &session_id).await?;
+        Ok(Response::new(self.revoked(&revoked, p2_runtime::unix_now())?))
     }
 }

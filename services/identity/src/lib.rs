@@ -8,7 +8,10 @@
 //! - [`store`]: SQL storage (SQLite or PostgreSQL through one portable implementation).
 //! - [`keyring`]: the server's key generations in memory, refreshed from storage, with
 //!   memoised cache signatures.
-//! - [`grpc`]: the `polyproto.identity.v1.Identity` implementation.
+//! - [`actors`]: the operations on actors and their certs (register, sensitive-action check,
+//!   login certs, CSR signing for an asserted actor, revocation, key rotation by an admin).
+//! - [`grpc`]: the `polyproto.identity.v1.Identity` implementation (edge conversions only).
+//! - [`CALLERS`]: which component may call which RPC.
 //! - [`error`]: [`IdentityError`] and its one mapping to `tonic::Status`.
 //!
 //! Entry points: [`serve`] runs the service on a pre-bound listener until shutdown;
@@ -21,10 +24,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use p2_runtime::internal::{CallerPolicy, Component, InternalKeyConfig};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod actors;
 pub mod cipher;
 pub mod error;
 pub mod grpc;
@@ -42,6 +47,48 @@ pub const DEFAULT_ROOT_VALIDITY_DAYS: u64 = 730;
 pub const DEFAULT_ACTOR_CERT_VALIDITY_DAYS: u64 = 30;
 /// How often a replica looks for key generations created by another replica.
 pub const KEYRING_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Which component may call which RPC (the internal boundary; Boulder's `clientNames`). Only
+/// the session service, which owns sessions, may have certs signed or revoked.
+pub const CALLERS: CallerPolicy = &[
+    (
+        "/polyproto.identity.v1.Identity/GetServerIdCert",
+        &[Component::Gateway, Component::Session],
+    ),
+    (
+        "/polyproto.identity.v1.Identity/GetServerPublicKey",
+        &[Component::Gateway, Component::Session],
+    ),
+    (
+        "/polyproto.identity.v1.Identity/RotateServerKey",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.identity.v1.Identity/RegisterActor",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.identity.v1.Identity/VerifySensitiveSolution",
+        &[Component::Session, Component::Discovery],
+    ),
+    (
+        "/polyproto.identity.v1.Identity/GetActor",
+        &[Component::Session, Component::Discovery],
+    ),
+    (
+        "/polyproto.identity.v1.Identity/IssueLoginCert",
+        &[Component::Session],
+    ),
+    ("/polyproto.identity.v1.Identity/SignCsr", &[Component::Session]),
+    (
+        "/polyproto.identity.v1.Identity/GetActorIdCerts",
+        &[Component::Gateway, Component::Session],
+    ),
+    (
+        "/polyproto.identity.v1.Identity/RevokeActorIdCert",
+        &[Component::Session],
+    ),
+];
 
 /// Flags of the identity service.
 #[derive(Debug, Clone, Args)]
@@ -78,6 +125,9 @@ pub struct IdentityConfig {
     /// (only `polyproto admin create-actor`).
     #[arg(long = "registration", env = "P2_REGISTRATION", value_enum, default_value_t = Registration::Open)]
     pub registration: Registration,
+    /// The deployment's internal key.
+    #[command(flatten)]
+    pub internal: InternalKeyConfig,
 }
 
 /// Registration policy.
@@ -114,6 +164,8 @@ pub struct IdentityState {
 }
 
 struct Inner {
+    internal_key: p2_runtime::internal::InternalKey,
+    assertion_key: p2_runtime::internal::AssertionKey,
     store: store::Store,
     keyring: keyring::Keyring,
     hasher: passwords::PasswordHasher,
@@ -128,6 +180,7 @@ impl IdentityState {
     pub async fn open(config: &IdentityConfig) -> anyhow::Result<Self> {
         let domain = p2_model::validate_domain(&config.domain)
             .map_err(|e| anyhow::anyhow!("invalid --domain {:?}: {e}", config.domain))?;
+        let internal_key = config.internal.load()?;
         let cipher = config.load_cipher()?;
         let db = p2_runtime::storage::connect(&config.database_url, "identity", store::MIGRATIONS)
             .await?;
@@ -145,6 +198,8 @@ impl IdentityState {
         .await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                assertion_key: internal_key.assertion_key(),
+                internal_key,
                 store,
                 keyring,
                 hasher: passwords::PasswordHasher::new().await?,
@@ -153,6 +208,16 @@ impl IdentityState {
                 registration: config.registration,
             }),
         })
+    }
+
+    /// Verifies caller assertions.
+    pub fn assertion_key(&self) -> &p2_runtime::internal::AssertionKey {
+        &self.inner.assertion_key
+    }
+
+    /// The boundary this service's server enforces.
+    pub fn server_auth(&self) -> p2_runtime::internal::ServerAuth {
+        p2_runtime::internal::ServerAuth::new(self.inner.internal_key.verifier(), CALLERS)
     }
 
     /// The server's key generations.
@@ -227,7 +292,8 @@ pub async fn serve_state(
             }
         }
     });
-    let result = p2_runtime::grpc::serve(grpc_service(state), listener, shutdown).await;
+    let auth = state.server_auth();
+    let result = p2_runtime::grpc::serve(grpc_service(state), auth, listener, shutdown).await;
     refresher.abort();
     result
 }

@@ -199,9 +199,9 @@ pub struct CertFilter {
     pub valid_at: Option<i64>,
     /// Certs of this session.
     pub session_id: Option<String>,
-    /// Certs whose validity starts at or after this time.
+    /// Certs issued (validity starting) at or after this time.
     pub not_before: Option<i64>,
-    /// Certs whose validity ends at or before this time.
+    /// Certs issued (validity starting) at or before this time.
     pub not_after: Option<i64>,
 }
 
@@ -354,7 +354,7 @@ impl Store {
              AND ($2 IS NULL OR (not_before <= $2 AND not_after > $2)) \
              AND ($3 IS NULL OR session_id = $3) \
              AND ($4 IS NULL OR not_before >= $4) \
-             AND ($5 IS NULL OR not_after <= $5) \
+             AND ($5 IS NULL OR not_before <= $5) \
              ORDER BY issued_at, serial"
         )))
         .bind(local_name)

@@ -12,9 +12,73 @@ pub fn internal(error: &anyhow::Error) -> tonic::Status {
     tonic::Status::internal(INTERNAL_MESSAGE)
 }
 
+/// Metadata key of a machine-readable refusal reason, for the few refusals whose public wording
+/// the gateway owns (it names HTTP headers; services do not speak HTTP).
+pub const REASON_KEY: &str = "x-p2-reason";
+
+/// Why a sensitive action (spec 4.2) or an admin-only action was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The request carries no sensitive-action solution.
+    SensitiveSolutionRequired,
+    /// The solution is wrong.
+    SensitiveSolutionWrong,
+    /// The actor is not an administrator of this home server.
+    NotAdmin,
+}
+
+impl Reason {
+    /// The wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::SensitiveSolutionRequired => "sensitive-solution-required",
+            Reason::SensitiveSolutionWrong => "sensitive-solution-wrong",
+            Reason::NotAdmin => "not-admin",
+        }
+    }
+
+    /// The reason `status` carries, if any.
+    pub fn of(status: &tonic::Status) -> Option<Self> {
+        let value = status.metadata().get(REASON_KEY)?.to_str().ok()?;
+        [
+            Reason::SensitiveSolutionRequired,
+            Reason::SensitiveSolutionWrong,
+            Reason::NotAdmin,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == value)
+    }
+
+    /// A PERMISSION_DENIED status with `message`, tagged with this reason.
+    pub fn denied(self, message: impl Into<String>) -> tonic::Status {
+        let mut status = tonic::Status::permission_denied(message);
+        status.metadata_mut().insert(
+            REASON_KEY,
+            tonic::metadata::AsciiMetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_survive_the_status_round_trip() {
+        for reason in [
+            Reason::SensitiveSolutionRequired,
+            Reason::SensitiveSolutionWrong,
+            Reason::NotAdmin,
+        ] {
+            let status = reason.denied("no");
+            assert_eq!(status.code(), tonic::Code::PermissionDenied);
+            let wire = status.into_http::<tonic::body::Body>();
+            let back = tonic::Status::from_header_map(wire.headers()).unwrap();
+            assert_eq!(Reason::of(&back), Some(reason));
+        }
+        assert_eq!(Reason::of(&tonic::Status::permission_denied("x")), None);
+    }
 
     #[test]
     fn internal_errors_do_not_leak_their_cause() {

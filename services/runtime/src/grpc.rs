@@ -1,5 +1,7 @@
-//! Serving a tonic service: on a pre-bound listener, with the gRPC health protocol, one span
-//! per call joined to the caller's trace, and graceful shutdown.
+//! Serving a tonic service: on a pre-bound listener, behind the internal boundary
+//! ([`crate::internal::ServerAuth`]), with the gRPC health protocol, one span per call joined to
+//! the caller's trace, and graceful shutdown. And the client side: channels that carry the
+//! caller's component credential and trace context.
 
 use std::convert::Infallible;
 
@@ -9,18 +11,32 @@ use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+
+use crate::internal::{ComponentCredential, ServerAuth};
 use crate::telemetry::{TraceContextInterceptor, set_parent_from_headers};
 
-/// A gRPC client channel that carries the caller's trace context.
-pub type TracedChannel = tonic::service::interceptor::InterceptedService<
-    tonic::transport::Channel,
-    TraceContextInterceptor,
->;
+/// Adds the calling component's credential and the trace context to every outgoing call.
+#[derive(Clone, Debug)]
+pub struct OutboundInterceptor {
+    credential: ComponentCredential,
+}
 
-/// Opens a lazily connecting channel to `url` (e.g. `http://identity:50051`) that propagates
-/// trace context. Lazy, so a component starts even while a dependency is still starting;
-/// calls fail with `UNAVAILABLE` until it answers.
-pub fn channel(url: &str) -> anyhow::Result<TracedChannel> {
+impl tonic::service::Interceptor for OutboundInterceptor {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut request = TraceContextInterceptor.call(request)?;
+        self.credential.apply(request.metadata_mut());
+        Ok(request)
+    }
+}
+
+/// A gRPC client channel that carries the caller's component credential and trace context.
+pub type TracedChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, OutboundInterceptor>;
+
+/// Opens a lazily connecting channel to `url` (e.g. `http://identity:50051`) whose calls carry
+/// `credential` and the trace context. Lazy, so a component starts even while a dependency is
+/// still starting; calls fail with `UNAVAILABLE` until it answers.
+pub fn channel(url: &str, credential: &ComponentCredential) -> anyhow::Result<TracedChannel> {
     use anyhow::Context as _;
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid service URL {url:?}"))?
@@ -28,7 +44,9 @@ pub fn channel(url: &str) -> anyhow::Result<TracedChannel> {
         .tcp_nodelay(true);
     Ok(tonic::service::interceptor::InterceptedService::new(
         endpoint.connect_lazy(),
-        TraceContextInterceptor,
+        OutboundInterceptor {
+            credential: credential.clone(),
+        },
     ))
 }
 
@@ -43,11 +61,12 @@ pub(crate) fn call_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
-/// Serves `service` (plus `grpc.health.v1.Health`) on `listener` until `shutdown` is
-/// cancelled. On shutdown the service is first reported NOT_SERVING, then the listener stops
-/// accepting and in-flight calls drain.
+/// Serves `service` behind `auth` (plus `grpc.health.v1.Health`, which needs no credential)
+/// on `listener` until `shutdown` is cancelled. On shutdown the service is first reported
+/// NOT_SERVING, then the listener stops accepting and in-flight calls drain.
 pub async fn serve<S>(
     service: S,
+    auth: ServerAuth,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
@@ -74,7 +93,7 @@ where
     Server::builder()
         .trace_fn(call_span)
         .add_service(health)
-        .add_service(service)
+        .add_service(auth.wrap(service))
         .serve_with_incoming_shutdown(
             // Without NODELAY, small responses wait for delayed ACKs (~40 ms p99 under load).
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -10,6 +10,8 @@
 //! - [`shutdown`]: the one [`CancellationToken`](tokio_util::sync::CancellationToken) a process
 //!   shares, and the signal handler that cancels it.
 //! - [`grpc`]: serve a tonic service on a pre-bound listener with gRPC health and trace context.
+//! - [`internal`]: the internal trust boundary: component credentials, per-RPC caller
+//!   allow-lists, caller assertions.
 //! - [`storage`]: SQL pools chosen by URL (`sqlite:` or `postgres:`) with versioned migrations.
 //! - [`kv`]: the Redis connection (challenges, key trials, event streams).
 //! - [`error`]: how an unexpected error leaves a service: logged once, opaque to the client.
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod internal;
 pub mod kv;
 pub mod shutdown;
 pub mod storage;

@@ -1,8 +1,9 @@
-//! [`Caller`]: who an authenticated request comes from, parsed at the edge from the wire
-//! `polyproto.common.v1.Caller` the gateway passes on.
+//! [`Caller`]: the session a request acts for, proven by a caller assertion that this service
+//! minted ([`crate::SessionGrpc::authenticate_token`]) and verifies locally.
 
 use p2_model::{FederationId, SessionId};
 use p2_proto::common::v1 as common;
+use p2_runtime::internal::AssertionKey;
 
 use crate::error::SessionError;
 
@@ -13,34 +14,35 @@ pub struct Caller {
     pub fid: FederationId,
     /// The session.
     pub session_id: SessionId,
-    /// Whether the actor is an administrator of this home server.
-    pub admin: bool,
+    /// The verified assertion itself, forwarded to the services this one calls for the caller.
+    pub proof: Vec<u8>,
 }
 
 impl Caller {
-    /// Parses the wire caller; INVALID_ARGUMENT when it is missing or malformed (a gateway bug:
-    /// it passes on what `Authenticate` returned).
-    pub fn from_proto(caller: Option<common::Caller>) -> Result<Self, SessionError> {
-        let caller = caller.ok_or_else(|| {
-            SessionError::InvalidArgument(
-                "caller is required: pass on the Caller that Authenticate returned".into(),
-            )
-        })?;
+    /// Verifies the wire assertion with `key`; UNAUTHENTICATED when it is missing, forged or
+    /// expired.
+    pub fn verify(
+        assertion: Option<common::CallerAssertion>,
+        key: &AssertionKey,
+    ) -> Result<Self, SessionError> {
+        let proof = assertion.map(|a| a.token).unwrap_or_default();
+        let verified = key.verify(&proof, p2_runtime::internal::unix_now_ms())?;
+        // Minted from validated rows only: a parse failure means a foreign or broken minter.
+        let fid = FederationId::parse(&verified.fid)
+            .map_err(|_| p2_runtime::internal::AssertionError::Invalid)?;
+        let session_id = SessionId::parse(&verified.session_id)
+            .map_err(|_| p2_runtime::internal::AssertionError::Invalid)?;
         Ok(Self {
-            fid: FederationId::parse(&caller.fid)
-                .map_err(|e| SessionError::InvalidArgument(format!("caller.fid: {e}")))?,
-            session_id: SessionId::parse(&caller.session_id)
-                .map_err(|e| SessionError::InvalidArgument(format!("caller.session_id: {e}")))?,
-            admin: caller.admin,
+            fid,
+            session_id,
+            proof,
         })
     }
 
-    /// The wire form.
-    pub fn to_proto(&self) -> common::Caller {
-        common::Caller {
-            fid: self.fid.to_string(),
-            session_id: self.session_id.to_string(),
-            admin: self.admin,
+    /// The assertion in wire form, to pass on.
+    pub fn assertion(&self) -> common::CallerAssertion {
+        common::CallerAssertion {
+            token: self.proof.clone(),
         }
     }
 }
@@ -50,37 +52,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn callers_round_trip_and_are_normalised() {
-        let wire = common::Caller {
-            fid: "Alice@Example.COM".into(),
-            session_id: "laptop".into(),
-            admin: true,
-        };
-        let caller = Caller::from_proto(Some(wire)).unwrap();
+    fn assertions_this_service_minted_verify_and_others_do_not() {
+        let key = p2_runtime::internal::InternalKey::generate().assertion_key();
+        let token = key.mint("Alice@Example.COM", "laptop", u64::MAX);
+        let caller = Caller::verify(Some(common::CallerAssertion { token }), &key).unwrap();
         assert_eq!(caller.fid.as_str(), "alice@example.com");
-        assert_eq!(caller.to_proto().fid, "alice@example.com");
-        assert!(caller.to_proto().admin);
-    }
-
-    #[test]
-    fn missing_or_malformed_callers_are_invalid_arguments() {
-        for caller in [
-            None,
-            Some(common::Caller {
-                fid: "nobody".into(),
-                session_id: "s".into(),
-                admin: false,
-            }),
-            Some(common::Caller {
-                fid: "a@example.com".into(),
-                session_id: String::new(),
-                admin: false,
-            }),
-        ] {
-            assert!(matches!(
-                Caller::from_proto(caller),
-                Err(SessionError::InvalidArgument(_))
-            ));
-        }
+        assert_eq!(caller.session_id.as_str(), "laptop");
+        assert!(matches!(
+            Caller::verify(None, &key),
+            Err(SessionError::Assertion(_))
+        ));
+        let expired = key.mint("alice@example.com", "laptop", 1);
+        assert!(matches!(
+            Caller::verify(Some(common::CallerAssertion { token: expired }), &key),
+            Err(SessionError::Assertion(_))
+        ));
+        let other = p2_runtime::internal::InternalKey::generate()
+            .assertion_key()
+            .mint("alice@example.com", "laptop", u64::MAX);
+        assert!(matches!(
+            Caller::verify(Some(common::CallerAssertion { token: other }), &key),
+            Err(SessionError::Assertion(_))
+        ));
     }
 }

@@ -1,5 +1,6 @@
 //! The session service's errors and their one mapping to gRPC status codes.
 
+use p2_runtime::error::Reason;
 use tonic::Code;
 
 use crate::storage::StoreError;
@@ -24,10 +25,17 @@ pub enum SessionError {
     SessionIdInUse(String),
     /// Deleting another session of the same actor without the sensitive-action solution.
     #[error(
-        "deleting another session of this actor is a sensitive action: send the solution \
-         (your password) in the X-P2-Sensitive-Solution header"
+        "deleting another session of this actor is a sensitive action: it needs the actor's \
+         password as its solution"
     )]
     SensitiveActionRequired,
+    /// The call's caller assertion is missing, forged or expired.
+    #[error(transparent)]
+    Assertion(#[from] p2_runtime::internal::AssertionError),
+    /// Identity refused a step for a reason the caller can act on (a bad CSR, a held session
+    /// ID, a missing or wrong sensitive-action solution): its status is passed on unchanged.
+    #[error("{}", .0.message())]
+    Refused(tonic::Status),
     /// The actor has no session (token or valid ID-Cert) with this session ID.
     #[error("actor {fid} has no session with session ID {session_id:?}")]
     SessionNotFound {
@@ -90,8 +98,12 @@ impl From<SessionError> for tonic::Status {
             }
             SessionError::InvalidArgument(message) => Status::invalid_argument(message),
             SessionError::SessionIdInUse(message) => Status::already_exists(message),
-            SessionError::SensitiveActionRequired
-            | SessionError::ChallengeUnknown
+            SessionError::SensitiveActionRequired => {
+                Reason::SensitiveSolutionRequired.denied(error.to_string())
+            }
+            SessionError::Assertion(error) => error.into(),
+            SessionError::Refused(status) => status,
+            SessionError::ChallengeUnknown
             | SessionError::ChallengeOfAnotherSession
             | SessionError::NoValidIdCert
             | SessionError::BadSolution(_) => Status::permission_denied(error.to_string()),
@@ -133,7 +145,17 @@ mod tests {
             (
                 SessionError::SensitiveActionRequired,
                 Code::PermissionDenied,
-                "X-P2-Sensitive-Solution",
+                "sensitive action",
+            ),
+            (
+                SessionError::Assertion(p2_runtime::internal::AssertionError::Invalid),
+                Code::Unauthenticated,
+                "forged",
+            ),
+            (
+                SessionError::Refused(tonic::Status::already_exists("session ID in use")),
+                Code::AlreadyExists,
+                "session ID in use",
             ),
             (
                 SessionError::SessionNotFound {

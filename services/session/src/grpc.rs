@@ -1,10 +1,17 @@
-//! `polyproto.session.v1.Session`: destructures each request, parses its fields into domain
-//! types (INVALID_ARGUMENT on failure), calls the handler methods of [`SessionGrpc`] and maps
-//! [`SessionError`] to a status in its one place.
+//! `polyproto.session.v1.Session`: destructures each request, verifies its caller assertion
+//! and parses its fields into domain types (INVALID_ARGUMENT on failure), calls the handler
+//! methods of [`SessionGrpc`] and maps [`SessionError`] to a status in its one place.
+//!
+//! Login, RequestIdCert and DeleteSession run in a spawned task ([`to_completion`]): tonic
+//! drops a handler's future when its caller goes away, and these must not stop between their
+//! steps.
 
-use p2_model::{FederationId, SessionId};
+use std::future::Future;
+
+use p2_model::SessionId;
 use p2_proto::session::v1 as pb;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::SessionGrpc;
 use crate::caller::Caller;
@@ -14,12 +21,27 @@ fn not_yet(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not available on this server yet"))
 }
 
-fn parse_fid(field: &str, value: &str) -> Result<FederationId, SessionError> {
-    FederationId::parse(value).map_err(|e| SessionError::InvalidArgument(format!("{field}: {e}")))
-}
-
 fn parse_session_id(field: &str, value: &str) -> Result<SessionId, SessionError> {
     SessionId::parse(value).map_err(|e| SessionError::InvalidArgument(format!("{field}: {e}")))
+}
+
+/// Runs `operation` in a task of its own and waits for it: if this future is dropped (the
+/// caller disconnected), the operation still runs to its end.
+pub async fn to_completion<T: Send + 'static>(
+    operation: impl Future<Output = Result<T, SessionError>> + Send + 'static,
+) -> Result<T, SessionError> {
+    tokio::spawn(operation.in_current_span())
+        .await
+        .map_err(|e| SessionError::Internal(anyhow::Error::new(e).context("operation task failed")))?
+}
+
+impl SessionGrpc {
+    fn caller(
+        &self,
+        assertion: Option<p2_proto::common::v1::CallerAssertion>,
+    ) -> Result<Caller, SessionError> {
+        Caller::verify(assertion, self.assertion_key())
+    }
 }
 
 #[tonic::async_trait]
@@ -31,13 +53,16 @@ impl pb::session_server::Session for SessionGrpc {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let pb::AuthenticateRequest { token } = request.into_inner();
-        let session = self.authenticate_token(&token).await?;
+        let resolved = self.authenticate_token(&token).await?;
         Ok(Response::new(pb::AuthenticateResponse {
             caller: Some(p2_proto::common::v1::Caller {
-                fid: session.fid,
-                session_id: session.session_id,
-                admin: session.admin,
+                fid: resolved.session.fid,
+                session_id: resolved.session.session_id,
             }),
+            assertion: Some(p2_proto::common::v1::CallerAssertion {
+                token: resolved.assertion,
+            }),
+            assertion_expires_ms: resolved.expires_ms,
         }))
     }
 
@@ -58,7 +83,11 @@ impl pb::session_server::Session for SessionGrpc {
             )
             .into());
         }
-        let outcome = self.password_login(&local_name, &password, csr).await?;
+        let handlers = self.clone();
+        let outcome = to_completion(async move {
+            handlers.password_login(&local_name, &password, csr).await
+        })
+        .await?;
         Ok(Response::new(pb::LoginResponse {
             id_cert_pem: outcome.id_cert_pem,
             token: outcome.token.into_string(),
@@ -66,21 +95,34 @@ impl pb::session_server::Session for SessionGrpc {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid, session_id = %request.get_ref().session_id))]
-    async fn create_session(
+    #[tracing::instrument(skip_all)]
+    async fn request_id_cert(
         &self,
-        request: Request<pb::CreateSessionRequest>,
-    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        let pb::CreateSessionRequest {
-            fid,
-            session_id,
-            admin,
+        request: Request<pb::RequestIdCertRequest>,
+    ) -> Result<Response<pb::RequestIdCertResponse>, Status> {
+        let pb::RequestIdCertRequest {
+            caller,
+            csr,
+            sensitive_solution,
         } = request.into_inner();
-        let fid = parse_fid("fid", &fid)?;
-        let session_id = parse_session_id("session_id", &session_id)?;
-        let token = self.issue_token(&fid, &session_id, admin).await?;
-        Ok(Response::new(pb::CreateSessionResponse {
-            token: token.into_string(),
+        let caller = self.caller(caller)?;
+        if csr.is_empty() {
+            return Err(SessionError::InvalidArgument(
+                "csr is required: the PEM ID-CSR of the session's key".into(),
+            )
+            .into());
+        }
+        let handlers = self.clone();
+        let outcome = to_completion(async move {
+            handlers
+                .request_id_cert(&caller, csr, sensitive_solution)
+                .await
+        })
+        .await?;
+        Ok(Response::new(pb::RequestIdCertResponse {
+            id_cert_pem: outcome.id_cert_pem,
+            token: outcome.token.into_string(),
+            session_id: outcome.session_id.to_string(),
         }))
     }
 
@@ -92,15 +134,20 @@ impl pb::session_server::Session for SessionGrpc {
         let pb::DeleteSessionRequest {
             caller,
             session_id,
-            sensitive_verified,
+            sensitive_solution,
         } = request.into_inner();
-        let caller = Caller::from_proto(caller)?;
+        let caller = self.caller(caller)?;
         let target = session_id
             .as_deref()
             .map(|id| parse_session_id("session_id", id))
             .transpose()?;
-        self.end_session(&caller, target, sensitive_verified)
-            .await?;
+        let handlers = self.clone();
+        to_completion(async move {
+            handlers
+                .end_session(&caller, target, sensitive_solution)
+                .await
+        })
+        .await?;
         Ok(Response::new(pb::DeleteSessionResponse {}))
     }
 
@@ -110,7 +157,7 @@ impl pb::session_server::Session for SessionGrpc {
         request: Request<pb::CreateChallengeRequest>,
     ) -> Result<Response<pb::CreateChallengeResponse>, Status> {
         let pb::CreateChallengeRequest { caller } = request.into_inner();
-        let caller = Caller::from_proto(caller)?;
+        let caller = self.caller(caller)?;
         let issued = self.issue_challenge(&caller).await?;
         Ok(Response::new(pb::CreateChallengeResponse {
             challenge: issued.challenge,
@@ -128,7 +175,7 @@ impl pb::session_server::Session for SessionGrpc {
             challenge,
             signature,
         } = request.into_inner();
-        let caller = Caller::from_proto(caller)?;
+        let caller = self.caller(caller)?;
         self.check_challenge_solution(&caller, &challenge, &signature)
             .await?;
         Ok(Response::new(pb::VerifyChallengeSolutionResponse {}))
@@ -157,8 +204,10 @@ impl pb::session_server::Session for SessionGrpc {
 
     async fn update_foreign_id_cert(
         &self,
-        _request: Request<pb::UpdateForeignIdCertRequest>,
+        request: Request<pb::UpdateForeignIdCertRequest>,
     ) -> Result<Response<pb::UpdateForeignIdCertResponse>, Status> {
+        // Born behind the boundary: an unproven caller learns nothing, not even "not yet".
+        self.caller(request.into_inner().caller)?;
         Err(not_yet("foreign ID-Cert updates"))
     }
 }

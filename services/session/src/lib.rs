@@ -8,17 +8,20 @@
 //! - [`storage`]: the `sessions` table ([`storage::SessionStore`], SQLite or PostgreSQL through
 //!   one portable implementation) and the [`storage::ChallengeStore`] of short-lived single-use
 //!   values (Redis, or in process memory).
-//! - [`caller`]: [`Caller`], the authenticated session a request comes from.
-//! - [`sessions`]: authenticate a token, password + ID-CSR login (with compensation), issue a
-//!   token for a session, delete a session (token first, then its ID-Cert through identity).
+//! - [`caller`]: [`Caller`], the session a request acts for, from its verified caller assertion.
+//! - [`sessions`]: authenticate a token (minting the caller assertion), password + ID-CSR login
+//!   and new ID-Certs (with compensation), delete a session (cert first, then the token).
 //! - [`challenge`]: issue challenge strings bound to a session and verify their solutions
 //!   against the session's current ID-Cert (the RPC and the gateway's
 //!   `X-P2-Challenge-String-Solution` check share it).
 //! - [`events`]: the marked call sites of the gateway events this service causes.
-//! - [`grpc`]: the `polyproto.session.v1.Session` implementation (edge conversions only).
+//! - [`grpc`]: the `polyproto.session.v1.Session` implementation (edge conversions only; the
+//!   multi-step operations run in their own task, safe from caller cancellation).
+//! - [`CALLERS`]: which component may call which RPC.
 //! - [`error`]: [`SessionError`] and its one mapping to `tonic::Status`.
 //!
-//! Key trials and foreign ID-Cert updates still answer `UNIMPLEMENTED`.
+//! Key trials and foreign ID-Cert updates still answer `UNIMPLEMENTED` (behind the same
+//! boundary as everything else).
 //!
 //! Entry points: [`serve`] runs the service on a pre-bound listener until shutdown;
 //! [`grpc_service`] builds the tonic service; [`SessionGrpc::open`] connects everything from
@@ -30,6 +33,9 @@ use std::time::Duration;
 
 use clap::Args;
 use p2_proto::identity::v1::identity_client::IdentityClient;
+use p2_runtime::internal::{
+    AssertionKey, CallerPolicy, Component, InternalKey, InternalKeyConfig, ServerAuth,
+};
 use p2_proto::session::v1 as pb;
 use p2_runtime::grpc::TracedChannel;
 use tokio::net::TcpListener;
@@ -54,6 +60,27 @@ use storage::{ChallengeStore, SessionStore};
 /// Default gRPC listen address of the session service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50052";
 
+/// Which component may call which RPC: the gateway, for everything (it translates every
+/// public route); nobody else needs this service yet.
+pub const CALLERS: CallerPolicy = &[
+    ("/polyproto.session.v1.Session/Authenticate", &[Component::Gateway]),
+    ("/polyproto.session.v1.Session/Login", &[Component::Gateway]),
+    ("/polyproto.session.v1.Session/RequestIdCert", &[Component::Gateway]),
+    ("/polyproto.session.v1.Session/DeleteSession", &[Component::Gateway]),
+    ("/polyproto.session.v1.Session/CreateChallenge", &[Component::Gateway]),
+    (
+        "/polyproto.session.v1.Session/VerifyChallengeSolution",
+        &[Component::Gateway],
+    ),
+    ("/polyproto.session.v1.Session/CreateKeyTrial", &[Component::Gateway]),
+    ("/polyproto.session.v1.Session/CompleteKeyTrial", &[Component::Gateway]),
+    ("/polyproto.session.v1.Session/ListKeyTrials", &[Component::Gateway]),
+    (
+        "/polyproto.session.v1.Session/UpdateForeignIdCert",
+        &[Component::Gateway],
+    ),
+];
+
 /// Flags of the session service.
 #[derive(Debug, Clone, Args)]
 pub struct SessionConfig {
@@ -74,29 +101,33 @@ pub struct SessionConfig {
         default_value = "http://127.0.0.1:50051"
     )]
     pub identity_url: String,
-    /// URL of the events service.
-    #[arg(
-        long = "events-url",
-        env = "P2_EVENTS_URL",
-        default_value = "http://127.0.0.1:50054"
-    )]
-    pub events_url: String,
     /// Lifetime of a challenge string, in seconds (at least 1).
     #[arg(long = "challenge-ttl-secs", env = "P2_CHALLENGE_TTL_SECS", default_value_t = DEFAULT_CHALLENGE_TTL_SECS)]
     pub challenge_ttl_secs: u64,
+    /// Lifetime of the caller assertions minted for resolved tokens, in milliseconds (1000 to
+    /// 600000). Short, because a deleted session's assertions stay valid that long where a
+    /// service does not re-check the session.
+    #[arg(long = "assertion-ttl-ms", env = "P2_ASSERTION_TTL_MS", default_value_t = p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS)]
+    pub assertion_ttl_ms: u64,
+    /// The deployment's internal key.
+    #[command(flatten)]
+    pub internal: InternalKeyConfig,
 }
 
 /// The gRPC handler set of the session service; cheap to clone (one shared state).
 ///
 /// Besides the tonic trait, its inherent methods (`authenticate_token`, `password_login`,
-/// `issue_token`, `end_session`, `issue_challenge`, `check_challenge_solution`) are the
-/// service's operations with typed errors, for in-process callers and tests.
+/// `request_id_cert`, `end_session`, `issue_challenge`, `check_challenge_solution`) are the
+/// service's operations with typed errors, for tests.
 #[derive(Clone)]
 pub struct SessionGrpc {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    internal_key: InternalKey,
+    assertion_key: AssertionKey,
+    assertion_ttl_ms: u64,
     sessions: SessionStore,
     challenges: Arc<dyn ChallengeStore>,
     identity: IdentityClient<TracedChannel>,
@@ -111,7 +142,16 @@ impl SessionGrpc {
         if config.challenge_ttl_secs == 0 {
             anyhow::bail!("--challenge-ttl-secs (P2_CHALLENGE_TTL_SECS) must be at least 1");
         }
-        let identity = IdentityClient::new(p2_runtime::grpc::channel(&config.identity_url)?);
+        if !(1000..=600_000).contains(&config.assertion_ttl_ms) {
+            anyhow::bail!(
+                "--assertion-ttl-ms (P2_ASSERTION_TTL_MS) must be between 1000 and 600000"
+            );
+        }
+        let internal_key = config.internal.load()?;
+        let identity = IdentityClient::new(p2_runtime::grpc::channel(
+            &config.identity_url,
+            &internal_key.credential(Component::Session),
+        )?);
         let db = p2_runtime::storage::connect(&config.database_url, "session", MIGRATIONS).await?;
         let challenges: Arc<dyn ChallengeStore> = match &config.redis_url {
             Some(url) => Arc::new(storage::RedisChallengeStore::new(
@@ -130,17 +170,20 @@ impl SessionGrpc {
             SessionStore::new(db)
         };
         Ok(Self::new(
+            internal_key,
             store,
             challenges,
             identity,
             Duration::from_secs(config.challenge_ttl_secs),
-        ))
+        )
+        .with_assertion_ttl_ms(config.assertion_ttl_ms))
     }
 
-    /// Handlers over ready parts: the sessions table, a challenge store, an identity client
-    /// (its channel may connect lazily; only login, session deletion and challenge
-    /// verification call it) and the challenge lifetime.
+    /// Handlers over ready parts: the deployment's internal key, the sessions table, a
+    /// challenge store, an identity client (its channel may connect lazily; only login, new
+    /// certs, session deletion and challenge verification call it) and the challenge lifetime.
     pub fn new(
+        internal_key: InternalKey,
         sessions: SessionStore,
         challenges: Arc<dyn ChallengeStore>,
         identity: IdentityClient<TracedChannel>,
@@ -148,12 +191,43 @@ impl SessionGrpc {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                assertion_key: internal_key.assertion_key(),
+                internal_key,
+                assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
                 sessions,
                 challenges,
                 identity,
                 challenge_ttl,
             }),
         }
+    }
+
+    /// The same handlers minting assertions valid for `ttl_ms`.
+    pub fn with_assertion_ttl_ms(self, ttl_ms: u64) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.assertion_ttl_ms = ttl_ms;
+                Self {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(inner) => Self { inner },
+        }
+    }
+
+    /// Mints and verifies caller assertions.
+    pub fn assertion_key(&self) -> &AssertionKey {
+        &self.inner.assertion_key
+    }
+
+    /// Lifetime of minted assertions, in milliseconds.
+    pub fn assertion_ttl_ms(&self) -> u64 {
+        self.inner.assertion_ttl_ms
+    }
+
+    /// The boundary this service's server enforces.
+    pub fn server_auth(&self) -> ServerAuth {
+        ServerAuth::new(self.inner.internal_key.verifier(), CALLERS)
     }
 
     /// The sessions table.
@@ -184,5 +258,6 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let handlers = SessionGrpc::open(&config).await?;
-    p2_runtime::grpc::serve(grpc_service(handlers), listener, shutdown).await
+    let auth = handlers.server_auth();
+    p2_runtime::grpc::serve(grpc_service(handlers), auth, listener, shutdown).await
 }

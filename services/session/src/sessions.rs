@@ -1,8 +1,15 @@
-//! Sessions and their tokens: authenticating a bearer token, password + ID-CSR login, issuing a
-//! token for a session whose ID-Cert identity just issued, and deleting a session.
+//! Sessions and their tokens: authenticating a bearer token (and minting the caller assertion
+//! for it), password + ID-CSR login, a new ID-Cert for an asserted actor (POST /idcert), and
+//! deleting a session.
+//!
+//! Login, new ID-Certs and deletion touch two stores (identity's certs, this service's tokens)
+//! with no transaction spanning both. Each runs as one RPC whose steps are ordered so that every
+//! failure leaves nothing usable behind or can simply be retried, and [`crate::grpc`] runs them
+//! in a task of their own, so a caller that disconnects cannot stop one halfway (CONVENTIONS 18).
 
 use anyhow::Context as _;
 use p2_model::{FederationId, SessionId};
+use p2_proto::common::v1::CallerAssertion;
 use p2_proto::identity::v1 as identity;
 use tonic::Code;
 
@@ -13,7 +20,7 @@ use crate::events;
 use crate::storage::SessionRow;
 use crate::token::{SessionToken, TokenHash};
 
-/// What a successful login hands the client.
+/// What a successful login or new ID-Cert hands the client.
 #[derive(Debug)]
 pub struct LoginOutcome {
     /// The session's new ID-Cert, PEM.
@@ -24,18 +31,51 @@ pub struct LoginOutcome {
     pub session_id: SessionId,
 }
 
+/// A resolved bearer token.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The session.
+    pub session: SessionRow,
+    /// The caller assertion minted for it.
+    pub assertion: Vec<u8>,
+    /// UNIX milliseconds after which the assertion is refused.
+    pub expires_ms: u64,
+}
+
 impl SessionGrpc {
-    /// The session a bearer token belongs to. [`SessionError::UnknownToken`] for malformed
-    /// tokens, tokens never issued, and tokens of deleted or renewed sessions. Reads storage
-    /// every time (no cache that could outlive a deletion): one primary-key lookup, and no
-    /// allocation beyond the row itself (rows are written only by this service, from
-    /// validated FIDs and session IDs, so they are not parsed again on this hot path).
-    pub async fn authenticate_token(&self, token: &str) -> Result<SessionRow, SessionError> {
+    /// The session a bearer token belongs to, with a fresh caller assertion for it.
+    /// [`SessionError::UnknownToken`] for malformed tokens, tokens never issued, and tokens of
+    /// deleted or renewed sessions. Reads storage every time (no cache that could outlive a
+    /// deletion): one primary-key lookup, then one HMAC for the assertion.
+    pub async fn authenticate_token(&self, token: &str) -> Result<Authenticated, SessionError> {
         let hash = TokenHash::of_token(token).ok_or(SessionError::UnknownToken)?;
-        self.sessions()
+        let session = self
+            .sessions()
             .find_by_token(&hash)
             .await?
-            .ok_or(SessionError::UnknownToken)
+            .ok_or(SessionError::UnknownToken)?;
+        let expires_ms =
+            p2_runtime::internal::unix_now_ms().saturating_add(self.assertion_ttl_ms());
+        let assertion =
+            self.assertion_key()
+                .mint(&session.fid, &session.session_id, expires_ms);
+        Ok(Authenticated {
+            session,
+            assertion,
+            expires_ms,
+        })
+    }
+
+    /// An assertion for (fid, session_id) on this service's own authority: for the calls it
+    /// makes to identity about a session it is creating or undoing (login compensation).
+    fn assert_self(&self, fid: &FederationId, session_id: &SessionId) -> CallerAssertion {
+        let expires_ms =
+            p2_runtime::internal::unix_now_ms().saturating_add(self.assertion_ttl_ms());
+        CallerAssertion {
+            token: self
+                .assertion_key()
+                .mint(fid.as_str(), session_id.as_str(), expires_ms),
+        }
     }
 
     /// Issues a new token for the session (fid, session_id), replacing the session's previous
@@ -44,73 +84,106 @@ impl SessionGrpc {
         &self,
         fid: &FederationId,
         session_id: &SessionId,
-        admin: bool,
     ) -> Result<SessionToken, SessionError> {
         let token = SessionToken::generate();
         self.sessions()
             .put(
                 fid.as_str(),
                 session_id.as_str(),
-                admin,
                 token.hash(),
                 p2_runtime::unix_now(),
             )
             .await?;
-        tracing::info!(fid = %fid, session_id = %session_id, admin, "issued a session token");
+        tracing::info!(fid = %fid, session_id = %session_id, "issued a session token");
         Ok(token)
     }
 
     /// Password + ID-CSR login (polyproto-auth): identity checks the password and issues the
-    /// session's ID-Cert, then the session gets a fresh token. Nothing usable is left behind
-    /// when a step fails: if the token cannot be stored after the cert was issued, the cert is
-    /// revoked again.
+    /// session's ID-Cert in one call, then the session gets a fresh token. If the token cannot
+    /// be stored, the cert is revoked again: no cert without a token.
     pub async fn password_login(
         &self,
         local_name: &str,
         password: &str,
         csr: Vec<u8>,
     ) -> Result<LoginOutcome, SessionError> {
-        let mut identity = self.identity();
-        let actor = identity
-            .verify_password(identity::VerifyPasswordRequest {
+        let issued = self
+            .identity()
+            .issue_login_cert(identity::IssueLoginCertRequest {
                 actor: local_name.to_owned(),
                 password: password.to_owned(),
+                csr,
             })
             .await
             .map_err(|status| match status.code() {
                 Code::Unauthenticated => SessionError::WrongPassword(status.message().to_owned()),
                 Code::InvalidArgument => SessionError::InvalidArgument(status.message().to_owned()),
-                _ => SessionError::from_identity(status, "checking a login password"),
+                Code::AlreadyExists => SessionError::SessionIdInUse(status.message().to_owned()),
+                _ => SessionError::from_identity(status, "issuing a login's ID-Cert"),
             })?
             .into_inner();
-        let fid = FederationId::parse(&actor.fid).context("identity returned an invalid FID")?;
+        self.finish_issuance(issued, "logged in").await
+    }
 
-        let signed = identity
+    /// A new ID-Cert for `caller`'s actor (POST /idcert): identity checks the sensitive-action
+    /// solution and signs the CSR for the asserted actor (renewing the caller's own session
+    /// when the CSR carries its session ID); then that session gets a fresh token.
+    pub async fn request_id_cert(
+        &self,
+        caller: &Caller,
+        csr: Vec<u8>,
+        sensitive_solution: String,
+    ) -> Result<LoginOutcome, SessionError> {
+        // An assertion outlives a deletion by up to its TTL: this session must still exist.
+        if self
+            .sessions()
+            .get(caller.fid.as_str(), caller.session_id.as_str())
+            .await?
+            .is_none()
+        {
+            return Err(SessionError::UnknownToken);
+        }
+        let issued = self
+            .identity()
             .sign_csr(identity::SignCsrRequest {
-                fid: fid.to_string(),
+                caller: Some(caller.assertion()),
                 csr,
-                renew: false,
+                sensitive_solution,
             })
             .await
             .map_err(|status| match status.code() {
-                Code::InvalidArgument => SessionError::InvalidArgument(status.message().to_owned()),
-                Code::AlreadyExists => SessionError::SessionIdInUse(status.message().to_owned()),
-                _ => SessionError::from_identity(status, "signing a login's ID-CSR"),
+                Code::InvalidArgument | Code::AlreadyExists | Code::PermissionDenied => {
+                    SessionError::Refused(status)
+                }
+                _ => SessionError::from_identity(status, "signing an ID-CSR"),
             })?
             .into_inner();
-        let session_id = SessionId::parse(&signed.session_id)
+        self.finish_issuance(issued, "issued a new ID-Cert").await
+    }
+
+    /// Gives the session of a just-issued cert its token; revokes the cert if that fails.
+    async fn finish_issuance(
+        &self,
+        issued: identity::IssuedCert,
+        what: &'static str,
+    ) -> Result<LoginOutcome, SessionError> {
+        let fid = FederationId::parse(&issued.fid).context("identity returned an invalid FID")?;
+        let session_id = SessionId::parse(&issued.session_id)
             .context("identity returned an invalid session ID")?;
-        let Some(cert) = signed.cert else {
-            self.compensate_login(&fid, &session_id).await;
+        let Some(cert) = issued.cert else {
+            self.compensate_issuance(&fid, &session_id).await;
             return Err(SessionError::Internal(anyhow::anyhow!(
-                "identity's SignCsr answer carries no certificate"
+                "identity's answer carries no certificate"
             )));
         };
-
-        // A stale row of the same session (its cert expired or was revoked) is replaced.
-        match self.issue_token(&fid, &session_id, actor.admin).await {
+        // A stale row of the same session (its cert expired, was revoked or renewed) is
+        // replaced, so its old token dies in the same statement.
+        match self.issue_token(&fid, &session_id).await {
             Ok(token) => {
-                tracing::info!(fid = %fid, session_id = %session_id, serial = %signed.serial, "logged in");
+                tracing::info!(fid = %fid, session_id = %session_id, serial = %issued.serial, "{what}");
+                if let Some(replaced) = &issued.replaced {
+                    events::publish_certificate_invalidated(&fid, &session_id, replaced).await;
+                }
                 events::publish_new_session(&fid, &session_id, &cert.id_cert_pem).await;
                 Ok(LoginOutcome {
                     id_cert_pem: cert.id_cert_pem,
@@ -119,85 +192,107 @@ impl SessionGrpc {
                 })
             }
             Err(error) => {
-                self.compensate_login(&fid, &session_id).await;
+                self.compensate_issuance(&fid, &session_id).await;
                 Err(error)
             }
         }
     }
 
-    /// Revokes the ID-Cert a failed login just had issued, so the failure leaves no usable
-    /// half: no token and no valid cert. A failure here is logged (the cert then simply
-    /// expires); the login's own error is what the client sees.
-    async fn compensate_login(&self, fid: &FederationId, session_id: &SessionId) {
+    /// Undoes a cert issued for a session that got no token: the cert is revoked, and a row
+    /// left from before (a renewal's old token, whose cert the renewal revoked) is deleted, so
+    /// the failure leaves no usable half. A failure here is logged (the cert then expires).
+    async fn compensate_issuance(&self, fid: &FederationId, session_id: &SessionId) {
         let revoked = self
             .identity()
             .revoke_actor_id_cert(identity::RevokeActorIdCertRequest {
-                fid: fid.to_string(),
+                caller: Some(self.assert_self(fid, session_id)),
                 session_id: session_id.to_string(),
             })
             .await;
+        if let Err(error) = self
+            .sessions()
+            .delete(fid.as_str(), session_id.as_str())
+            .await
+        {
+            tracing::error!(fid = %fid, session_id = %session_id, error = format!("{error:#}"), "could not delete the session of an undone ID-Cert");
+        }
         match revoked {
             Ok(_) => {
-                tracing::warn!(fid = %fid, session_id = %session_id, "login failed after its ID-Cert was issued; the cert was revoked");
+                tracing::warn!(fid = %fid, session_id = %session_id, "an ID-Cert was issued but its token could not be stored; the cert was revoked");
             }
             Err(status) => {
-                tracing::error!(fid = %fid, session_id = %session_id, code = ?status.code(), message = status.message(), "login failed after its ID-Cert was issued, and revoking the cert failed too");
+                tracing::error!(fid = %fid, session_id = %session_id, code = ?status.code(), message = status.message(), "an ID-Cert was issued but its token could not be stored, and revoking the cert failed too");
             }
         }
     }
 
-    /// Deletes the session `target` of `caller`'s actor (the caller's own when `None`): its
-    /// token dies at once, then its ID-Cert is revoked through identity. Another session than
-    /// the caller's own needs `sensitive_verified` (spec 4.2).
+    /// Deletes the session `target` of `caller`'s actor (the caller's own when `None`).
+    /// Another session than the caller's own needs the sensitive-action solution, which
+    /// identity checks.
     ///
-    /// A session is known when it has a token or a valid ID-Cert; when it has neither,
-    /// [`SessionError::SessionNotFound`]. If identity is unreachable after the token was
-    /// deleted, the error says so and a retry (with the same target) finishes the revocation.
+    /// The cert is revoked first, then the token deleted: if identity is unreachable nothing
+    /// has changed, and if the token deletion fails after the revocation, the caller still
+    /// holds a working token and a retry finishes the job (revoking again finds nothing, which
+    /// is fine while the token exists). A session is known when it has a token or a valid
+    /// ID-Cert; when it has neither, [`SessionError::SessionNotFound`].
     pub async fn end_session(
         &self,
         caller: &Caller,
         target: Option<SessionId>,
-        sensitive_verified: bool,
+        sensitive_solution: Option<String>,
     ) -> Result<(), SessionError> {
         let target = target.unwrap_or_else(|| caller.session_id.clone());
-        if target != caller.session_id && !sensitive_verified {
-            return Err(SessionError::SensitiveActionRequired);
+        if target != caller.session_id {
+            let solution = sensitive_solution
+                .filter(|s| !s.is_empty())
+                .ok_or(SessionError::SensitiveActionRequired)?;
+            self.identity()
+                .verify_sensitive_solution(identity::VerifySensitiveSolutionRequest {
+                    caller: Some(caller.assertion()),
+                    solution,
+                })
+                .await
+                .map_err(|status| match status.code() {
+                    Code::PermissionDenied => SessionError::Refused(status),
+                    _ => SessionError::from_identity(status, "checking a sensitive solution"),
+                })?;
         }
-        // Token first: from here on the session cannot act, whatever happens next.
+        let revoked = match self
+            .identity()
+            .revoke_actor_id_cert(identity::RevokeActorIdCertRequest {
+                caller: Some(caller.assertion()),
+                session_id: target.to_string(),
+            })
+            .await
+        {
+            Ok(response) => Some(response.into_inner()),
+            // No valid cert (it expired, or an earlier attempt revoked it).
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => {
+                return Err(SessionError::from_identity(
+                    status,
+                    "revoking the ID-Cert of a session being deleted",
+                ));
+            }
+        };
         let had_token = self
             .sessions()
             .delete(caller.fid.as_str(), target.as_str())
             .await?;
-        let revoked = self
-            .identity()
-            .revoke_actor_id_cert(identity::RevokeActorIdCertRequest {
-                fid: caller.fid.to_string(),
-                session_id: target.to_string(),
-            })
-            .await;
         match revoked {
-            Ok(response) => {
-                let response = response.into_inner();
+            Some(response) => {
                 tracing::info!(fid = %caller.fid, session_id = %target, serial = %response.serial, "deleted a session and revoked its ID-Cert");
                 events::publish_certificate_invalidated(&caller.fid, &target, &response).await;
                 Ok(())
             }
-            // No valid cert (it expired, or an earlier attempt revoked it).
-            Err(status) if status.code() == Code::NotFound => {
-                if had_token {
-                    tracing::info!(fid = %caller.fid, session_id = %target, "deleted a session without a valid ID-Cert");
-                    Ok(())
-                } else {
-                    Err(SessionError::SessionNotFound {
-                        fid: caller.fid.to_string(),
-                        session_id: target.to_string(),
-                    })
-                }
+            None if had_token => {
+                tracing::info!(fid = %caller.fid, session_id = %target, "deleted a session without a valid ID-Cert");
+                Ok(())
             }
-            Err(status) => Err(SessionError::from_identity(
-                status,
-                "revoking the ID-Cert of a deleted session",
-            )),
+            None => Err(SessionError::SessionNotFound {
+                fid: caller.fid.to_string(),
+                session_id: target.to_string(),
+            }),
         }
     }
 }

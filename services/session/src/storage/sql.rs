@@ -10,8 +10,8 @@ use crate::token::TokenHash;
 
 /// The session schema, in order. Never edit a released migration; add a new one.
 ///
-/// `admin` is `BIGINT` 0/1 rather than `BOOLEAN`: sqlx's `Any` driver cannot decode a SQLite
-/// `BOOLEAN` column, and one portable schema matters more than the column type's name.
+/// `admin` is a leftover of version 1, always written 0 and never read: admin rights are
+/// decided by the identity service, which owns them, at the moment they are used.
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     description: "sessions",
@@ -32,8 +32,6 @@ pub struct SessionRow {
     pub fid: String,
     /// The session ID (the `uniqueIdentifier` of the session's ID-Cert).
     pub session_id: String,
-    /// Whether the actor is an administrator of this home server.
-    pub admin: bool,
     /// UNIX seconds when the session's current token was issued.
     pub created_at: u64,
 }
@@ -89,7 +87,7 @@ impl SessionStore {
     /// token lookups. Only for a database this process alone writes (embedded SQLite).
     pub async fn with_memory_index(db: Database) -> anyhow::Result<Self> {
         let rows =
-            sqlx::query("SELECT token_hash, fid, session_id, admin, created_at FROM sessions")
+            sqlx::query("SELECT token_hash, fid, session_id, created_at FROM sessions")
                 .fetch_all(&db.pool)
                 .await
                 .context("loading sessions")?;
@@ -118,7 +116,6 @@ impl SessionStore {
         &self,
         fid: &str,
         session_id: &str,
-        admin: bool,
         token_hash: &TokenHash,
         created_at: u64,
     ) -> anyhow::Result<()> {
@@ -128,15 +125,13 @@ impl SessionStore {
         };
         sqlx::query(
             "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at) \
-             VALUES ($1, $2, $3, $4, $5) \
+             VALUES ($1, $2, $3, 0, $4) \
              ON CONFLICT (fid, session_id) DO UPDATE SET \
-             token_hash = excluded.token_hash, admin = excluded.admin, \
-             created_at = excluded.created_at",
+             token_hash = excluded.token_hash, created_at = excluded.created_at",
         )
         .bind(token_hash.as_str())
         .bind(fid)
         .bind(session_id)
-        .bind(i64::from(admin))
         .bind(to_i64(created_at))
         .execute(&self.db.pool)
         .await
@@ -147,7 +142,6 @@ impl SessionStore {
                 SessionRow {
                     fid: fid.to_owned(),
                     session_id: session_id.to_owned(),
-                    admin,
                     created_at,
                 },
             );
@@ -172,7 +166,7 @@ impl SessionStore {
                 .map(|(_, row)| row.clone()));
         }
         let row = sqlx::query(
-            "SELECT token_hash, fid, session_id, admin, created_at FROM sessions \
+            "SELECT token_hash, fid, session_id, created_at FROM sessions \
              WHERE token_hash = $1",
         )
         .bind(token_hash.as_str())
@@ -194,7 +188,7 @@ impl SessionStore {
     /// The session (fid, session_id), if it exists.
     pub async fn get(&self, fid: &str, session_id: &str) -> anyhow::Result<Option<SessionRow>> {
         let row = sqlx::query(
-            "SELECT fid, session_id, admin, created_at FROM sessions \
+            "SELECT fid, session_id, created_at FROM sessions \
              WHERE fid = $1 AND session_id = $2",
         )
         .bind(fid)
@@ -229,7 +223,7 @@ impl SessionStore {
     /// Every session of `fid`, ordered by session ID.
     pub async fn list(&self, fid: &str) -> anyhow::Result<Vec<SessionRow>> {
         let rows = sqlx::query(
-            "SELECT fid, session_id, admin, created_at FROM sessions \
+            "SELECT fid, session_id, created_at FROM sessions \
              WHERE fid = $1 ORDER BY session_id",
         )
         .bind(fid)
@@ -242,13 +236,12 @@ impl SessionStore {
             .context("reading a session row")
     }
 
-    /// Decodes (fid, session_id, admin, created_at) starting at column `first`.
+    /// Decodes (fid, session_id, created_at) starting at column `first`.
     fn decode(row: &sqlx::any::AnyRow, first: usize) -> Result<SessionRow, sqlx::Error> {
         Ok(SessionRow {
             fid: row.try_get(first)?,
             session_id: row.try_get(first + 1)?,
-            admin: row.try_get::<i64, _>(first + 2)? != 0,
-            created_at: to_u64(row.try_get(first + 3)?),
+            created_at: to_u64(row.try_get(first + 2)?),
         })
     }
 }
