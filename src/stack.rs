@@ -102,6 +102,10 @@ pub struct Stack {
     pub public_url: String,
     /// Bound gRPC addresses: identity, session, discovery, events.
     pub grpc_addrs: [SocketAddr; 4],
+    /// The in-memory internal key of this stack's components. Exposed for code in the same
+    /// process (tests, the bench) that talks to the services directly; it never leaves the
+    /// process.
+    pub internal_key: p2_runtime::internal::InternalKey,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
 }
@@ -197,9 +201,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let url = |addr: SocketAddr| format!("http://{addr}");
     // One process, one deployment: its internal key lives in memory only, so the loopback
     // ports it prints admit no caller but its own components.
-    let internal = p2_runtime::internal::InternalKeyConfig::with_key(
-        &p2_runtime::internal::InternalKey::generate(),
-    );
+    let internal_key = p2_runtime::internal::InternalKey::generate();
+    let internal = p2_runtime::internal::InternalKeyConfig::with_key(&internal_key);
 
     let identity_config = p2_identity::IdentityConfig {
         listen: grpc_addrs[0],
@@ -304,6 +307,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         addr,
         public_url,
         grpc_addrs,
+        internal_key,
         shutdown,
         tasks,
     })

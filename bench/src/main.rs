@@ -208,6 +208,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     ));
     report.token_check = match token_check::measure(
         stack.grpc_addrs,
+        &stack.internal_key,
         &session.token,
         &session.fid,
         args.auth_calls,

@@ -356,6 +356,14 @@ impl Report {
                     ms(a.p99),
                     ms(a.mean),
                 );
+                let v = &check.assertion;
+                println!(
+                    "  assertion      {} checks: p50 {}, p99 {}, mean {}   (a service verifying a caller assertion locally: one HMAC, no round trip)",
+                    v.calls,
+                    ms(v.p50),
+                    ms(v.p99),
+                    ms(v.mean),
+                );
                 let f = &check.floor;
                 println!(
                     "  gRPC floor     {} calls: p50 {}, p99 {}, mean {}   (grpc.health.v1.Health/Check, same server and channel: no token lookup)",

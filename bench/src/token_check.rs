@@ -1,6 +1,8 @@
-//! The cost a Bearer route adds: `session.Authenticate` over loopback gRPC, called in a tight
-//! sequential loop from one tonic client, exactly as the gateway calls it per request; and
-//! the health check on the same server as the floor of any gRPC round trip.
+//! The cost a Bearer route adds: `session.Authenticate` over loopback gRPC (which now also
+//! mints the caller assertion), called in a tight sequential loop from one tonic client,
+//! exactly as the gateway calls it per request; the local verification of that assertion,
+//! which is what the internal boundary costs each service per call; and the health check on
+//! the same server as the floor of any gRPC round trip.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -51,6 +53,9 @@ pub struct TokenCheck {
     pub gateway: Latencies,
     /// `session.Authenticate(token)`: the gateway's check on a token cache miss.
     pub authenticate: Latencies,
+    /// `AssertionKey::verify` of the assertion `Authenticate` returned, in process: the
+    /// boundary's cost per internal call (no round trip).
+    pub assertion: Latencies,
     /// `grpc.health.v1.Health/Check` on the same server and channel: the floor of any gRPC
     /// round trip there (transport, tonic, the per-call span), without the token lookup.
     pub floor: Latencies,
@@ -79,6 +84,7 @@ where
 /// Then the health check, `calls` times, for the floor.
 pub async fn measure(
     grpc_addrs: [SocketAddr; 4],
+    internal_key: &p2_runtime::internal::InternalKey,
     token: &str,
     fid: &str,
     calls: u32,
@@ -87,7 +93,10 @@ pub async fn measure(
         bail!("--auth-calls must be at least 1");
     }
     let addr = grpc_addrs[1];
-    let channel = p2_runtime::grpc::channel(&format!("http://{addr}"))?;
+    let channel = p2_runtime::grpc::channel(
+        &format!("http://{addr}"),
+        &internal_key.credential(p2_runtime::internal::Component::Gateway),
+    )?;
     let session = SessionClient::new(channel.clone());
     let authenticate = time_calls(calls, || {
         let mut client = session.clone();
@@ -125,6 +134,8 @@ pub async fn measure(
         oidc_issuer: None,
         public_cache_ms: p2_gateway::DEFAULT_PUBLIC_CACHE_MS,
         token_cache_ms: polyproto_server::stack::DEFAULT_UP_TOKEN_CACHE_MS,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(internal_key),
+        component_credential: None,
     };
     let gateway_state = p2_gateway::AppState::new(&gateway_config, ([127, 0, 0, 1], 1).into())?;
     let gateway = time_calls(calls, || {
@@ -133,11 +144,35 @@ pub async fn measure(
             let caller = p2_gateway::auth::authenticate(&state, token)
                 .await
                 .map_err(|e| anyhow::anyhow!("the gateway's token check failed: {}", e.detail))?;
-            if !caller.fid.eq_ignore_ascii_case(fid) {
+            if !caller.caller.fid.eq_ignore_ascii_case(fid) {
                 bail!(
                     "the gateway resolved the token to {}, expected {fid}",
-                    caller.fid
+                    caller.caller.fid
                 );
+            }
+            Ok(())
+        }
+    })
+    .await?;
+
+    let minted = session
+        .clone()
+        .authenticate(AuthenticateRequest {
+            token: token.to_owned(),
+        })
+        .await
+        .context("session.Authenticate failed")?
+        .into_inner()
+        .assertion
+        .context("session.Authenticate answered without an assertion")?
+        .token;
+    let assertion_key = internal_key.assertion_key();
+    let assertion = time_calls(calls, || {
+        let verified = assertion_key.verify(&minted, p2_runtime::internal::unix_now_ms());
+        async move {
+            let verified = verified.map_err(|e| anyhow::anyhow!("assertion refused: {e}"))?;
+            if !verified.fid.eq_ignore_ascii_case(fid) {
+                bail!("the assertion names {}, expected {fid}", verified.fid);
             }
             Ok(())
         }
@@ -161,6 +196,7 @@ pub async fn measure(
     Ok(TokenCheck {
         gateway,
         authenticate,
+        assertion,
         floor,
     })
 }

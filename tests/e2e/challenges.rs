@@ -5,7 +5,7 @@
 use axum::http::{HeaderMap, HeaderValue};
 use ed25519_dalek::Signer as _;
 use p2_gateway::auth::require_challenge_solution;
-use p2_proto::common::v1::Caller;
+use p2_gateway::auth::Authenticated;
 
 use crate::helpers::{TestSession, TestStack, login, register_and_login};
 use crate::on_both_backends;
@@ -24,6 +24,10 @@ fn gateway_state(stack: &TestStack) -> p2_gateway::AppState {
         oidc_issuer: None,
         public_cache_ms: 0,
         token_cache_ms: 0,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(
+            &stack.stack.as_ref().unwrap().internal_key,
+        ),
+        component_credential: None,
     };
     p2_gateway::AppState::new(&config, ([127, 0, 0, 1], 1).into()).unwrap()
 }
@@ -42,12 +46,14 @@ async fn challenge(stack: &TestStack, session: &TestSession) -> String {
     body["challenge"].as_str().unwrap().to_owned()
 }
 
-fn caller(session: &TestSession) -> Caller {
-    Caller {
-        fid: session.fid.clone(),
-        session_id: session.session_id.clone(),
-        admin: false,
-    }
+/// The session's caller as every Bearer route resolves it (token → caller assertion).
+async fn caller(state: &p2_gateway::AppState, session: &TestSession) -> Authenticated {
+    let resolved = p2_gateway::auth::authenticate(state, &session.token)
+        .await
+        .unwrap();
+    assert_eq!(resolved.caller.fid, session.fid);
+    assert_eq!(resolved.caller.session_id, session.session_id);
+    resolved
 }
 
 fn solution(challenge: &str, key: &p2_model::SigningKey) -> HeaderMap {
@@ -67,31 +73,31 @@ async fn solved_challenges_pass_once_and_only_for_their_session(stack: TestStack
 
     let c = challenge(&stack, &alice).await;
     let headers = solution(&c, &alice.key);
-    require_challenge_solution(&state, &caller(&alice), &headers)
+    require_challenge_solution(&state, &caller(&state, &alice).await, &headers)
         .await
         .unwrap();
     // Reused: 403.
-    let err = require_challenge_solution(&state, &caller(&alice), &headers)
+    let err = require_challenge_solution(&state, &caller(&state, &alice).await, &headers)
         .await
         .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
 
     // Signed by another key: 403.
     let c = challenge(&stack, &alice).await;
-    let err = require_challenge_solution(&state, &caller(&alice), &solution(&c, &laptop.key))
+    let err = require_challenge_solution(&state, &caller(&state, &alice).await, &solution(&c, &laptop.key))
         .await
         .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
 
     // Issued to another session: 403.
     let c = challenge(&stack, &alice).await;
-    let err = require_challenge_solution(&state, &caller(&laptop), &solution(&c, &laptop.key))
+    let err = require_challenge_solution(&state, &caller(&state, &laptop).await, &solution(&c, &laptop.key))
         .await
         .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
 
     // Missing or malformed header: 403.
-    let err = require_challenge_solution(&state, &caller(&alice), &HeaderMap::new())
+    let err = require_challenge_solution(&state, &caller(&state, &alice).await, &HeaderMap::new())
         .await
         .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
@@ -100,7 +106,7 @@ async fn solved_challenges_pass_once_and_only_for_their_session(stack: TestStack
         "X-P2-Challenge-String-Solution",
         HeaderValue::from_static("nosig"),
     );
-    let err = require_challenge_solution(&state, &caller(&alice), &headers)
+    let err = require_challenge_solution(&state, &caller(&state, &alice).await, &headers)
         .await
         .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
@@ -132,7 +138,7 @@ async fn expired_challenges_are_refused() {
     let alice = register_and_login(&test_stack, "alice").await;
     let c = challenge(&test_stack, &alice).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let err = require_challenge_solution(&state, &caller(&alice), &solution(&c, &alice.key))
+    let err = require_challenge_solution(&state, &caller(&state, &alice).await, &solution(&c, &alice.key))
         .await
         .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);

@@ -10,7 +10,7 @@ use p2_discovery::directory::{ActorDirectory, LocalActor};
 use p2_discovery::store::{MAX_PROVIDERS_PER_ACTOR, Store};
 use p2_discovery::{DiscoveryError, DiscoveryGrpc, MIGRATIONS};
 use p2_model::FederationId;
-use p2_proto::common::v1::{Caller, ServiceProvider};
+use p2_proto::common::v1::{CallerAssertion, ServiceProvider};
 use p2_proto::discovery::v1 as pb;
 use p2_proto::discovery::v1::discovery_server::Discovery as _;
 use tonic::{Code, Request};
@@ -18,6 +18,13 @@ use tonic::{Code, Request};
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 const MOVED: &str = "moved@example.org";
+
+/// Every actor's sensitive-action solution in these tests.
+const SOLUTION: &str = "right horse battery";
+
+/// The deployment key of these tests: assertions are minted and verified with it.
+static KEY: std::sync::LazyLock<p2_runtime::internal::InternalKey> =
+    std::sync::LazyLock::new(p2_runtime::internal::InternalKey::generate);
 
 /// The actors "registered" on the test server.
 struct Directory(HashMap<String, Option<String>>);
@@ -29,6 +36,23 @@ impl ActorDirectory for Directory {
             fid: fid.to_string(),
             redirect_to: redirect.clone(),
         }))
+    }
+
+    async fn check_sensitive_solution(
+        &self,
+        assertion: &CallerAssertion,
+        solution: &str,
+    ) -> Result<(), DiscoveryError> {
+        // As identity does: the solution belongs to the actor of a valid assertion.
+        KEY.assertion_key()
+            .verify(&assertion.token, p2_runtime::internal::unix_now_ms())?;
+        if solution == SOLUTION {
+            Ok(())
+        } else {
+            Err(DiscoveryError::SolutionRefused(
+                p2_runtime::error::Reason::SensitiveSolutionWrong.denied("wrong"),
+            ))
+        }
     }
 }
 
@@ -47,14 +71,17 @@ async fn open(url: &str) -> DiscoveryGrpc {
     actors.insert(ALICE.to_owned(), None);
     actors.insert(BOB.to_owned(), None);
     actors.insert(MOVED.to_owned(), Some("moved@elsewhere.example".to_owned()));
-    DiscoveryGrpc::new(Store::new(db), Arc::new(Directory(actors)))
+    DiscoveryGrpc::new(
+        Store::new(db),
+        Arc::new(Directory(actors)),
+        KEY.assertion_key(),
+    )
 }
 
-fn caller(fid: &str) -> Option<Caller> {
-    Some(Caller {
-        fid: fid.to_owned(),
-        session_id: "s1".to_owned(),
-        admin: false,
+fn caller(fid: &str) -> Option<CallerAssertion> {
+    let expires = p2_runtime::internal::unix_now_ms() + 60_000;
+    Some(CallerAssertion {
+        token: KEY.assertion_key().mint(fid, "s1", expires),
     })
 }
 
@@ -96,7 +123,7 @@ async fn remove(
                 url: (*url).to_owned(),
             })
             .collect(),
-        sensitive_solved,
+        sensitive_solution: sensitive_solved.then(|| SOLUTION.to_owned()),
     }))
     .await
     .map(tonic::Response::into_inner)
@@ -112,6 +139,7 @@ async fn set_primary(
         caller: caller(fid),
         service: service.to_owned(),
         url: url.to_owned(),
+        sensitive_solution: SOLUTION.to_owned(),
     }))
     .await
     .map(|r| r.into_inner().providers)
@@ -242,10 +270,11 @@ async fn bad_input_is_invalid_argument(grpc: DiscoveryGrpc) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    // An assertion naming no valid FID was not minted by a session service.
     let status = add(&grpc, "not a fid", "chat", "https://one.example", false)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.code(), Code::Unauthenticated);
     let status = remove(&grpc, ALICE, &[], true).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let many: Vec<(&str, &str)> = vec![("chat", "https://one.example"); 101];
@@ -737,6 +766,94 @@ async fn concurrent_primary_changes_and_removals_keep_one_primary(grpc: Discover
     assert_eq!(listed.iter().filter(|p| p.primary).count(), 1, "{listed:?}");
 }
 
+async fn changes_need_a_valid_assertion_and_the_right_solution(grpc: DiscoveryGrpc) {
+    add(&grpc, ALICE, "chat", "https://one.example", false)
+        .await
+        .unwrap();
+    add(&grpc, ALICE, "chat", "https://two.example", false)
+        .await
+        .unwrap();
+    let forged = Some(CallerAssertion {
+        token: p2_runtime::internal::InternalKey::generate()
+            .assertion_key()
+            .mint(ALICE, "s1", u64::MAX),
+    });
+    let expired = Some(CallerAssertion {
+        token: KEY.assertion_key().mint(ALICE, "s1", 1),
+    });
+    for caller in [None, forged, expired] {
+        let status = grpc
+            .add_service(Request::new(pb::AddServiceRequest {
+                caller: caller.clone(),
+                provider: Some(provider("chat", "https://three.example", false)),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let status = grpc
+            .set_primary(Request::new(pb::SetPrimaryRequest {
+                caller: caller.clone(),
+                service: "chat".into(),
+                url: "https://two.example".into(),
+                sensitive_solution: SOLUTION.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let status = grpc
+            .remove_service(Request::new(pb::RemoveServiceRequest {
+                caller,
+                providers: vec![pb::ProviderKey {
+                    service: "chat".into(),
+                    url: "https://two.example".into(),
+                }],
+                sensitive_solution: None,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    // A missing or wrong solution changes nothing.
+    for solution in ["", "wrong"] {
+        let status = grpc
+            .set_primary(Request::new(pb::SetPrimaryRequest {
+                caller: caller(ALICE),
+                service: "chat".into(),
+                url: "https://two.example".into(),
+                sensitive_solution: solution.into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{solution:?}");
+        assert!(p2_runtime::error::Reason::of(&status).is_some());
+    }
+    let status = grpc
+        .remove_service(Request::new(pb::RemoveServiceRequest {
+            caller: caller(ALICE),
+            providers: vec![pb::ProviderKey {
+                service: "chat".into(),
+                url: "https://one.example".into(),
+            }],
+            sensitive_solution: Some("wrong".into()),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        primaries(&grpc, ALICE, "chat").await,
+        vec!["https://one.example".to_owned()]
+    );
+    // Bob's assertion changes only Bob's table.
+    let status = set_primary(&grpc, BOB, "chat", "https://two.example")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        primaries(&grpc, ALICE, "chat").await,
+        vec!["https://one.example".to_owned()]
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         $(
@@ -759,6 +876,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    changes_need_a_valid_assertion_and_the_right_solution,
     the_first_provider_of_a_service_becomes_primary,
     a_provider_listed_twice_is_already_exists,
     asking_to_be_primary_when_there_is_one_is_failed_precondition,

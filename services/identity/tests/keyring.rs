@@ -3,7 +3,10 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use p2_identity::cipher::KeyCipher;
+use p2_identity::actors::Registrant;
 use p2_identity::keyring::Keyring;
+use p2_proto::common::v1::CallerAssertion;
+use p2_runtime::internal::InternalKey;
 use p2_identity::store::{MIGRATIONS, Store};
 use p2_proto::identity::v1 as pb;
 use p2_proto::identity::v1::identity_server::Identity as _;
@@ -157,6 +160,7 @@ async fn grpc_answers_server_certs_by_time(url: String) {
         root_validity_days: 730,
         actor_cert_validity_days: 30,
         registration: p2_identity::Registration::Open,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
     };
     let state = p2_identity::IdentityState::open(&config).await.unwrap();
     let grpc = p2_identity::grpc::IdentityGrpc::new(state.clone());
@@ -180,14 +184,119 @@ async fn grpc_answers_server_certs_by_time(url: String) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
-    let rotated = grpc
-        .rotate_server_key(tonic::Request::new(pb::RotateServerKeyRequest {
-            caller: None,
-        }))
+    // Rotation needs an assertion of an administrator who sends its password.
+    let admin = state
+        .register("root", "root password 1".into(), Registrant::Operator { admin: true })
+        .await
+        .unwrap();
+    let plain = state
+        .register("plain", "plain password 1".into(), Registrant::Public)
+        .await
+        .unwrap();
+    let rotate = |caller: Option<CallerAssertion>, solution: &str| {
+        let grpc = grpc.clone();
+        let solution = solution.to_owned();
+        async move {
+            grpc.rotate_server_key(tonic::Request::new(pb::RotateServerKeyRequest {
+                caller,
+                sensitive_solution: solution,
+            }))
+            .await
+        }
+    };
+    let refusals = [
+        (None, "root password 1", tonic::Code::Unauthenticated),
+        (
+            Some(assert_with(&InternalKey::generate(), admin.as_str())),
+            "root password 1",
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            Some(assert_with(&KEY, plain.as_str())),
+            "plain password 1",
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            Some(assert_with(&KEY, admin.as_str())),
+            "",
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            Some(assert_with(&KEY, admin.as_str())),
+            "plain password 1",
+            tonic::Code::PermissionDenied,
+        ),
+    ];
+    for (caller, solution, code) in refusals {
+        let status = rotate(caller, solution).await.unwrap_err();
+        assert_eq!(status.code(), code, "{solution:?}: {}", status.message());
+        assert_eq!(state.keyring().all().len(), 1, "a refused rotation rotated");
+    }
+    let rotated = rotate(Some(assert_with(&KEY, admin.as_str())), "root password 1")
         .await
         .unwrap()
         .into_inner();
     assert_ne!(rotated.cert.unwrap().id_cert_pem, cert.id_cert_pem);
+
+    // A CSR is signed only for the asserted actor, and only with its password.
+    let alice = state
+        .register("alice", "alice password 1".into(), Registrant::Public)
+        .await
+        .unwrap();
+    let key = p2_model::generate_signing_key();
+    let session = p2_model::SessionId::parse("laptop").unwrap();
+    let csr = p2_model::build_csr(&key, &alice, &session)
+        .unwrap()
+        .into_bytes();
+    let sign = |caller: CallerAssertion, solution: &str| {
+        let grpc = grpc.clone();
+        let csr = csr.clone();
+        let solution = solution.to_owned();
+        async move {
+            grpc.sign_csr(tonic::Request::new(pb::SignCsrRequest {
+                caller: Some(caller),
+                csr,
+                sensitive_solution: solution,
+            }))
+            .await
+        }
+    };
+    // Plain's assertion with plain's own password cannot get a cert for alice's key.
+    let status = sign(assert_with(&KEY, plain.as_str()), "plain password 1")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = sign(assert_with(&KEY, alice.as_str()), "wrong")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        state
+            .store()
+            .certs("alice", &p2_identity::store::CertFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let issued = sign(assert_with(&KEY, alice.as_str()), "alice password 1")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(issued.fid, "alice@grpc.example");
+    assert_eq!(issued.session_id, "laptop");
+}
+
+static KEY: std::sync::LazyLock<InternalKey> = std::sync::LazyLock::new(InternalKey::generate);
+
+/// An assertion for `fid` (session "s1"), valid for a minute, minted with `key`.
+fn assert_with(key: &InternalKey, fid: &str) -> CallerAssertion {
+    CallerAssertion {
+        token: key.assertion_key().mint(
+            fid,
+            "s1",
+            p2_runtime::internal::unix_now_ms() + 60_000,
+        ),
+    }
 }
 
 macro_rules! on_both_databases {
