@@ -5,6 +5,8 @@
 mod helpers;
 
 mod actors;
+mod boundary;
+mod cancellation;
 mod challenges;
 mod cli;
 mod discovery;

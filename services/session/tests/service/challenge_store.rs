@@ -273,15 +273,20 @@ async fn challenges_live_in_redis_under_p2_challenge_with_the_configured_expiry(
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
         redis_url: Some(crate::common::redis_url()),
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
-        events_url: "http://127.0.0.1:1".into(),
         challenge_ttl_secs: 120,
+        assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(
+            &p2_runtime::internal::InternalKey::generate(),
+        ),
     };
     let grpc = p2_session::SessionGrpc::open(&config).await.unwrap();
-    let caller = p2_session::Caller {
-        fid: p2_model::FederationId::parse("alice@example.com").unwrap(),
-        session_id: p2_model::SessionId::parse("laptop").unwrap(),
-        admin: false,
+    let expires_ms = p2_runtime::internal::unix_now_ms() + 60_000;
+    let assertion = p2_proto::common::v1::CallerAssertion {
+        token: grpc
+            .assertion_key()
+            .mint("alice@example.com", "laptop", expires_ms),
     };
+    let caller = p2_session::Caller::verify(Some(assertion), grpc.assertion_key()).unwrap();
     let issued = grpc.issue_challenge(&caller).await.unwrap();
     let mut conn = p2_runtime::kv::connect(&crate::common::redis_url(), "session-test")
         .await

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use p2_proto::identity::v1::identity_client::IdentityClient;
 use p2_runtime::grpc::TracedChannel;
+use p2_runtime::internal::{Component, InternalKey};
 use p2_session::SessionGrpc;
 use p2_session::storage::{ChallengeStore, MIGRATIONS, MemoryChallengeStore, SessionStore};
 
@@ -64,28 +65,46 @@ pub fn redis_url() -> String {
         .expect("P2_TEST_REDIS_URL is not set: run the tests through scripts/test.sh")
 }
 
-/// An identity client over a lazily connecting channel.
-pub fn identity_client(url: &str) -> IdentityClient<TracedChannel> {
-    IdentityClient::new(p2_runtime::grpc::channel(url).unwrap())
+/// An identity client over a lazily connecting channel, presenting the session component's
+/// credential of the deployment whose internal key is `key` (as the session service does).
+pub fn identity_client(url: &str, key: &InternalKey) -> IdentityClient<TracedChannel> {
+    IdentityClient::new(
+        p2_runtime::grpc::channel(url, &key.credential(Component::Session)).unwrap(),
+    )
 }
 
-/// Handlers over a fresh SQLite store, the in-process challenge store, and identity at `url`.
+/// Handlers of the deployment whose internal key is `key`, over a fresh SQLite store, the
+/// in-process challenge store, and identity at `identity_url`.
 pub async fn service_with_identity(
+    key: InternalKey,
     identity_url: &str,
     challenge_ttl: Duration,
 ) -> (SessionGrpc, tempfile::TempDir) {
     let (store, dir) = sqlite_store().await;
     let challenges: Arc<dyn ChallengeStore> = Arc::new(MemoryChallengeStore::default());
-    let grpc = SessionGrpc::new(
-        store,
-        challenges,
-        identity_client(identity_url),
-        challenge_ttl,
-    );
+    let identity = identity_client(identity_url, &key);
+    let grpc = SessionGrpc::new(key, store, challenges, identity, challenge_ttl);
     (grpc, dir)
 }
 
 /// Handlers whose identity service is unreachable.
 pub async fn service_without_identity() -> (SessionGrpc, tempfile::TempDir) {
-    service_with_identity(DEAD_IDENTITY_URL, Duration::from_secs(300)).await
+    service_with_identity(
+        InternalKey::generate(),
+        DEAD_IDENTITY_URL,
+        Duration::from_secs(300),
+    )
+    .await
+}
+
+/// A fake identity and handlers that call it, both of one fresh deployment (one internal key).
+pub async fn service_with_fake_identity() -> (
+    crate::fake_identity::Running,
+    SessionGrpc,
+    tempfile::TempDir,
+) {
+    let key = InternalKey::generate();
+    let identity = crate::fake_identity::start(&key).await;
+    let (grpc, dir) = service_with_identity(key, &identity.url, Duration::from_secs(300)).await;
+    (identity, grpc, dir)
 }

@@ -8,11 +8,10 @@ use sqlx::Row as _;
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
 
-fn row(fid: &str, session_id: &str, admin: bool, created_at: u64) -> SessionRow {
+fn row(fid: &str, session_id: &str, created_at: u64) -> SessionRow {
     SessionRow {
         fid: fid.into(),
         session_id: session_id.into(),
-        admin,
         created_at,
     }
 }
@@ -20,50 +19,58 @@ fn row(fid: &str, session_id: &str, admin: bool, created_at: u64) -> SessionRow 
 async fn stored_sessions_are_found_by_their_token_only(store: SessionStore) {
     let token = SessionToken::generate();
     store
-        .put(ALICE, "laptop", false, token.hash(), 1_700_000_000)
+        .put(ALICE, "laptop", token.hash(), 1_700_000_000)
         .await
         .unwrap();
     assert_eq!(
         store.find_by_token(token.hash()).await.unwrap(),
-        Some(row(ALICE, "laptop", false, 1_700_000_000))
+        Some(row(ALICE, "laptop", 1_700_000_000))
     );
     let stranger = SessionToken::generate();
     assert_eq!(store.find_by_token(stranger.hash()).await.unwrap(), None);
     assert_eq!(
         store.get(ALICE, "laptop").await.unwrap(),
-        Some(row(ALICE, "laptop", false, 1_700_000_000))
+        Some(row(ALICE, "laptop", 1_700_000_000))
     );
     assert_eq!(store.get(ALICE, "phone").await.unwrap(), None);
 }
 
-async fn admin_flags_and_large_times_round_trip(store: SessionStore) {
+async fn odd_session_ids_and_large_times_round_trip(store: SessionStore) {
     let token = SessionToken::generate();
     let far = i64::MAX as u64;
     store
-        .put(ALICE, "Laptop #2 (work)", true, token.hash(), far)
+        .put(ALICE, "Laptop #2 (work)", token.hash(), far)
         .await
         .unwrap();
     assert_eq!(
         store.find_by_token(token.hash()).await.unwrap(),
-        Some(row(ALICE, "Laptop #2 (work)", true, far))
+        Some(row(ALICE, "Laptop #2 (work)", far))
     );
+    // The version-1 `admin` column is a leftover: always written 0, never an admin right.
+    let admin: i64 = sqlx::query("SELECT admin FROM sessions")
+        .fetch_one(&store.database().pool)
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(admin, 0);
 }
 
 async fn replacing_a_session_kills_its_old_token(store: SessionStore) {
     let old = SessionToken::generate();
     let new = SessionToken::generate();
     store
-        .put(ALICE, "laptop", false, old.hash(), 1)
+        .put(ALICE, "laptop", old.hash(), 1)
         .await
         .unwrap();
     store
-        .put(ALICE, "laptop", true, new.hash(), 2)
+        .put(ALICE, "laptop", new.hash(), 2)
         .await
         .unwrap();
     assert_eq!(store.find_by_token(old.hash()).await.unwrap(), None);
     assert_eq!(
         store.find_by_token(new.hash()).await.unwrap(),
-        Some(row(ALICE, "laptop", true, 2))
+        Some(row(ALICE, "laptop", 2))
     );
     assert_eq!(store.list(ALICE).await.unwrap().len(), 1);
 }
@@ -71,7 +78,7 @@ async fn replacing_a_session_kills_its_old_token(store: SessionStore) {
 async fn deleting_a_session_kills_its_token_and_reports_whether_it_existed(store: SessionStore) {
     let token = SessionToken::generate();
     store
-        .put(ALICE, "laptop", false, token.hash(), 1)
+        .put(ALICE, "laptop", token.hash(), 1)
         .await
         .unwrap();
     assert!(store.delete(ALICE, "laptop").await.unwrap());
@@ -84,23 +91,23 @@ async fn one_session_id_of_two_actors_names_two_sessions(store: SessionStore) {
     let alice = SessionToken::generate();
     let bob = SessionToken::generate();
     store
-        .put(ALICE, "laptop", false, alice.hash(), 1)
+        .put(ALICE, "laptop", alice.hash(), 1)
         .await
         .unwrap();
     store
-        .put(BOB, "laptop", false, bob.hash(), 1)
+        .put(BOB, "laptop", bob.hash(), 1)
         .await
         .unwrap();
     assert!(store.delete(BOB, "laptop").await.unwrap());
     assert_eq!(
         store.find_by_token(alice.hash()).await.unwrap(),
-        Some(row(ALICE, "laptop", false, 1))
+        Some(row(ALICE, "laptop", 1))
     );
     assert_eq!(store.find_by_token(bob.hash()).await.unwrap(), None);
     // Session IDs compare exactly (case-sensitive).
     let upper = SessionToken::generate();
     store
-        .put(ALICE, "LAPTOP", false, upper.hash(), 1)
+        .put(ALICE, "LAPTOP", upper.hash(), 1)
         .await
         .unwrap();
     assert_eq!(store.list(ALICE).await.unwrap().len(), 2);
@@ -109,7 +116,7 @@ async fn one_session_id_of_two_actors_names_two_sessions(store: SessionStore) {
 async fn only_the_hash_of_a_token_is_stored(store: SessionStore) {
     let token = SessionToken::generate();
     store
-        .put(ALICE, "laptop", false, token.hash(), 1)
+        .put(ALICE, "laptop", token.hash(), 1)
         .await
         .unwrap();
     let rows = sqlx::query("SELECT token_hash, fid, session_id FROM sessions")
@@ -134,7 +141,7 @@ async fn concurrent_replacements_of_one_session_leave_exactly_one_live_token(sto
     let writes = tokens.iter().enumerate().map(|(i, token)| {
         let store = store.clone();
         let hash = *token.hash();
-        async move { store.put(ALICE, "laptop", false, &hash, i as u64).await }
+        async move { store.put(ALICE, "laptop", &hash, i as u64).await }
     });
     for result in futures_join_all(writes).await {
         result.unwrap();
@@ -197,7 +204,7 @@ macro_rules! conformance {
 
 conformance!(
     stored_sessions_are_found_by_their_token_only,
-    admin_flags_and_large_times_round_trip,
+    odd_session_ids_and_large_times_round_trip,
     replacing_a_session_kills_its_old_token,
     deleting_a_session_kills_its_token_and_reports_whether_it_existed,
     one_session_id_of_two_actors_names_two_sessions,
@@ -210,7 +217,7 @@ async fn the_memory_index_is_rebuilt_from_the_table_at_start() {
     let (store, dir) = crate::common::sqlite_indexed_store().await;
     let token = SessionToken::generate();
     store
-        .put("alice@x.test", "s1", true, token.hash(), 1)
+        .put("alice@x.test", "s1", token.hash(), 1)
         .await
         .unwrap();
     drop(store);
@@ -222,8 +229,7 @@ async fn the_memory_index_is_rebuilt_from_the_table_at_start() {
         .await
         .unwrap();
     let found = reopened.find_by_token(token.hash()).await.unwrap().unwrap();
-    assert_eq!(found.fid, "alice@x.test");
-    assert!(found.admin);
+    assert_eq!(found, row("alice@x.test", "s1", 1));
     assert!(reopened.delete("alice@x.test", "s1").await.unwrap());
     assert!(
         reopened
