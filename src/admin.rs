@@ -141,7 +141,11 @@ pub async fn create_actor(
     // or register while registration is closed (never reachable over gRPC).
     let fid = open(storage)
         .await?
-        .register(name, password, p2_identity::actors::Registrant::Operator { admin })
+        .register(
+            name,
+            password,
+            p2_identity::actors::Registrant::Operator { admin },
+        )
         .await
         .map_err(|error| anyhow::anyhow!("{}", tonic::Status::from(error).message()))?;
     Ok(fid.to_string())

@@ -71,7 +71,12 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Authenticated
         caller: crate::error::required(answer.caller, "session.Authenticate", "caller")?,
         assertion: crate::error::required(answer.assertion, "session.Authenticate", "assertion")?,
     };
-    cache.insert(token, miss, authenticated.clone(), answer.assertion_expires_ms);
+    cache.insert(
+        token,
+        miss,
+        authenticated.clone(),
+        answer.assertion_expires_ms,
+    );
     Ok(authenticated)
 }
 

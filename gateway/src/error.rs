@@ -96,9 +96,9 @@ impl From<tonic::Status> for ApiError {
                 "{}: send the solution (your password) in the X-P2-Sensitive-Solution header",
                 status.message()
             )),
-            Some(p2_runtime::error::Reason::SensitiveSolutionWrong) => Some(
-                "the sensitive-action solution in X-P2-Sensitive-Solution is wrong".to_owned(),
-            ),
+            Some(p2_runtime::error::Reason::SensitiveSolutionWrong) => {
+                Some("the sensitive-action solution in X-P2-Sensitive-Solution is wrong".to_owned())
+            }
             Some(p2_runtime::error::Reason::NotAdmin) | None => None,
         };
         let detail = match (reason, http) {

@@ -336,17 +336,18 @@ async fn actor_cert_filters_select_by_session_and_time(stack: TestStack) {
             .len(),
         0
     );
-    let na = IdCert::from_pem(all[0]["idCertPem"].as_str().unwrap())
+    // notBefore/notAfter select by issue time (validity start), as the OpenAPI says.
+    let nb = IdCert::from_pem(all[0]["idCertPem"].as_str().unwrap())
         .unwrap()
-        .not_after();
+        .not_before();
     assert_eq!(
-        actor_certs(&stack, &alice.fid, &format!("?notAfter={}", na - 1))
+        actor_certs(&stack, &alice.fid, &format!("?notAfter={}", nb - 1))
             .await
             .len(),
         0
     );
     assert_eq!(
-        actor_certs(&stack, &alice.fid, &format!("?notAfter={}", na + 5))
+        actor_certs(&stack, &alice.fid, &format!("?notAfter={}", t + 5))
             .await
             .len(),
         2

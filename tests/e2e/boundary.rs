@@ -15,19 +15,52 @@ use crate::helpers::{Backend, TEST_PASSWORD, TestStack, csr_for, register_and_lo
 /// RPCs that act for no actor, and why they need no caller assertion. Anything else must take
 /// a `polyproto.common.v1.CallerAssertion`.
 const WITHOUT_ASSERTION: &[(&str, &str)] = &[
-    ("/polyproto.identity.v1.Identity/GetServerIdCert", "public data"),
-    ("/polyproto.identity.v1.Identity/GetServerPublicKey", "public data"),
-    ("/polyproto.identity.v1.Identity/RegisterActor", "creates an ordinary actor, open registration only"),
+    (
+        "/polyproto.identity.v1.Identity/GetServerIdCert",
+        "public data",
+    ),
+    (
+        "/polyproto.identity.v1.Identity/GetServerPublicKey",
+        "public data",
+    ),
+    (
+        "/polyproto.identity.v1.Identity/RegisterActor",
+        "creates an ordinary actor, open registration only",
+    ),
     ("/polyproto.identity.v1.Identity/GetActor", "public data"),
-    ("/polyproto.identity.v1.Identity/IssueLoginCert", "proven by the password in the request"),
-    ("/polyproto.identity.v1.Identity/GetActorIdCerts", "public data"),
-    ("/polyproto.session.v1.Session/Authenticate", "proven by the token in the request"),
-    ("/polyproto.session.v1.Session/Login", "proven by the password in the request"),
-    ("/polyproto.session.v1.Session/CreateKeyTrial", "public (spec 4.1.1)"),
-    ("/polyproto.session.v1.Session/CompleteKeyTrial", "proven by the key trial signature"),
-    ("/polyproto.session.v1.Session/ListKeyTrials", "public (spec 4.3)"),
+    (
+        "/polyproto.identity.v1.Identity/IssueLoginCert",
+        "proven by the password in the request",
+    ),
+    (
+        "/polyproto.identity.v1.Identity/GetActorIdCerts",
+        "public data",
+    ),
+    (
+        "/polyproto.session.v1.Session/Authenticate",
+        "proven by the token in the request",
+    ),
+    (
+        "/polyproto.session.v1.Session/Login",
+        "proven by the password in the request",
+    ),
+    (
+        "/polyproto.session.v1.Session/CreateKeyTrial",
+        "public (spec 4.1.1)",
+    ),
+    (
+        "/polyproto.session.v1.Session/CompleteKeyTrial",
+        "proven by the key trial signature",
+    ),
+    (
+        "/polyproto.session.v1.Session/ListKeyTrials",
+        "public (spec 4.3)",
+    ),
     ("/polyproto.discovery.v1.Discovery/Discover", "public data"),
-    ("/polyproto.events.v1.Events/Publish", "services publish on their own authority"),
+    (
+        "/polyproto.events.v1.Events/Publish",
+        "services publish on their own authority",
+    ),
 ];
 
 /// One RPC from the descriptors.
@@ -179,10 +212,20 @@ async fn every_rpc_refuses_callers_without_this_deployments_credential() {
         let addr = addrs[rpc.server];
         // No credential at all, and another deployment's credential of an allowed component.
         let status = call(addr, rpc, None, Vec::new()).await;
-        assert_eq!(status.code(), Code::Unauthenticated, "{}: {status:?}", rpc.path);
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{}: {status:?}",
+            rpc.path
+        );
         let foreign = stranger.credential(allowed(rpc)[0]);
         let status = call(addr, rpc, Some(&foreign), Vec::new()).await;
-        assert_eq!(status.code(), Code::Unauthenticated, "{}: {status:?}", rpc.path);
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{}: {status:?}",
+            rpc.path
+        );
         // A component of this deployment that is not on the RPC's list.
         for component in Component::ALL {
             if allowed(rpc).contains(&component) {
@@ -226,9 +269,10 @@ async fn every_rpc_that_acts_for_an_actor_refuses_missing_forged_or_expired_asse
     let rpcs = every_rpc();
     let exempt: BTreeSet<&str> = WITHOUT_ASSERTION.iter().map(|(path, _)| *path).collect();
     let now = p2_runtime::internal::unix_now_ms();
-    let forged = InternalKey::generate()
-        .assertion_key()
-        .mint(&alice.fid, &alice.session_id, now + 60_000);
+    let forged =
+        InternalKey::generate()
+            .assertion_key()
+            .mint(&alice.fid, &alice.session_id, now + 60_000);
     let expired = key
         .assertion_key()
         .mint(&alice.fid, &alice.session_id, now - 1);
@@ -241,13 +285,20 @@ async fn every_rpc_that_acts_for_an_actor_refuses_missing_forged_or_expired_asse
             );
             continue;
         };
-        assert!(!exempt.contains(rpc.path.as_str()), "{} is listed but takes one", rpc.path);
+        assert!(
+            !exempt.contains(rpc.path.as_str()),
+            "{} is listed but takes one",
+            rpc.path
+        );
         let credential = key.credential(allowed(rpc)[0]);
         for (what, body) in [
             ("missing", Vec::new()),
             ("forged", with_assertion(field, forged.clone())),
             ("expired", with_assertion(field, expired.clone())),
-            ("garbage", with_assertion(field, b"alice@p2.test is admin".to_vec())),
+            (
+                "garbage",
+                with_assertion(field, b"alice@p2.test is admin".to_vec()),
+            ),
         ] {
             let status = call(addrs[rpc.server], rpc, Some(&credential), body).await;
             assert_eq!(
@@ -370,11 +421,9 @@ async fn a_lying_gateway_cannot_act_beyond_the_asserted_actor(stack: TestStack) 
 
     // An assertion the gateway made up (it has no assertion key) is worthless.
     let made_up = CallerAssertion {
-        token: InternalKey::generate().assertion_key().mint(
-            &bob.fid,
-            &bob.session_id,
-            u64::MAX,
-        ),
+        token: InternalKey::generate()
+            .assertion_key()
+            .mint(&bob.fid, &bob.session_id, u64::MAX),
     };
     let status = session
         .delete_session(session::DeleteSessionRequest {

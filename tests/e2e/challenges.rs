@@ -4,8 +4,8 @@
 
 use axum::http::{HeaderMap, HeaderValue};
 use ed25519_dalek::Signer as _;
-use p2_gateway::auth::require_challenge_solution;
 use p2_gateway::auth::Authenticated;
+use p2_gateway::auth::require_challenge_solution;
 
 use crate::helpers::{TestSession, TestStack, login, register_and_login};
 use crate::on_both_backends;
@@ -84,16 +84,24 @@ async fn solved_challenges_pass_once_and_only_for_their_session(stack: TestStack
 
     // Signed by another key: 403.
     let c = challenge(&stack, &alice).await;
-    let err = require_challenge_solution(&state, &caller(&state, &alice).await, &solution(&c, &laptop.key))
-        .await
-        .unwrap_err();
+    let err = require_challenge_solution(
+        &state,
+        &caller(&state, &alice).await,
+        &solution(&c, &laptop.key),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
 
     // Issued to another session: 403.
     let c = challenge(&stack, &alice).await;
-    let err = require_challenge_solution(&state, &caller(&state, &laptop).await, &solution(&c, &laptop.key))
-        .await
-        .unwrap_err();
+    let err = require_challenge_solution(
+        &state,
+        &caller(&state, &laptop).await,
+        &solution(&c, &laptop.key),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
 
     // Missing or malformed header: 403.
@@ -138,8 +146,12 @@ async fn expired_challenges_are_refused() {
     let alice = register_and_login(&test_stack, "alice").await;
     let c = challenge(&test_stack, &alice).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let err = require_challenge_solution(&state, &caller(&state, &alice).await, &solution(&c, &alice.key))
-        .await
-        .unwrap_err();
+    let err = require_challenge_solution(
+        &state,
+        &caller(&state, &alice).await,
+        &solution(&c, &alice.key),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.status.as_u16(), 403);
 }

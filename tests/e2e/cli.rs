@@ -77,8 +77,20 @@ async fn up_prints_its_url_once_every_route_answers() {
     }
 }
 
+/// An internal key for the processes these tests start alone.
+const INTERNAL_KEY: &str = "7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a";
+
 fn run_to_exit(args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(BIN)
+    run_to_exit_with(args, Some(INTERNAL_KEY))
+}
+
+fn run_to_exit_with(args: &[&str], internal_key: Option<&str>) -> (bool, String) {
+    let mut command = Command::new(BIN);
+    command.env_remove("P2_INTERNAL_KEY");
+    if let Some(key) = internal_key {
+        command.env("P2_INTERNAL_KEY", key);
+    }
+    let mut child = command
         .args(args)
         .env("P2_LOG", "info")
         .stdout(Stdio::null())
@@ -152,6 +164,34 @@ fn an_unreachable_redis_stops_start_up_with_one_clear_line() {
     ]);
     assert!(!ok, "must exit non-zero");
     assert_one_clear_error_line(&stderr, "session Redis at redis://", "opensesame");
+}
+
+#[test]
+fn a_service_without_the_internal_key_refuses_to_start_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (component, db) in [
+        ("identity", Some("identity.db")),
+        ("session", Some("session.db")),
+        ("discovery", Some("discovery.db")),
+        ("events", None),
+        ("gateway", None),
+    ] {
+        let mut args = vec![component, "--listen", "127.0.0.1:0"];
+        let url;
+        if let Some(db) = db {
+            url = format!("sqlite://{}", dir.path().join(db).display());
+            args.extend(["--database-url", url.as_str()]);
+        }
+        if component == "identity" {
+            args.extend([
+                "--key-encryption-key",
+                "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+            ]);
+        }
+        let (ok, stderr) = run_to_exit_with(&args, None);
+        assert!(!ok, "{component} started without an internal key");
+        assert_one_clear_error_line(&stderr, "P2_INTERNAL_KEY", "\u{0}");
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod boundary;
 mod cancellation;
 mod challenges;
 mod cli;
+mod contract;
 mod discovery;
 mod interop;
 mod sdk_pki;

@@ -38,6 +38,9 @@ pub struct CacheableIdCertJson {
     cache_signature: String,
     #[serde(rename = "idCertPem")]
     id_cert_pem: String,
+    /// The seed's name for the same PEM (API.md's superset rule). JCS order: "idCertPem" <
+    /// "id_cert" ('C' < '_') < "invalidated" ('d' < 'n').
+    id_cert: String,
     invalidated: bool,
     #[serde(rename = "invalidatedAt", skip_serializing_if = "Option::is_none")]
     invalidated_at: Option<String>,
@@ -49,6 +52,7 @@ impl From<p2_proto::common::v1::CacheableIdCert> for CacheableIdCertJson {
             cache_not_valid_after: cert.cache_not_valid_after.to_string(),
             cache_not_valid_before: cert.cache_not_valid_before.to_string(),
             cache_signature: cert.cache_signature,
+            id_cert: cert.id_cert_pem.clone(),
             id_cert_pem: cert.id_cert_pem,
             invalidated: cert.invalidated_at.is_some(),
             invalidated_at: cert.invalidated_at.map(|t| t.to_string()),
@@ -174,7 +178,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             json,
-            r#"{"cacheNotValidAfter":"20","cacheNotValidBefore":"10","cacheSignature":"ab","idCertPem":"-----BEGIN CERTIFICATE-----\nAB/+\n-----END CERTIFICATE-----\n","invalidated":true,"invalidatedAt":"15"}"#
+            r#"{"cacheNotValidAfter":"20","cacheNotValidBefore":"10","cacheSignature":"ab","idCertPem":"-----BEGIN CERTIFICATE-----\nAB/+\n-----END CERTIFICATE-----\n","id_cert":"-----BEGIN CERTIFICATE-----\nAB/+\n-----END CERTIFICATE-----\n","invalidated":true,"invalidatedAt":"15"}"#
         );
     }
 

@@ -50,7 +50,10 @@ fn invalid_fid(error: p2_model::ModelError) -> DiscoveryError {
 
 impl DiscoveryGrpc {
     /// The actor a caller assertion proves.
-    fn caller_fid(&self, caller: Option<&common::CallerAssertion>) -> Result<FederationId, DiscoveryError> {
+    fn caller_fid(
+        &self,
+        caller: Option<&common::CallerAssertion>,
+    ) -> Result<FederationId, DiscoveryError> {
         let token = caller.map(|c| c.token.as_slice()).unwrap_or_default();
         let verified = self
             .assertions

@@ -35,10 +35,22 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50053";
 
 /// Which component may call which RPC: the gateway, which translates the public routes.
 pub const CALLERS: CallerPolicy = &[
-    ("/polyproto.discovery.v1.Discovery/AddService", &[Component::Gateway]),
-    ("/polyproto.discovery.v1.Discovery/RemoveService", &[Component::Gateway]),
-    ("/polyproto.discovery.v1.Discovery/SetPrimary", &[Component::Gateway]),
-    ("/polyproto.discovery.v1.Discovery/Discover", &[Component::Gateway]),
+    (
+        "/polyproto.discovery.v1.Discovery/AddService",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.discovery.v1.Discovery/RemoveService",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.discovery.v1.Discovery/SetPrimary",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.discovery.v1.Discovery/Discover",
+        &[Component::Gateway],
+    ),
 ];
 
 /// Flags of the discovery service.

@@ -26,7 +26,10 @@ pub const CALLERS: CallerPolicy = &[
         "/polyproto.events.v1.Events/Publish",
         &[Component::Identity, Component::Session],
     ),
-    ("/polyproto.events.v1.Events/Subscribe", &[Component::Gateway]),
+    (
+        "/polyproto.events.v1.Events/Subscribe",
+        &[Component::Gateway],
+    ),
     ("/polyproto.events.v1.Events/Poll", &[Component::Gateway]),
 ];
 

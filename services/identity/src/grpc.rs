@@ -86,7 +86,11 @@ impl IdentityGrpc {
         })
     }
 
-    fn revoked(&self, row: &CertRow, now: u64) -> Result<pb::RevokeActorIdCertResponse, IdentityError> {
+    fn revoked(
+        &self,
+        row: &CertRow,
+        now: u64,
+    ) -> Result<pb::RevokeActorIdCertResponse, IdentityError> {
         Ok(pb::RevokeActorIdCertResponse {
             serial: row.serial.clone(),
             invalidated_at: row.invalidated_at.map_or(now, to_u64),
@@ -122,7 +126,9 @@ impl pb::identity_server::Identity for IdentityGrpc {
             .keyring()
             .at_or_current(request.into_inner().timestamp)?;
         let cert = self.root_cacheable(&generation, p2_runtime::unix_now());
-        Ok(Response::new(pb::GetServerIdCertResponse { cert: Some(cert) }))
+        Ok(Response::new(pb::GetServerIdCertResponse {
+            cert: Some(cert),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(timestamp = request.get_ref().timestamp))]
@@ -272,6 +278,8 @@ impl pb::identity_server::Identity for IdentityGrpc {
         let (fid, _) = self.asserted(caller.as_ref())?;
         let session_id = SessionId::parse(&session_id).map_err(IdentityError::from)?;
         let revoked = self.state.revoke(&fid, &session_id).await?;
-        Ok(Response::new(self.revoked(&revoked, p2_runtime::unix_now())?))
+        Ok(Response::new(
+            self.revoked(&revoked, p2_runtime::unix_now())?,
+        ))
     }
 }

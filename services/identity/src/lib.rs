@@ -79,7 +79,10 @@ pub const CALLERS: CallerPolicy = &[
         "/polyproto.identity.v1.Identity/IssueLoginCert",
         &[Component::Session],
     ),
-    ("/polyproto.identity.v1.Identity/SignCsr", &[Component::Session]),
+    (
+        "/polyproto.identity.v1.Identity/SignCsr",
+        &[Component::Session],
+    ),
     (
         "/polyproto.identity.v1.Identity/GetActorIdCerts",
         &[Component::Gateway, Component::Session],

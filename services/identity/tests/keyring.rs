@@ -2,14 +2,14 @@
 //! PostgreSQL (the same portable implementation serves both).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use p2_identity::cipher::KeyCipher;
 use p2_identity::actors::Registrant;
+use p2_identity::cipher::KeyCipher;
 use p2_identity::keyring::Keyring;
-use p2_proto::common::v1::CallerAssertion;
-use p2_runtime::internal::InternalKey;
 use p2_identity::store::{MIGRATIONS, Store};
+use p2_proto::common::v1::CallerAssertion;
 use p2_proto::identity::v1 as pb;
 use p2_proto::identity::v1::identity_server::Identity as _;
+use p2_runtime::internal::InternalKey;
 
 const KEK: &str = "0f0e0d0c0b0a09080706050403020100f0e0d0c0b0a090807060504030201000";
 const YEAR: u64 = 365 * 86_400;
@@ -186,7 +186,11 @@ async fn grpc_answers_server_certs_by_time(url: String) {
     assert_eq!(status.code(), tonic::Code::NotFound);
     // Rotation needs an assertion of an administrator who sends its password.
     let admin = state
-        .register("root", "root password 1".into(), Registrant::Operator { admin: true })
+        .register(
+            "root",
+            "root password 1".into(),
+            Registrant::Operator { admin: true },
+        )
         .await
         .unwrap();
     let plain = state
@@ -291,11 +295,9 @@ static KEY: std::sync::LazyLock<InternalKey> = std::sync::LazyLock::new(Internal
 /// An assertion for `fid` (session "s1"), valid for a minute, minted with `key`.
 fn assert_with(key: &InternalKey, fid: &str) -> CallerAssertion {
     CallerAssertion {
-        token: key.assertion_key().mint(
-            fid,
-            "s1",
-            p2_runtime::internal::unix_now_ms() + 60_000,
-        ),
+        token: key
+            .assertion_key()
+            .mint(fid, "s1", p2_runtime::internal::unix_now_ms() + 60_000),
     }
 }
 

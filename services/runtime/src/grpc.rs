@@ -11,7 +11,6 @@ use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-
 use crate::internal::{ComponentCredential, ServerAuth};
 use crate::telemetry::{TraceContextInterceptor, set_parent_from_headers};
 

@@ -587,9 +587,17 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         // Another deployment's credential is worthless here.
         let other = InternalKey::generate().credential(Component::Session);
-        assert!(verifier.verify(&headers("session", other.to_hex())).is_err());
+        assert!(
+            verifier
+                .verify(&headers("session", other.to_hex()))
+                .is_err()
+        );
         assert!(verifier.verify(&headers("session", "00")).is_err());
-        assert!(verifier.verify(&headers("nobody", session.to_hex())).is_err());
+        assert!(
+            verifier
+                .verify(&headers("nobody", session.to_hex()))
+                .is_err()
+        );
         assert!(verifier.verify(&http::HeaderMap::new()).is_err());
     }
 
@@ -662,9 +670,6 @@ mod tests {
         let other = InternalKey::generate().assertion_key();
         assert_eq!(other.verify(&minted, 0), Err(AssertionError::Invalid));
         // Nor does a component credential double as an assertion key.
-        assert_eq!(
-            key.verify(&[0u8; 64], 0),
-            Err(AssertionError::Invalid)
-        );
+        assert_eq!(key.verify(&[0u8; 64], 0), Err(AssertionError::Invalid));
     }
 }

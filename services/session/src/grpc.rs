@@ -32,7 +32,9 @@ pub async fn to_completion<T: Send + 'static>(
 ) -> Result<T, SessionError> {
     tokio::spawn(operation.in_current_span())
         .await
-        .map_err(|e| SessionError::Internal(anyhow::Error::new(e).context("operation task failed")))?
+        .map_err(|e| {
+            SessionError::Internal(anyhow::Error::new(e).context("operation task failed"))
+        })?
 }
 
 impl SessionGrpc {
@@ -84,10 +86,11 @@ impl pb::session_server::Session for SessionGrpc {
             .into());
         }
         let handlers = self.clone();
-        let outcome = to_completion(async move {
-            handlers.password_login(&local_name, &password, csr).await
-        })
-        .await?;
+        let outcome =
+            to_completion(
+                async move { handlers.password_login(&local_name, &password, csr).await },
+            )
+            .await?;
         Ok(Response::new(pb::LoginResponse {
             id_cert_pem: outcome.id_cert_pem,
             token: outcome.token.into_string(),

@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use clap::Args;
 use p2_proto::identity::v1::identity_client::IdentityClient;
+use p2_proto::session::v1 as pb;
+use p2_runtime::grpc::TracedChannel;
 use p2_runtime::internal::{
     AssertionKey, CallerPolicy, Component, InternalKey, InternalKeyConfig, ServerAuth,
 };
-use p2_proto::session::v1 as pb;
-use p2_runtime::grpc::TracedChannel;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -63,18 +63,39 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50052";
 /// Which component may call which RPC: the gateway, for everything (it translates every
 /// public route); nobody else needs this service yet.
 pub const CALLERS: CallerPolicy = &[
-    ("/polyproto.session.v1.Session/Authenticate", &[Component::Gateway]),
+    (
+        "/polyproto.session.v1.Session/Authenticate",
+        &[Component::Gateway],
+    ),
     ("/polyproto.session.v1.Session/Login", &[Component::Gateway]),
-    ("/polyproto.session.v1.Session/RequestIdCert", &[Component::Gateway]),
-    ("/polyproto.session.v1.Session/DeleteSession", &[Component::Gateway]),
-    ("/polyproto.session.v1.Session/CreateChallenge", &[Component::Gateway]),
+    (
+        "/polyproto.session.v1.Session/RequestIdCert",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.session.v1.Session/DeleteSession",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.session.v1.Session/CreateChallenge",
+        &[Component::Gateway],
+    ),
     (
         "/polyproto.session.v1.Session/VerifyChallengeSolution",
         &[Component::Gateway],
     ),
-    ("/polyproto.session.v1.Session/CreateKeyTrial", &[Component::Gateway]),
-    ("/polyproto.session.v1.Session/CompleteKeyTrial", &[Component::Gateway]),
-    ("/polyproto.session.v1.Session/ListKeyTrials", &[Component::Gateway]),
+    (
+        "/polyproto.session.v1.Session/CreateKeyTrial",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.session.v1.Session/CompleteKeyTrial",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.session.v1.Session/ListKeyTrials",
+        &[Component::Gateway],
+    ),
     (
         "/polyproto.session.v1.Session/UpdateForeignIdCert",
         &[Component::Gateway],

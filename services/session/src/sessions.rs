@@ -56,9 +56,9 @@ impl SessionGrpc {
             .ok_or(SessionError::UnknownToken)?;
         let expires_ms =
             p2_runtime::internal::unix_now_ms().saturating_add(self.assertion_ttl_ms());
-        let assertion =
-            self.assertion_key()
-                .mint(&session.fid, &session.session_id, expires_ms);
+        let assertion = self
+            .assertion_key()
+            .mint(&session.fid, &session.session_id, expires_ms);
         Ok(Authenticated {
             session,
             assertion,

@@ -86,11 +86,10 @@ impl SessionStore {
     /// Like [`SessionStore::new`], plus an in-memory copy of every session that answers
     /// token lookups. Only for a database this process alone writes (embedded SQLite).
     pub async fn with_memory_index(db: Database) -> anyhow::Result<Self> {
-        let rows =
-            sqlx::query("SELECT token_hash, fid, session_id, created_at FROM sessions")
-                .fetch_all(&db.pool)
-                .await
-                .context("loading sessions")?;
+        let rows = sqlx::query("SELECT token_hash, fid, session_id, created_at FROM sessions")
+            .fetch_all(&db.pool)
+            .await
+            .context("loading sessions")?;
         let index = MemoryIndex::default();
         if let Ok(mut map) = index.by_token.write() {
             for row in &rows {
