@@ -259,16 +259,30 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let gateway = p2_gateway::AppState::new(&gateway_config, addr)?;
     let public_url = gateway.public_url().to_owned();
 
+    // Shutdown order (CONVENTIONS 10): the gateway stops accepting and drains first; only when
+    // it is done (or DRAIN_TIMEOUT passed) do the services behind it go NOT_SERVING and drain,
+    // so the gateway's in-flight requests still reach them.
     let shutdown = CancellationToken::new();
+    let services = CancellationToken::new();
+    let (gateway_done_tx, gateway_done) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        let services = services.clone();
+        async move {
+            shutdown.cancelled().await;
+            let _ = tokio::time::timeout(p2_runtime::shutdown::DRAIN_TIMEOUT, gateway_done).await;
+            services.cancel();
+        }
+    });
     let mut tasks = JoinSet::new();
-    let token = shutdown.clone();
+    let token = services.clone();
     tasks.spawn(async move {
         (
             "identity",
             p2_identity::serve_state(identity, identity_listener, token).await,
         )
     });
-    let token = shutdown.clone();
+    let token = services.clone();
     tasks.spawn(async move {
         let auth = session.server_auth();
         let service = p2_session::grpc_service(session);
@@ -277,7 +291,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
             p2_runtime::grpc::serve(service, auth, session_listener, token).await,
         )
     });
-    let token = shutdown.clone();
+    let token = services.clone();
     tasks.spawn(async move {
         let p2_discovery::Opened { handlers, auth } = discovery;
         let service = p2_discovery::grpc_service(handlers);
@@ -286,7 +300,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
             p2_runtime::grpc::serve(service, auth, discovery_listener, token).await,
         )
     });
-    let token = shutdown.clone();
+    let token = services.clone();
     tasks.spawn(async move {
         let auth = events.server_auth();
         let service = p2_events::grpc_service(events);
@@ -297,10 +311,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     });
     let token = shutdown.clone();
     tasks.spawn(async move {
-        (
-            "gateway",
-            p2_gateway::serve(gateway, gateway_listener, token).await,
-        )
+        let result = p2_gateway::serve(gateway, gateway_listener, token).await;
+        let _ = gateway_done_tx.send(());
+        ("gateway", result)
     });
 
     Ok(Stack {

@@ -273,11 +273,21 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(
+    let drain_deadline = shutdown.clone();
+    let server = axum::serve(
         listener,
         axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await?;
+    .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    // Stop accepting at once; in-flight requests drain for at most DRAIN_TIMEOUT.
+    tokio::select! {
+        result = server => result?,
+        () = async {
+            drain_deadline.cancelled().await;
+            tokio::time::sleep(p2_runtime::shutdown::DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("in-flight requests did not drain in time; stopping");
+        }
+    }
     Ok(())
 }

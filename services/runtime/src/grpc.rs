@@ -85,11 +85,12 @@ where
     reporter.set_serving::<S>().await;
     let addr = listener.local_addr()?;
     tracing::info!(service = S::NAME, %addr, "gRPC service listening");
+    let drain_deadline = shutdown.clone();
     let signal = async move {
         shutdown.cancelled().await;
         reporter.set_not_serving::<S>().await;
     };
-    Server::builder()
+    let server = Server::builder()
         .trace_fn(call_span)
         .add_service(health)
         .add_service(auth.wrap(service))
@@ -97,7 +98,16 @@ where
             // Without NODELAY, small responses wait for delayed ACKs (~40 ms p99 under load).
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,
-        )
-        .await?;
+        );
+    // In-flight calls drain, but not forever: DRAIN_TIMEOUT after shutdown began, stop anyway.
+    tokio::select! {
+        result = server => result?,
+        () = async {
+            drain_deadline.cancelled().await;
+            tokio::time::sleep(crate::shutdown::DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!(service = S::NAME, "in-flight calls did not drain in time; stopping");
+        }
+    }
     Ok(())
 }

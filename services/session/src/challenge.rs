@@ -197,7 +197,7 @@ mod tests {
         Caller {
             fid: FederationId::parse(fid).unwrap(),
             session_id: SessionId::parse(session_id).unwrap(),
-            admin: false,
+            proof: Vec::new(),
         }
     }
 

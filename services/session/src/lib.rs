@@ -148,7 +148,7 @@ pub struct SessionGrpc {
 struct Inner {
     internal_key: InternalKey,
     assertion_key: AssertionKey,
-    assertion_ttl_ms: u64,
+    assertion_ttl_ms: std::sync::atomic::AtomicU64,
     sessions: SessionStore,
     challenges: Arc<dyn ChallengeStore>,
     identity: IdentityClient<TracedChannel>,
@@ -214,7 +214,9 @@ impl SessionGrpc {
             inner: Arc::new(Inner {
                 assertion_key: internal_key.assertion_key(),
                 internal_key,
-                assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+                assertion_ttl_ms: std::sync::atomic::AtomicU64::new(
+                    p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+                ),
                 sessions,
                 challenges,
                 identity,
@@ -223,17 +225,12 @@ impl SessionGrpc {
         }
     }
 
-    /// The same handlers minting assertions valid for `ttl_ms`.
+    /// The same handlers (and every clone of them) minting assertions valid for `ttl_ms`.
     pub fn with_assertion_ttl_ms(self, ttl_ms: u64) -> Self {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.assertion_ttl_ms = ttl_ms;
-                Self {
-                    inner: Arc::new(inner),
-                }
-            }
-            Err(inner) => Self { inner },
-        }
+        self.inner
+            .assertion_ttl_ms
+            .store(ttl_ms, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Mints and verifies caller assertions.
@@ -243,7 +240,9 @@ impl SessionGrpc {
 
     /// Lifetime of minted assertions, in milliseconds.
     pub fn assertion_ttl_ms(&self) -> u64 {
-        self.inner.assertion_ttl_ms
+        self.inner
+            .assertion_ttl_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The boundary this service's server enforces.

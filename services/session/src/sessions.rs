@@ -134,15 +134,7 @@ impl SessionGrpc {
         csr: Vec<u8>,
         sensitive_solution: String,
     ) -> Result<LoginOutcome, SessionError> {
-        // An assertion outlives a deletion by up to its TTL: this session must still exist.
-        if self
-            .sessions()
-            .get(caller.fid.as_str(), caller.session_id.as_str())
-            .await?
-            .is_none()
-        {
-            return Err(SessionError::UnknownToken);
-        }
+        self.require_live(caller).await?;
         let issued = self
             .identity()
             .sign_csr(identity::SignCsrRequest {
@@ -152,13 +144,27 @@ impl SessionGrpc {
             })
             .await
             .map_err(|status| match status.code() {
-                Code::InvalidArgument | Code::AlreadyExists | Code::PermissionDenied => {
-                    SessionError::Refused(status)
-                }
+                Code::InvalidArgument
+                | Code::AlreadyExists
+                | Code::PermissionDenied
+                | Code::Unauthenticated => SessionError::Refused(status),
                 _ => SessionError::from_identity(status, "signing an ID-CSR"),
             })?
             .into_inner();
         self.finish_issuance(issued, "issued a new ID-Cert").await
+    }
+
+    /// An assertion outlives its session's deletion by up to its TTL: operations that change
+    /// sessions or certs first check that the caller's session still exists.
+    async fn require_live(&self, caller: &Caller) -> Result<(), SessionError> {
+        match self
+            .sessions()
+            .get(caller.fid.as_str(), caller.session_id.as_str())
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(SessionError::UnknownToken),
+        }
     }
 
     /// Gives the session of a just-issued cert its token; revokes the cert if that fails.
@@ -241,6 +247,7 @@ impl SessionGrpc {
         target: Option<SessionId>,
         sensitive_solution: Option<String>,
     ) -> Result<(), SessionError> {
+        self.require_live(caller).await?;
         let target = target.unwrap_or_else(|| caller.session_id.clone());
         if target != caller.session_id {
             let solution = sensitive_solution
@@ -253,7 +260,7 @@ impl SessionGrpc {
                 })
                 .await
                 .map_err(|status| match status.code() {
-                    Code::PermissionDenied => SessionError::Refused(status),
+                    Code::PermissionDenied | Code::Unauthenticated => SessionError::Refused(status),
                     _ => SessionError::from_identity(status, "checking a sensitive solution"),
                 })?;
         }

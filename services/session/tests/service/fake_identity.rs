@@ -148,7 +148,12 @@ pub async fn start(key: &InternalKey) -> Running {
     let stop = CancellationToken::new();
     let service = pb::identity_server::IdentityServer::new(state.clone());
     let auth = ServerAuth::new(key.verifier(), CALLERS);
-    tokio::spawn(p2_runtime::grpc::serve(service, auth, listener, stop.clone()));
+    tokio::spawn(p2_runtime::grpc::serve(
+        service,
+        auth,
+        listener,
+        stop.clone(),
+    ));
     Running { url, state, stop }
 }
 
@@ -183,7 +188,8 @@ fn revoked(cert: &Issued, now: u64) -> pb::RevokeActorIdCertResponse {
 }
 
 fn solution_required() -> Status {
-    Reason::SensitiveSolutionRequired.denied("this action needs the actor's sensitive-action solution")
+    Reason::SensitiveSolutionRequired
+        .denied("this action needs the actor's sensitive-action solution")
 }
 
 impl FakeIdentity {
@@ -198,11 +204,10 @@ impl FakeIdentity {
         let verified = self
             .assertion_key
             .verify(&token, p2_runtime::internal::unix_now_ms())?;
-        self.asserted.lock().unwrap().push(Asserted::new(
-            rpc,
-            &verified.fid,
-            &verified.session_id,
-        ));
+        self.asserted
+            .lock()
+            .unwrap()
+            .push(Asserted::new(rpc, &verified.fid, &verified.session_id));
         Ok((verified.fid, verified.session_id))
     }
 
@@ -215,7 +220,9 @@ impl FakeIdentity {
             return Err(Status::not_found("unknown actor"));
         }
         if solution != PASSWORD {
-            return Err(Reason::SensitiveSolutionWrong.denied("the sensitive-action solution is wrong"));
+            return Err(
+                Reason::SensitiveSolutionWrong.denied("the sensitive-action solution is wrong")
+            );
         }
         Ok(())
     }

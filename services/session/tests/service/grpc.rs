@@ -1,54 +1,66 @@
 //! Service tests calling the `Session` gRPC trait directly, over real SQLite and the
-//! in-process challenge store; identity is either unreachable or the in-process fake.
+//! in-process challenge store; identity is either unreachable or the in-process fake (which
+//! checks the session component's credential and verifies every caller assertion it gets).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use p2_proto::common::v1::Caller;
+use p2_model::{FederationId, SessionId};
+use p2_proto::common::v1::{Caller, CallerAssertion};
 use p2_proto::session::v1 as pb;
 use p2_proto::session::v1::session_server::Session as _;
+use p2_runtime::error::Reason;
+use p2_runtime::internal::{InternalKey, unix_now_ms};
+use p2_session::SessionGrpc;
+use p2_session::token::SessionToken;
 use tonic::{Code, Request};
 
-use crate::common::{service_with_identity, service_without_identity};
-use crate::fake_identity::{self, ALICE, PASSWORD};
+use crate::common::{service_with_fake_identity, service_with_identity, service_without_identity};
+use crate::fake_identity::{self, ALICE, Asserted, PASSWORD};
 
-fn caller(fid: &str, session_id: &str) -> Caller {
-    Caller {
-        fid: fid.into(),
-        session_id: session_id.into(),
-        admin: false,
+/// An assertion for the session (fid, session_id) minted with the service's own key and valid
+/// for a minute: what Authenticate hands out for such a session.
+fn caller(grpc: &SessionGrpc, fid: &str, session_id: &str) -> CallerAssertion {
+    CallerAssertion {
+        token: grpc
+            .assertion_key()
+            .mint(fid, session_id, unix_now_ms() + 60_000),
     }
 }
 
-async fn create(
-    grpc: &p2_session::SessionGrpc,
-    fid: &str,
-    session_id: &str,
-    admin: bool,
-) -> String {
-    grpc.create_session(Request::new(pb::CreateSessionRequest {
-        fid: fid.into(),
-        session_id: session_id.into(),
-        admin,
-    }))
+/// A token for the session (fid, session_id), stored the way a login or a new ID-Cert stores
+/// it (without identity: only the token matters).
+async fn create(grpc: &SessionGrpc, fid: &str, session_id: &str) -> String {
+    grpc.issue_token(
+        &FederationId::parse(fid).unwrap(),
+        &SessionId::parse(session_id).unwrap(),
+    )
     .await
     .unwrap()
-    .into_inner()
-    .token
+    .into_string()
 }
 
-async fn authenticate(
-    grpc: &p2_session::SessionGrpc,
+async fn resolve(
+    grpc: &SessionGrpc,
     token: &str,
-) -> Result<Caller, tonic::Status> {
+) -> Result<pb::AuthenticateResponse, tonic::Status> {
     grpc.authenticate(Request::new(pb::AuthenticateRequest {
         token: token.into(),
     }))
     .await
-    .map(|r| r.into_inner().caller.unwrap())
+    .map(|r| r.into_inner())
 }
 
-async fn challenge(grpc: &p2_session::SessionGrpc, who: &Caller) -> pb::CreateChallengeResponse {
+async fn authenticate(grpc: &SessionGrpc, token: &str) -> Result<Caller, tonic::Status> {
+    resolve(grpc, token).await.map(|r| r.caller.unwrap())
+}
+
+/// The caller assertion Authenticate mints for `token`.
+async fn assertion_of(grpc: &SessionGrpc, token: &str) -> CallerAssertion {
+    resolve(grpc, token).await.unwrap().assertion.unwrap()
+}
+
+async fn challenge(grpc: &SessionGrpc, who: &CallerAssertion) -> pb::CreateChallengeResponse {
     grpc.create_challenge(Request::new(pb::CreateChallengeRequest {
         caller: Some(who.clone()),
     }))
@@ -58,8 +70,8 @@ async fn challenge(grpc: &p2_session::SessionGrpc, who: &Caller) -> pb::CreateCh
 }
 
 async fn verify(
-    grpc: &p2_session::SessionGrpc,
-    who: &Caller,
+    grpc: &SessionGrpc,
+    who: &CallerAssertion,
     challenge: &str,
     signature: &str,
 ) -> Result<(), tonic::Status> {
@@ -73,22 +85,41 @@ async fn verify(
 }
 
 async fn delete(
-    grpc: &p2_session::SessionGrpc,
-    who: &Caller,
+    grpc: &SessionGrpc,
+    who: &CallerAssertion,
     session_id: Option<&str>,
-    sensitive_verified: bool,
+    sensitive_solution: Option<&str>,
 ) -> Result<(), tonic::Status> {
     grpc.delete_session(Request::new(pb::DeleteSessionRequest {
         caller: Some(who.clone()),
         session_id: session_id.map(Into::into),
-        sensitive_verified,
+        sensitive_solution: sensitive_solution.map(Into::into),
     }))
     .await
     .map(|_| ())
 }
 
+async fn request_id_cert(
+    grpc: &SessionGrpc,
+    who: &CallerAssertion,
+    csr: Vec<u8>,
+    sensitive_solution: &str,
+) -> Result<pb::RequestIdCertResponse, tonic::Status> {
+    // The inherent `request_id_cert` (the typed operation) shadows the RPC.
+    pb::session_server::Session::request_id_cert(
+        grpc,
+        Request::new(pb::RequestIdCertRequest {
+            caller: Some(who.clone()),
+            csr,
+            sensitive_solution: sensitive_solution.into(),
+        }),
+    )
+    .await
+    .map(|r| r.into_inner())
+}
+
 async fn login(
-    grpc: &p2_session::SessionGrpc,
+    grpc: &SessionGrpc,
     local_name: &str,
     password: &str,
     csr: Vec<u8>,
@@ -102,17 +133,16 @@ async fn login(
     .map(|r| r.into_inner())
 }
 
-// ---- Tokens (no identity needed) ----
+// ---- Tokens and assertions (no identity needed) ----
 
 #[tokio::test]
 async fn a_created_session_authenticates_until_it_is_deleted() {
     let (grpc, _dir) = service_without_identity().await;
-    let token = create(&grpc, "Alice@Example.com", "laptop", true).await;
+    let token = create(&grpc, "Alice@Example.com", "laptop").await;
     assert_eq!(token.len(), 64);
     let who = authenticate(&grpc, &token).await.unwrap();
     assert_eq!(who.fid, ALICE, "FIDs are normalised");
     assert_eq!(who.session_id, "laptop");
-    assert!(who.admin);
     assert!(grpc.sessions().delete(ALICE, "laptop").await.unwrap());
     let status = authenticate(&grpc, &token).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -120,10 +150,78 @@ async fn a_created_session_authenticates_until_it_is_deleted() {
 }
 
 #[tokio::test]
+async fn authenticate_mints_an_assertion_of_the_tokens_session_that_expires_within_the_ttl() {
+    let (grpc, _dir) = service_without_identity().await;
+    assert_eq!(
+        grpc.assertion_ttl_ms(),
+        p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS
+    );
+    let key = InternalKey::generate();
+    let ttl_ms = 5_000;
+    let (grpc, _dir2) = service_with_identity(
+        key.clone(),
+        crate::common::DEAD_IDENTITY_URL,
+        Duration::from_secs(300),
+    )
+    .await;
+    let grpc = grpc.with_assertion_ttl_ms(ttl_ms);
+    assert_eq!(grpc.assertion_ttl_ms(), ttl_ms);
+    let token = create(&grpc, ALICE, "laptop").await;
+    let phone = create(&grpc, ALICE, "phone").await;
+    let before = unix_now_ms();
+    let resolved = resolve(&grpc, &token).await.unwrap();
+    let after = unix_now_ms();
+    assert_eq!(
+        resolved.caller.as_ref().unwrap(),
+        &Caller {
+            fid: ALICE.into(),
+            session_id: "laptop".into(),
+        }
+    );
+    let expires = resolved.assertion_expires_ms;
+    assert!(expires > after, "{expires} is not in the future ({after})");
+    assert!(
+        (before + ttl_ms..=after + ttl_ms).contains(&expires),
+        "{expires} is not the configured {ttl_ms} ms ahead of [{before}, {after}]"
+    );
+    // It is the deployment key's assertion of exactly this session, until it expires.
+    let proof = resolved.assertion.unwrap().token;
+    let verified = key.assertion_key().verify(&proof, after).unwrap();
+    assert_eq!(verified.fid, ALICE);
+    assert_eq!(verified.session_id, "laptop");
+    assert_eq!(verified.expires_ms, expires);
+    assert_eq!(
+        key.assertion_key().verify(&proof, expires),
+        Err(p2_runtime::internal::AssertionError::Expired)
+    );
+    assert!(
+        InternalKey::generate()
+            .assertion_key()
+            .verify(&proof, after)
+            .is_err(),
+        "another deployment's key does not verify it"
+    );
+    // Each token gets its own session's assertion.
+    let other = resolve(&grpc, &phone)
+        .await
+        .unwrap()
+        .assertion
+        .unwrap()
+        .token;
+    let verified = key.assertion_key().verify(&other, unix_now_ms()).unwrap();
+    assert_eq!(verified.session_id, "phone");
+    // A token that does not resolve gets no assertion at all.
+    let status = resolve(&grpc, &SessionToken::generate().into_string())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
 async fn renewing_a_session_kills_its_old_token() {
     let (grpc, _dir) = service_without_identity().await;
-    let old = create(&grpc, ALICE, "laptop", false).await;
-    let new = create(&grpc, ALICE, "laptop", false).await;
+    let old = create(&grpc, ALICE, "laptop").await;
+    let new = create(&grpc, ALICE, "laptop").await;
     assert_ne!(old, new);
     assert_eq!(
         authenticate(&grpc, &old).await.unwrap_err().code(),
@@ -134,8 +232,8 @@ async fn renewing_a_session_kills_its_old_token() {
         "laptop"
     );
     // Another session of the same actor is untouched.
-    let phone = create(&grpc, ALICE, "phone", false).await;
-    create(&grpc, ALICE, "laptop", false).await;
+    let phone = create(&grpc, ALICE, "phone").await;
+    create(&grpc, ALICE, "laptop").await;
     assert_eq!(
         authenticate(&grpc, &phone).await.unwrap().session_id,
         "phone"
@@ -145,7 +243,7 @@ async fn renewing_a_session_kills_its_old_token() {
 #[tokio::test]
 async fn malformed_and_unknown_tokens_are_unauthenticated() {
     let (grpc, _dir) = service_without_identity().await;
-    let real = create(&grpc, ALICE, "laptop", false).await;
+    let real = create(&grpc, ALICE, "laptop").await;
     let mut flipped = real.clone().into_bytes();
     flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
     for token in [
@@ -155,7 +253,7 @@ async fn malformed_and_unknown_tokens_are_unauthenticated() {
         format!("{real}0"),
         format!("Bearer {real}"),
         String::from_utf8(flipped).unwrap(),
-        p2_session::token::SessionToken::generate().into_string(),
+        SessionToken::generate().into_string(),
     ] {
         let status = authenticate(&grpc, &token).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{token:?}");
@@ -164,7 +262,9 @@ async fn malformed_and_unknown_tokens_are_unauthenticated() {
 }
 
 #[tokio::test]
-async fn create_session_rejects_invalid_fids_and_session_ids() {
+async fn assertions_naming_invalid_fids_or_session_ids_are_refused() {
+    // Even with this deployment's key, an assertion must name a valid actor and session: only
+    // a broken minter could produce these.
     let (grpc, _dir) = service_without_identity().await;
     for (fid, session_id) in [
         ("nobody", "laptop"),
@@ -174,16 +274,14 @@ async fn create_session_rejects_invalid_fids_and_session_ids() {
         (ALICE, "tab\there"),
     ] {
         let status = grpc
-            .create_session(Request::new(pb::CreateSessionRequest {
-                fid: fid.into(),
-                session_id: session_id.into(),
-                admin: false,
+            .create_challenge(Request::new(pb::CreateChallengeRequest {
+                caller: Some(caller(&grpc, fid, session_id)),
             }))
             .await
             .unwrap_err();
         assert_eq!(
             status.code(),
-            Code::InvalidArgument,
+            Code::Unauthenticated,
             "{fid:?} {session_id:?}"
         );
     }
@@ -194,7 +292,7 @@ async fn create_session_rejects_invalid_fids_and_session_ids() {
 #[tokio::test]
 async fn challenges_have_64_characters_of_every_class_and_are_unique() {
     let (grpc, _dir) = service_without_identity().await;
-    let who = caller(ALICE, "laptop");
+    let who = caller(&grpc, ALICE, "laptop");
     let mut seen = HashSet::new();
     for _ in 0..1000 {
         let c = challenge(&grpc, &who).await.challenge;
@@ -209,9 +307,13 @@ async fn challenges_have_64_characters_of_every_class_and_are_unique() {
 
 #[tokio::test]
 async fn challenges_expire_after_the_configured_ttl() {
-    let (grpc, _dir) =
-        service_with_identity(crate::common::DEAD_IDENTITY_URL, Duration::from_secs(120)).await;
-    let who = caller(ALICE, "laptop");
+    let (grpc, _dir) = service_with_identity(
+        InternalKey::generate(),
+        crate::common::DEAD_IDENTITY_URL,
+        Duration::from_secs(120),
+    )
+    .await;
+    let who = caller(&grpc, ALICE, "laptop");
     let before = p2_runtime::unix_now();
     let issued = challenge(&grpc, &who).await;
     let after = p2_runtime::unix_now();
@@ -220,7 +322,8 @@ async fn challenges_expire_after_the_configured_ttl() {
         "{}",
         issued.expires
     );
-    // The challenge path touches no SQL, so time can be paused safely from here.
+    // The challenge path touches no SQL, so time can be paused safely from here. (Assertions
+    // expire by the wall clock, which pausing does not move.)
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(121)).await;
     let status = verify(&grpc, &who, &issued.challenge, "00")
@@ -239,7 +342,7 @@ async fn challenges_expire_after_the_configured_ttl() {
 #[tokio::test]
 async fn a_challenge_is_used_up_by_its_first_attempt() {
     let (grpc, _dir) = service_without_identity().await;
-    let who = caller(ALICE, "laptop");
+    let who = caller(&grpc, ALICE, "laptop");
     let issued = challenge(&grpc, &who).await;
     // First attempt: taken from the store, then identity (unreachable) was asked for the cert.
     let first = verify(&grpc, &who, &issued.challenge, "00")
@@ -260,9 +363,12 @@ async fn a_challenge_is_used_up_by_its_first_attempt() {
 #[tokio::test]
 async fn a_challenge_of_another_session_is_denied_and_used_up() {
     let (grpc, _dir) = service_without_identity().await;
-    let laptop = caller(ALICE, "laptop");
+    let laptop = caller(&grpc, ALICE, "laptop");
     let issued = challenge(&grpc, &laptop).await;
-    for thief in [caller(ALICE, "phone"), caller("bob@example.com", "laptop")] {
+    for thief in [
+        caller(&grpc, ALICE, "phone"),
+        caller(&grpc, "bob@example.com", "laptop"),
+    ] {
         let issued = challenge(&grpc, &laptop).await;
         let status = verify(&grpc, &thief, &issued.challenge, "00")
             .await
@@ -295,31 +401,245 @@ async fn a_challenge_of_another_session_is_denied_and_used_up() {
 }
 
 #[tokio::test]
-async fn requests_without_a_valid_caller_are_invalid() {
+async fn requests_without_a_valid_caller_or_target_are_refused() {
     let (grpc, _dir) = service_without_identity().await;
     let status = grpc
         .create_challenge(Request::new(pb::CreateChallengeRequest { caller: None }))
         .await
         .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = delete(&grpc, &caller(&grpc, "not-a-fid", "laptop"), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = delete(
+        &grpc,
+        &caller(&grpc, ALICE, "laptop"),
+        Some(""),
+        Some(PASSWORD),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = delete(&grpc, &caller("not-a-fid", "laptop"), None, false)
+    assert!(
+        status.message().contains("session_id"),
+        "{}",
+        status.message()
+    );
+    let status = request_id_cert(&grpc, &caller(&grpc, ALICE, "laptop"), Vec::new(), PASSWORD)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let status = delete(&grpc, &caller(ALICE, "laptop"), Some(""), true)
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("csr"), "{}", status.message());
 }
 
 #[tokio::test]
-async fn key_trials_are_not_implemented_yet() {
+async fn key_trials_and_foreign_cert_updates_are_not_implemented_yet() {
     let (grpc, _dir) = service_without_identity().await;
     let status = grpc
         .create_key_trial(Request::new(pb::CreateKeyTrialRequest {}))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
+    let status = grpc
+        .update_foreign_id_cert(Request::new(pb::UpdateForeignIdCertRequest {
+            caller: Some(caller(&grpc, ALICE, "laptop")),
+            id_cert_pem: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+// ---- The caller boundary ----
+
+/// Calls every RPC that takes a caller, with `who` as the caller and otherwise valid requests
+/// for ALICE's session "laptop" (a CSR, the password, a pending challenge and its signature),
+/// so that only the caller can make them fail.
+async fn call_every_rpc_acting_for(
+    grpc: &SessionGrpc,
+    who: Option<CallerAssertion>,
+    challenge: &str,
+    signature: &str,
+    cert_pem: &str,
+) -> Vec<(&'static str, Result<(), tonic::Status>)> {
+    let (csr, _) = fake_identity::csr("phone");
+    vec![
+        (
+            "RequestIdCert",
+            pb::session_server::Session::request_id_cert(
+                grpc,
+                Request::new(pb::RequestIdCertRequest {
+                    caller: who.clone(),
+                    csr,
+                    sensitive_solution: PASSWORD.into(),
+                }),
+            )
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "DeleteSession",
+            grpc.delete_session(Request::new(pb::DeleteSessionRequest {
+                caller: who.clone(),
+                session_id: None,
+                sensitive_solution: Some(PASSWORD.into()),
+            }))
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "CreateChallenge",
+            grpc.create_challenge(Request::new(pb::CreateChallengeRequest {
+                caller: who.clone(),
+            }))
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "VerifyChallengeSolution",
+            grpc.verify_challenge_solution(Request::new(pb::VerifyChallengeSolutionRequest {
+                caller: who.clone(),
+                challenge: challenge.into(),
+                signature: signature.into(),
+            }))
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "UpdateForeignIdCert",
+            grpc.update_foreign_id_cert(Request::new(pb::UpdateForeignIdCertRequest {
+                caller: who,
+                id_cert_pem: cert_pem.into(),
+            }))
+            .await
+            .map(|_| ()),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_acting_for_a_caller_refuses_missing_forged_and_expired_assertions() {
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
+    let (csr, key) = fake_identity::csr("laptop");
+    let session = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
+    let genuine = assertion_of(&grpc, &session.token).await;
+    let pending = challenge(&grpc, &genuine).await.challenge;
+    let signature = p2_model::sign_hex(&key, pending.as_bytes());
+    let now = unix_now_ms();
+    let mut tampered = genuine.token.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    let refused = [
+        ("missing", None),
+        ("empty", Some(CallerAssertion { token: Vec::new() })),
+        (
+            "minted with another deployment's key",
+            Some(CallerAssertion {
+                token: InternalKey::generate()
+                    .assertion_key()
+                    .mint(ALICE, "laptop", now + 60_000),
+            }),
+        ),
+        (
+            "expired",
+            Some(CallerAssertion {
+                token: grpc.assertion_key().mint(ALICE, "laptop", now - 1_000),
+            }),
+        ),
+        ("tampered", Some(CallerAssertion { token: tampered })),
+        (
+            "a component credential",
+            Some(CallerAssertion {
+                token: hex::decode(
+                    InternalKey::generate()
+                        .credential(p2_runtime::internal::Component::Gateway)
+                        .to_hex(),
+                )
+                .unwrap(),
+            }),
+        ),
+    ];
+    for (what, who) in refused {
+        let results =
+            call_every_rpc_acting_for(&grpc, who, &pending, &signature, &session.id_cert_pem).await;
+        assert_eq!(results.len(), 5);
+        for (rpc, result) in results {
+            let status = result.expect_err(&format!("{rpc} accepted a {what} assertion"));
+            assert_eq!(
+                status.code(),
+                Code::Unauthenticated,
+                "{rpc}, {what}: {status:?}"
+            );
+            assert!(
+                status.message().contains("assertion"),
+                "{rpc}, {what}: {}",
+                status.message()
+            );
+        }
+    }
+    // Nothing happened: no cert was issued or revoked, the session lives, nothing reached
+    // identity for a caller, and the challenge was not even used up.
+    let issued = identity.issued();
+    assert_eq!(issued.len(), 1);
+    assert!(issued[0].revoked_at.is_none());
+    assert!(identity.asserted().is_empty(), "{:?}", identity.asserted());
+    assert!(authenticate(&grpc, &session.token).await.is_ok());
+    assert_eq!(grpc.sessions().list(ALICE).await.unwrap().len(), 1);
+    verify(&grpc, &genuine, &pending, &signature).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assertion_of_another_deployment_is_refused_by_a_service_sharing_its_database() {
+    // Two deployments, one sessions table: the token resolves in both, but each one's
+    // assertions are worthless to the other.
+    let (ours, _dir) = service_without_identity().await;
+    let token = create(&ours, ALICE, "laptop").await;
+    let theirs = p2_session::SessionGrpc::new(
+        InternalKey::generate(),
+        ours.sessions().clone(),
+        std::sync::Arc::new(p2_session::storage::MemoryChallengeStore::default()),
+        crate::common::identity_client(crate::common::DEAD_IDENTITY_URL, &InternalKey::generate()),
+        Duration::from_secs(300),
+    );
+    let foreign = assertion_of(&theirs, &token).await;
+    let status = ours
+        .create_challenge(Request::new(pb::CreateChallengeRequest {
+            caller: Some(foreign),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let own = assertion_of(&ours, &token).await;
+    challenge(&ours, &own).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requesting_an_id_cert_for_a_deleted_session_is_unauthenticated() {
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
+    let (csr, _) = fake_identity::csr("laptop");
+    let session = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
+    let who = assertion_of(&grpc, &session.token).await;
+    delete(&grpc, &who, None, None).await.unwrap();
+    // The assertion itself is still unexpired, but its session is gone.
+    let (csr, _) = fake_identity::csr("phone");
+    let status = request_id_cert(&grpc, &who, csr, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // So is a session that never existed.
+    let (csr, _) = fake_identity::csr("phone");
+    let status = request_id_cert(&grpc, &caller(&grpc, ALICE, "ghost"), csr, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Identity was never asked to sign, and nothing usable is left.
+    assert!(
+        identity.asserted().iter().all(|a| a.rpc != "SignCsr"),
+        "{:?}",
+        identity.asserted()
+    );
+    assert_eq!(identity.issued().len(), 1);
+    assert!(grpc.sessions().list(ALICE).await.unwrap().is_empty());
 }
 
 // ---- Deleting sessions ----
@@ -327,47 +647,91 @@ async fn key_trials_are_not_implemented_yet() {
 #[tokio::test]
 async fn deleting_another_session_needs_the_sensitive_solution() {
     let (grpc, _dir) = service_without_identity().await;
-    let phone = create(&grpc, ALICE, "phone", false).await;
-    let status = delete(&grpc, &caller(ALICE, "laptop"), Some("phone"), false)
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(
-        status.message().contains("X-P2-Sensitive-Solution"),
-        "{}",
-        status.message()
-    );
+    let phone = create(&grpc, ALICE, "phone").await;
+    let laptop = caller(&grpc, ALICE, "laptop");
+    for solution in [None, Some("")] {
+        let status = delete(&grpc, &laptop, Some("phone"), solution)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{solution:?}");
+        assert_eq!(
+            Reason::of(&status),
+            Some(Reason::SensitiveSolutionRequired),
+            "{status:?}"
+        );
+        assert!(
+            status.message().contains("sensitive action"),
+            "{}",
+            status.message()
+        );
+    }
     assert!(
         authenticate(&grpc, &phone).await.is_ok(),
         "nothing was deleted"
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_another_session_with_a_wrong_or_no_solution_leaves_it_working() {
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
+    let (csr, _) = fake_identity::csr("laptop");
+    let laptop = login(&grpc, ALICE, PASSWORD, csr).await.unwrap();
+    let (csr, _) = fake_identity::csr("phone");
+    let phone = login(&grpc, ALICE, PASSWORD, csr).await.unwrap();
+    let who = assertion_of(&grpc, &laptop.token).await;
+    // Without a solution, identity is not even asked.
+    let status = delete(&grpc, &who, Some("phone"), None).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(Reason::of(&status), Some(Reason::SensitiveSolutionRequired));
+    assert!(identity.asserted().is_empty(), "{:?}", identity.asserted());
+    // A wrong one is identity's refusal, passed on with its reason.
+    let status = delete(&grpc, &who, Some("phone"), Some("wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(
+        Reason::of(&status),
+        Some(Reason::SensitiveSolutionWrong),
+        "{status:?}"
+    );
+    assert_eq!(
+        identity.asserted(),
+        [Asserted::new("VerifySensitiveSolution", ALICE, "laptop")],
+        "the laptop's own assertion was checked, and nothing was revoked"
+    );
+    assert!(identity.issued().iter().all(|c| c.revoked_at.is_none()));
+    assert_eq!(
+        authenticate(&grpc, &phone.token).await.unwrap().session_id,
+        "phone"
+    );
+    assert!(authenticate(&grpc, &laptop.token).await.is_ok());
+}
+
 #[tokio::test]
-async fn a_deleted_sessions_token_dies_even_when_identity_is_down() {
+async fn deleting_a_session_while_identity_is_down_changes_nothing() {
     let (grpc, _dir) = service_without_identity().await;
-    let token = create(&grpc, ALICE, "laptop", false).await;
-    let who = authenticate(&grpc, &token).await.unwrap();
-    let status = delete(&grpc, &who, None, false).await.unwrap_err();
+    let token = create(&grpc, ALICE, "laptop").await;
+    let who = assertion_of(&grpc, &token).await;
+    let status = delete(&grpc, &who, None, None).await.unwrap_err();
     assert_eq!(
         status.code(),
         Code::Unavailable,
         "the revocation could not happen: retry"
     );
+    // The cert is revoked before the token dies: the token still works, so a retry can finish.
     assert_eq!(
-        authenticate(&grpc, &token).await.unwrap_err().code(),
-        Code::Unauthenticated
+        authenticate(&grpc, &token).await.unwrap().session_id,
+        "laptop"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_own_session_kills_its_token_and_revokes_its_cert() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
     let (csr, _key) = fake_identity::csr("laptop");
     let session = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
-    let who = authenticate(&grpc, &session.token).await.unwrap();
-    delete(&grpc, &who, None, false).await.unwrap();
+    let who = assertion_of(&grpc, &session.token).await;
+    delete(&grpc, &who, None, None).await.unwrap();
     assert_eq!(
         authenticate(&grpc, &session.token)
             .await
@@ -381,23 +745,34 @@ async fn deleting_the_own_session_kills_its_token_and_revokes_its_cert() {
         issued[0].revoked_at.is_some(),
         "the session's cert was revoked"
     );
+    assert_eq!(
+        identity.asserted(),
+        [Asserted::new("RevokeActorIdCert", ALICE, "laptop")],
+        "with the caller's own assertion"
+    );
     // Nothing is left of it now.
-    let status = delete(&grpc, &caller(ALICE, "phone"), Some("laptop"), true)
-        .await
-        .unwrap_err();
+    let status = delete(
+        &grpc,
+        &caller(&grpc, ALICE, "phone"),
+        Some("laptop"),
+        Some(PASSWORD),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_session_is_deleted_with_the_sensitive_solution() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
     let (csr, _) = fake_identity::csr("laptop");
     let laptop = login(&grpc, ALICE, PASSWORD, csr).await.unwrap();
     let (csr, _) = fake_identity::csr("phone");
     let phone = login(&grpc, ALICE, PASSWORD, csr).await.unwrap();
-    let who = authenticate(&grpc, &laptop.token).await.unwrap();
-    delete(&grpc, &who, Some("phone"), true).await.unwrap();
+    let who = assertion_of(&grpc, &laptop.token).await;
+    delete(&grpc, &who, Some("phone"), Some(PASSWORD))
+        .await
+        .unwrap();
     assert_eq!(
         authenticate(&grpc, &phone.token).await.unwrap_err().code(),
         Code::Unauthenticated
@@ -410,7 +785,17 @@ async fn another_session_is_deleted_with_the_sensitive_solution() {
         .map(|c| c.session_id)
         .collect();
     assert_eq!(revoked, ["phone"]);
-    let status = delete(&grpc, &who, Some("tablet"), true).await.unwrap_err();
+    // Both identity steps acted on the laptop's proof, not on anything the request claimed.
+    assert_eq!(
+        identity.asserted(),
+        [
+            Asserted::new("VerifySensitiveSolution", ALICE, "laptop"),
+            Asserted::new("RevokeActorIdCert", ALICE, "laptop"),
+        ]
+    );
+    let status = delete(&grpc, &who, Some("tablet"), Some(PASSWORD))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains("tablet"), "{}", status.message());
 }
@@ -419,8 +804,7 @@ async fn another_session_is_deleted_with_the_sensitive_solution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_issues_a_cert_for_the_csr_key_and_a_token_that_authenticates() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (_identity, grpc, _dir) = service_with_fake_identity().await;
     let (csr, key) = fake_identity::csr("laptop");
     let session = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
     assert_eq!(session.session_id, "laptop");
@@ -433,15 +817,13 @@ async fn a_login_issues_a_cert_for_the_csr_key_and_a_token_that_authenticates() 
         Caller {
             fid: ALICE.into(),
             session_id: "laptop".into(),
-            admin: true
         }
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_unauthenticated_and_leaves_nothing_behind() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
     for (name, password) in [("alice", "wrong"), ("mallory", PASSWORD)] {
         let (csr, _) = fake_identity::csr("laptop");
         let status = login(&grpc, name, password, csr).await.unwrap_err();
@@ -454,8 +836,7 @@ async fn a_wrong_password_is_unauthenticated_and_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_or_missing_csr_is_an_invalid_argument_with_the_reason() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
     let status = login(&grpc, "alice", PASSWORD, Vec::new())
         .await
         .unwrap_err();
@@ -478,8 +859,7 @@ async fn a_bad_or_missing_csr_is_an_invalid_argument_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_id_held_by_a_valid_cert_is_already_exists() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (_identity, grpc, _dir) = service_with_fake_identity().await;
     let (csr, _) = fake_identity::csr("laptop");
     let first = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
     let (csr, _) = fake_identity::csr("laptop");
@@ -494,12 +874,11 @@ async fn a_session_id_held_by_a_valid_cert_is_already_exists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_after_deletion_reuses_the_session_id_with_a_new_token() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (_identity, grpc, _dir) = service_with_fake_identity().await;
     let (csr, _) = fake_identity::csr("laptop");
     let first = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
-    let who = authenticate(&grpc, &first.token).await.unwrap();
-    delete(&grpc, &who, None, false).await.unwrap();
+    let who = assertion_of(&grpc, &first.token).await;
+    delete(&grpc, &who, None, None).await.unwrap();
     let (csr, _) = fake_identity::csr("laptop");
     let second = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
     assert_ne!(first.token, second.token);
@@ -512,8 +891,7 @@ async fn a_login_after_deletion_reuses_the_session_id_with_a_new_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_whose_session_cannot_be_stored_revokes_its_cert() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
     // Storage breaks between the password check and the token write.
     grpc.sessions().database().pool.close().await;
     let (csr, _) = fake_identity::csr("laptop");
@@ -526,17 +904,113 @@ async fn a_login_whose_session_cannot_be_stored_revokes_its_cert() {
         issued[0].revoked_at.is_some(),
         "and the failed login revoked it again"
     );
+    assert_eq!(
+        identity.asserted(),
+        [Asserted::new("RevokeActorIdCert", ALICE, "laptop")],
+        "with an assertion of the session being undone"
+    );
+}
+
+// ---- New ID-Certs (fake identity) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_id_cert_starts_a_new_session_with_its_own_token() {
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
+    let (csr, _) = fake_identity::csr("laptop");
+    let laptop = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
+    let who = assertion_of(&grpc, &laptop.token).await;
+    let (csr, key) = fake_identity::csr("phone");
+    let phone = request_id_cert(&grpc, &who, csr, PASSWORD).await.unwrap();
+    assert_eq!(phone.session_id, "phone");
+    assert_eq!(phone.token.len(), 64);
+    let cert = p2_model::IdCert::from_pem(&phone.id_cert_pem).unwrap();
+    assert_eq!(cert.public_key().unwrap(), key.verifying_key());
+    assert_eq!(
+        authenticate(&grpc, &phone.token).await.unwrap(),
+        Caller {
+            fid: ALICE.into(),
+            session_id: "phone".into(),
+        }
+    );
+    assert!(
+        authenticate(&grpc, &laptop.token).await.is_ok(),
+        "the asking session is untouched"
+    );
+    assert_eq!(
+        identity.asserted(),
+        [Asserted::new("SignCsr", ALICE, "laptop")],
+        "identity signed for the laptop's proof"
+    );
+    // A session ID held by a valid cert is not taken over.
+    let (csr, _) = fake_identity::csr("phone");
+    let status = request_id_cert(&grpc, &who, csr, PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(authenticate(&grpc, &phone.token).await.is_ok());
+    assert_eq!(identity.issued().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_id_cert_for_the_own_session_id_renews_it_and_kills_the_old_token() {
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
+    let (csr, _) = fake_identity::csr("laptop");
+    let old = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
+    let who = assertion_of(&grpc, &old.token).await;
+    let (csr, key) = fake_identity::csr("laptop");
+    let renewed = request_id_cert(&grpc, &who, csr, PASSWORD).await.unwrap();
+    assert_eq!(renewed.session_id, "laptop");
+    assert_ne!(renewed.token, old.token);
+    let cert = p2_model::IdCert::from_pem(&renewed.id_cert_pem).unwrap();
+    assert_eq!(cert.public_key().unwrap(), key.verifying_key());
+    assert_eq!(
+        authenticate(&grpc, &old.token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        authenticate(&grpc, &renewed.token)
+            .await
+            .unwrap()
+            .session_id,
+        "laptop"
+    );
+    assert_eq!(grpc.sessions().list(ALICE).await.unwrap().len(), 1);
+    let issued = identity.issued();
+    assert_eq!(issued.len(), 2);
+    assert!(issued[0].revoked_at.is_some(), "the old cert was replaced");
+    assert!(issued[1].revoked_at.is_none());
+    assert_eq!(issued[1].pem, renewed.id_cert_pem);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_id_cert_needs_the_right_sensitive_solution() {
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
+    let (csr, _) = fake_identity::csr("laptop");
+    let laptop = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
+    let who = assertion_of(&grpc, &laptop.token).await;
+    for (solution, reason) in [
+        ("", Reason::SensitiveSolutionRequired),
+        ("wrong", Reason::SensitiveSolutionWrong),
+    ] {
+        let (csr, _) = fake_identity::csr("phone");
+        let status = request_id_cert(&grpc, &who, csr, solution)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{solution:?}");
+        assert_eq!(Reason::of(&status), Some(reason), "{status:?}");
+    }
+    assert_eq!(identity.issued().len(), 1);
+    assert_eq!(grpc.sessions().list(ALICE).await.unwrap().len(), 1);
 }
 
 // ---- Challenge solutions (fake identity) ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenge_signed_with_the_session_key_is_accepted_once() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (_identity, grpc, _dir) = service_with_fake_identity().await;
     let (csr, key) = fake_identity::csr("laptop");
     let session = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
-    let who = authenticate(&grpc, &session.token).await.unwrap();
+    let who = assertion_of(&grpc, &session.token).await;
     let issued = challenge(&grpc, &who).await;
     let signature = p2_model::sign_hex(&key, issued.challenge.as_bytes());
     verify(&grpc, &who, &issued.challenge, &signature)
@@ -555,11 +1029,10 @@ async fn a_challenge_signed_with_the_session_key_is_accepted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenge_signed_with_another_key_is_denied_and_used_up() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (_identity, grpc, _dir) = service_with_fake_identity().await;
     let (csr, key) = fake_identity::csr("laptop");
     let session = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
-    let who = authenticate(&grpc, &session.token).await.unwrap();
+    let who = assertion_of(&grpc, &session.token).await;
     let issued = challenge(&grpc, &who).await;
     let stranger = p2_model::generate_signing_key();
     let forged = p2_model::sign_hex(&stranger, issued.challenge.as_bytes());
@@ -591,11 +1064,10 @@ async fn a_challenge_signed_with_another_key_is_denied_and_used_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_cert_was_revoked_cannot_solve_challenges() {
-    let identity = fake_identity::start().await;
-    let (grpc, _dir) = service_with_identity(&identity.url, Duration::from_secs(300)).await;
+    let (identity, grpc, _dir) = service_with_fake_identity().await;
     let (csr, key) = fake_identity::csr("laptop");
     let session = login(&grpc, "alice", PASSWORD, csr).await.unwrap();
-    let who = authenticate(&grpc, &session.token).await.unwrap();
+    let who = assertion_of(&grpc, &session.token).await;
     let issued = challenge(&grpc, &who).await;
     identity.state.issued.lock().unwrap()[0].revoked_at = Some(p2_runtime::unix_now());
     let signature = p2_model::sign_hex(&key, issued.challenge.as_bytes());
@@ -613,27 +1085,67 @@ async fn a_session_whose_cert_was_revoked_cannot_solve_challenges() {
 // ---- Start-up ----
 
 #[tokio::test]
-async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_a_zero_ttl() {
+async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = p2_session::SessionConfig {
+    let key = InternalKey::generate();
+    let config = p2_session::SessionConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
         redis_url: None,
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
-        events_url: "http://127.0.0.1:1".into(),
         challenge_ttl_secs: p2_session::DEFAULT_CHALLENGE_TTL_SECS,
+        assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(&key),
     };
     let grpc = p2_session::SessionGrpc::open(&config).await.unwrap();
     assert_eq!(grpc.challenge_ttl(), Duration::from_secs(300));
-    let token = create(&grpc, ALICE, "laptop", false).await;
-    // A restart on the same database keeps the session.
+    assert_eq!(
+        grpc.assertion_ttl_ms(),
+        p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS
+    );
+    let token = create(&grpc, ALICE, "laptop").await;
+    // A restart on the same database keeps the session, and mints with the configured key.
     drop(grpc);
     let grpc = p2_session::SessionGrpc::open(&config).await.unwrap();
-    assert!(authenticate(&grpc, &token).await.is_ok());
-    config.challenge_ttl_secs = 0;
-    let err = p2_session::SessionGrpc::open(&config).await.err().unwrap();
-    assert!(
-        format!("{err:#}").contains("P2_CHALLENGE_TTL_SECS"),
-        "{err:#}"
+    let proof = assertion_of(&grpc, &token).await.token;
+    assert_eq!(
+        key.assertion_key()
+            .verify(&proof, unix_now_ms())
+            .unwrap()
+            .session_id,
+        "laptop"
     );
+    for (broken, variable) in [
+        (
+            p2_session::SessionConfig {
+                challenge_ttl_secs: 0,
+                ..config.clone()
+            },
+            "P2_CHALLENGE_TTL_SECS",
+        ),
+        (
+            p2_session::SessionConfig {
+                assertion_ttl_ms: 999,
+                ..config.clone()
+            },
+            "P2_ASSERTION_TTL_MS",
+        ),
+        (
+            p2_session::SessionConfig {
+                assertion_ttl_ms: 600_001,
+                ..config.clone()
+            },
+            "P2_ASSERTION_TTL_MS",
+        ),
+        (
+            p2_session::SessionConfig {
+                internal: p2_runtime::internal::InternalKeyConfig::default(),
+                ..config.clone()
+            },
+            "P2_INTERNAL_KEY",
+        ),
+    ] {
+        let err = p2_session::SessionGrpc::open(&broken).await.err().unwrap();
+        assert!(format!("{err:#}").contains(variable), "{err:#}");
+    }
 }

@@ -59,14 +59,8 @@ async fn odd_session_ids_and_large_times_round_trip(store: SessionStore) {
 async fn replacing_a_session_kills_its_old_token(store: SessionStore) {
     let old = SessionToken::generate();
     let new = SessionToken::generate();
-    store
-        .put(ALICE, "laptop", old.hash(), 1)
-        .await
-        .unwrap();
-    store
-        .put(ALICE, "laptop", new.hash(), 2)
-        .await
-        .unwrap();
+    store.put(ALICE, "laptop", old.hash(), 1).await.unwrap();
+    store.put(ALICE, "laptop", new.hash(), 2).await.unwrap();
     assert_eq!(store.find_by_token(old.hash()).await.unwrap(), None);
     assert_eq!(
         store.find_by_token(new.hash()).await.unwrap(),
@@ -77,10 +71,7 @@ async fn replacing_a_session_kills_its_old_token(store: SessionStore) {
 
 async fn deleting_a_session_kills_its_token_and_reports_whether_it_existed(store: SessionStore) {
     let token = SessionToken::generate();
-    store
-        .put(ALICE, "laptop", token.hash(), 1)
-        .await
-        .unwrap();
+    store.put(ALICE, "laptop", token.hash(), 1).await.unwrap();
     assert!(store.delete(ALICE, "laptop").await.unwrap());
     assert_eq!(store.find_by_token(token.hash()).await.unwrap(), None);
     assert!(!store.delete(ALICE, "laptop").await.unwrap());
@@ -90,14 +81,8 @@ async fn deleting_a_session_kills_its_token_and_reports_whether_it_existed(store
 async fn one_session_id_of_two_actors_names_two_sessions(store: SessionStore) {
     let alice = SessionToken::generate();
     let bob = SessionToken::generate();
-    store
-        .put(ALICE, "laptop", alice.hash(), 1)
-        .await
-        .unwrap();
-    store
-        .put(BOB, "laptop", bob.hash(), 1)
-        .await
-        .unwrap();
+    store.put(ALICE, "laptop", alice.hash(), 1).await.unwrap();
+    store.put(BOB, "laptop", bob.hash(), 1).await.unwrap();
     assert!(store.delete(BOB, "laptop").await.unwrap());
     assert_eq!(
         store.find_by_token(alice.hash()).await.unwrap(),
@@ -106,19 +91,13 @@ async fn one_session_id_of_two_actors_names_two_sessions(store: SessionStore) {
     assert_eq!(store.find_by_token(bob.hash()).await.unwrap(), None);
     // Session IDs compare exactly (case-sensitive).
     let upper = SessionToken::generate();
-    store
-        .put(ALICE, "LAPTOP", upper.hash(), 1)
-        .await
-        .unwrap();
+    store.put(ALICE, "LAPTOP", upper.hash(), 1).await.unwrap();
     assert_eq!(store.list(ALICE).await.unwrap().len(), 2);
 }
 
 async fn only_the_hash_of_a_token_is_stored(store: SessionStore) {
     let token = SessionToken::generate();
-    store
-        .put(ALICE, "laptop", token.hash(), 1)
-        .await
-        .unwrap();
+    store.put(ALICE, "laptop", token.hash(), 1).await.unwrap();
     let rows = sqlx::query("SELECT token_hash, fid, session_id FROM sessions")
         .fetch_all(&store.database().pool)
         .await
