@@ -645,9 +645,27 @@ async fn requesting_an_id_cert_for_a_deleted_session_is_unauthenticated() {
 // ---- Deleting sessions ----
 
 #[tokio::test]
+async fn a_deleted_sessions_assertion_cannot_delete_other_sessions() {
+    let (grpc, _dir) = service_without_identity().await;
+    let phone = create(&grpc, ALICE, "phone").await;
+    // laptop's assertion is unexpired, but laptop has no session (any more).
+    let status = delete(
+        &grpc,
+        &caller(&grpc, ALICE, "laptop"),
+        Some("phone"),
+        Some(PASSWORD),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(grpc.authenticate_token(&phone).await.is_ok());
+}
+
+#[tokio::test]
 async fn deleting_another_session_needs_the_sensitive_solution() {
     let (grpc, _dir) = service_without_identity().await;
     let phone = create(&grpc, ALICE, "phone").await;
+    create(&grpc, ALICE, "laptop").await;
     let laptop = caller(&grpc, ALICE, "laptop");
     for solution in [None, Some("")] {
         let status = delete(&grpc, &laptop, Some("phone"), solution)
@@ -750,7 +768,8 @@ async fn deleting_the_own_session_kills_its_token_and_revokes_its_cert() {
         [Asserted::new("RevokeActorIdCert", ALICE, "laptop")],
         "with the caller's own assertion"
     );
-    // Nothing is left of it now.
+    // Nothing is left of it now (asked from another live session of alice).
+    create(&grpc, ALICE, "phone").await;
     let status = delete(
         &grpc,
         &caller(&grpc, ALICE, "phone"),
