@@ -99,6 +99,11 @@ impl From<tonic::Status> for ApiError {
             Some(p2_runtime::error::Reason::SensitiveSolutionWrong) => {
                 Some("the sensitive-action solution in X-P2-Sensitive-Solution is wrong".to_owned())
             }
+            Some(p2_runtime::error::Reason::PrimaryExists) => Some(format!(
+                "{}: send \"primary\": false, then PUT /.p2/core/v1/services/primary with the \
+                 X-P2-Sensitive-Solution header",
+                status.message()
+            )),
             Some(p2_runtime::error::Reason::NotAdmin) | None => None,
         };
         let detail = match (reason, http) {
@@ -159,6 +164,26 @@ mod tests {
                 assert_eq!(error.detail, "SELECT secret FROM x");
             }
         }
+    }
+
+    #[test]
+    fn refusals_with_a_reason_get_the_gateways_http_wording() {
+        use p2_runtime::error::Reason;
+        let required =
+            ApiError::from(Reason::SensitiveSolutionRequired.denied("a sensitive action"));
+        assert_eq!(required.status, StatusCode::FORBIDDEN);
+        assert!(required.detail.starts_with("a sensitive action"));
+        assert!(required.detail.contains("X-P2-Sensitive-Solution"));
+        let wrong = ApiError::from(Reason::SensitiveSolutionWrong.denied("wrong"));
+        assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+        assert!(wrong.detail.contains("X-P2-Sensitive-Solution"));
+        let primary = ApiError::from(
+            Reason::PrimaryExists.tag(tonic::Status::failed_precondition("chat has one")),
+        );
+        assert_eq!(primary.status, StatusCode::CONFLICT);
+        assert!(primary.detail.contains("services/primary"));
+        let admin = ApiError::from(Reason::NotAdmin.denied("needs an administrator"));
+        assert_eq!(admin.detail, "needs an administrator");
     }
 
     #[tokio::test]

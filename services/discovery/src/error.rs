@@ -34,8 +34,8 @@ pub enum DiscoveryError {
     },
     /// A new provider asked to be primary, but the service already has one.
     #[error(
-        "{service} already has a primary provider; add this one with \"primary\": false, then \
-         make it the primary with PUT /.p2/core/v1/services/primary (a sensitive action)"
+        "{service} already has a primary provider; add this one as a non-primary provider, then \
+         make it the primary (a sensitive action)"
     )]
     PrimaryExists {
         /// The service.
@@ -106,7 +106,10 @@ impl From<DiscoveryError> for tonic::Status {
             DiscoveryError::Assertion(error) => error.into(),
             DiscoveryError::SolutionRefused(status) => status,
             DiscoveryError::ProviderExists { .. } => Status::already_exists(error.to_string()),
-            DiscoveryError::PrimaryExists { .. } | DiscoveryError::TooManyProviders { .. } => {
+            DiscoveryError::PrimaryExists { .. } => {
+                Reason::PrimaryExists.tag(Status::failed_precondition(error.to_string()))
+            }
+            DiscoveryError::TooManyProviders { .. } => {
                 Status::failed_precondition(error.to_string())
             }
             DiscoveryError::Unavailable(message) => {

@@ -25,6 +25,8 @@ pub enum Reason {
     SensitiveSolutionWrong,
     /// The actor is not an administrator of this home server.
     NotAdmin,
+    /// A new provider asked to be primary while its service has one (discovery).
+    PrimaryExists,
 }
 
 impl Reason {
@@ -34,6 +36,7 @@ impl Reason {
             Reason::SensitiveSolutionRequired => "sensitive-solution-required",
             Reason::SensitiveSolutionWrong => "sensitive-solution-wrong",
             Reason::NotAdmin => "not-admin",
+            Reason::PrimaryExists => "primary-exists",
         }
     }
 
@@ -44,6 +47,7 @@ impl Reason {
             Reason::SensitiveSolutionRequired,
             Reason::SensitiveSolutionWrong,
             Reason::NotAdmin,
+            Reason::PrimaryExists,
         ]
         .into_iter()
         .find(|r| r.as_str() == value)
@@ -51,7 +55,11 @@ impl Reason {
 
     /// A PERMISSION_DENIED status with `message`, tagged with this reason.
     pub fn denied(self, message: impl Into<String>) -> tonic::Status {
-        let mut status = tonic::Status::permission_denied(message);
+        self.tag(tonic::Status::permission_denied(message))
+    }
+
+    /// `status`, tagged with this reason.
+    pub fn tag(self, mut status: tonic::Status) -> tonic::Status {
         status.metadata_mut().insert(
             REASON_KEY,
             tonic::metadata::AsciiMetadataValue::from_static(self.as_str()),
@@ -70,6 +78,7 @@ mod tests {
             Reason::SensitiveSolutionRequired,
             Reason::SensitiveSolutionWrong,
             Reason::NotAdmin,
+            Reason::PrimaryExists,
         ] {
             let status = reason.denied("no");
             assert_eq!(status.code(), tonic::Code::PermissionDenied);
