@@ -13,8 +13,11 @@ use tonic::{Request, Response, Status};
 use crate::directory::ActorDirectory;
 use crate::error::DiscoveryError;
 use crate::model::{Limit, ProviderUrl, ServiceName};
-use crate::store::Store;
+use crate::store::{Refused, Store};
 use p2_runtime::internal::AssertionKey;
+
+/// The most providers one actor may list (all services together).
+pub const MAX_PROVIDERS_PER_ACTOR: u64 = 1000;
 
 /// The most providers one `RemoveService` call may name.
 pub const MAX_REMOVALS_PER_CALL: usize = 100;
@@ -94,6 +97,13 @@ impl DiscoveryGrpc {
                 fid: fid.to_string(),
             });
         }
+        // A bound per actor (CONVENTIONS 17). Checked before the insert, so concurrent adds
+        // may pass it by a few: the bound holds within the number of concurrent requests.
+        if self.store.count(fid.as_str()).await? >= MAX_PROVIDERS_PER_ACTOR {
+            return Err(DiscoveryError::TooManyProviders {
+                limit: MAX_PROVIDERS_PER_ACTOR,
+            });
+        }
         let added = self
             .store
             .add(fid.as_str(), &service, &url, provider.primary)
@@ -138,7 +148,16 @@ impl DiscoveryGrpc {
                 request.sensitive_solution.as_deref(),
             )
             .await?;
-        let removal = self.store.remove(fid.as_str(), &providers, solved).await?;
+        // The rule (spec 9.1.1): removing a primary is a sensitive action.
+        let removal = match self.store.remove(fid.as_str(), &providers, solved).await? {
+            Ok(removal) => removal,
+            Err(Refused::Primary(primary)) => {
+                return Err(DiscoveryError::SensitiveActionRequired {
+                    service: primary.service,
+                    url: primary.url,
+                });
+            }
+        };
         for provider in &removal.removed {
             tracing::info!(fid = %fid, service = %provider.service, url = %provider.url, "removed service provider");
         }

@@ -35,9 +35,6 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         ON service_providers (fid, service) WHERE is_primary;",
 }];
 
-/// The most providers one actor may list (all services together).
-pub const MAX_PROVIDERS_PER_ACTOR: u64 = 1000;
-
 /// How often a write that lost a race (unique violation, deadlock, busy database) is tried.
 /// Each lost race means another request on the same (actor, service) won, so this bounds the
 /// concurrent writers one actor can have on one service before a request fails.
@@ -105,6 +102,13 @@ const LIST_SERVICE_PRIMARY: &str =
     WHERE fid = $1 AND service = $2 AND is_primary
     LIMIT $3";
 
+/// Why [`Store::remove`] removed nothing although every provider was listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// This provider is a primary, and the caller did not allow removing primaries.
+    Primary(Provider),
+}
+
 /// What a removal did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Removal {
@@ -171,6 +175,15 @@ impl Store {
         &self.db
     }
 
+    /// How many providers `fid` lists (all services together).
+    pub async fn count(&self, fid: &str) -> Result<u64, DiscoveryError> {
+        let (count,): (i64,) = sqlx::query_as(COUNT_OF_ACTOR)
+            .bind(fid)
+            .fetch_one(&self.db.pool)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// Adds a provider for `fid`. It becomes primary when the service has none; asking for
     /// `primary` when the service has one is [`DiscoveryError::PrimaryExists`].
     pub async fn add(
@@ -180,15 +193,6 @@ impl Store {
         url: &ProviderUrl,
         primary: bool,
     ) -> Result<Provider, DiscoveryError> {
-        let (count,): (i64,) = sqlx::query_as(COUNT_OF_ACTOR)
-            .bind(fid)
-            .fetch_one(&self.db.pool)
-            .await?;
-        if u64::try_from(count).unwrap_or(0) >= MAX_PROVIDERS_PER_ACTOR {
-            return Err(DiscoveryError::TooManyProviders {
-                limit: MAX_PROVIDERS_PER_ACTOR,
-            });
-        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -265,13 +269,16 @@ impl Store {
     }
 
     /// Removes `providers` of `fid`, all or none, promoting the oldest remaining provider of
-    /// each service whose primary was removed. Removing a primary needs `sensitive_solved`.
+    /// each service whose primary was removed. When one of them is a primary and
+    /// `may_remove_primary` is false, nothing is removed and the answer is
+    /// [`Refused::Primary`] (which providers are primary is only known inside the transaction;
+    /// whether that may happen is the caller's rule).
     pub async fn remove(
         &self,
         fid: &str,
         providers: &[(ServiceName, ProviderUrl)],
-        sensitive_solved: bool,
-    ) -> Result<Removal, DiscoveryError> {
+        may_remove_primary: bool,
+    ) -> Result<Result<Removal, Refused>, DiscoveryError> {
         // One lock order for every transaction, so two removals cannot deadlock.
         let mut providers: Vec<&(ServiceName, ProviderUrl)> = providers.iter().collect();
         providers.sort_by(|a, b| (&a.0, a.1.key()).cmp(&(&b.0, b.1.key())));
@@ -279,7 +286,7 @@ impl Store {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_remove(fid, &providers, sensitive_solved).await {
+            match self.try_remove(fid, &providers, may_remove_primary).await {
                 Ok(outcome) => return outcome,
                 Err(error) if is_transient(&error) && attempt < ATTEMPTS => {}
                 Err(error) => return Err(error.into()),
@@ -293,8 +300,8 @@ impl Store {
         &self,
         fid: &str,
         providers: &[&(ServiceName, ProviderUrl)],
-        sensitive_solved: bool,
-    ) -> Result<Result<Removal, DiscoveryError>, sqlx::Error> {
+        may_remove_primary: bool,
+    ) -> Result<Result<Result<Removal, Refused>, DiscoveryError>, sqlx::Error> {
         let mut tx = self.db.pool.begin().await?;
         let mut removal = Removal::default();
         for (service, url) in providers {
@@ -316,11 +323,8 @@ impl Store {
                 primary: flag(&row, 1)?,
             });
         }
-        if !sensitive_solved && let Some(primary) = removal.removed.iter().find(|p| p.primary) {
-            return Ok(Err(DiscoveryError::SensitiveActionRequired {
-                service: primary.service.clone(),
-                url: primary.url.clone(),
-            }));
+        if !may_remove_primary && let Some(primary) = removal.removed.iter().find(|p| p.primary) {
+            return Ok(Ok(Err(Refused::Primary(primary.clone()))));
         }
         let mut orphaned: Vec<&str> = removal
             .removed
@@ -341,7 +345,7 @@ impl Store {
         }
         removal.promoted = promoted;
         tx.commit().await?;
-        Ok(Ok(removal))
+        Ok(Ok(Ok(removal)))
     }
 
     /// Makes the provider `url` of `service` the primary one. Returns the new primary, then

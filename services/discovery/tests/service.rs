@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use p2_discovery::directory::{ActorDirectory, LocalActor};
-use p2_discovery::store::{MAX_PROVIDERS_PER_ACTOR, Store};
+use p2_discovery::grpc::MAX_PROVIDERS_PER_ACTOR;
+use p2_discovery::store::Store;
 use p2_discovery::{DiscoveryError, DiscoveryGrpc, MIGRATIONS};
 use p2_model::FederationId;
 use p2_proto::common::v1::{CallerAssertion, ServiceProvider};

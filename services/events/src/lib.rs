@@ -5,16 +5,19 @@
 //! connection checked at start, gRPC health, the internal boundary ([`CALLERS`], caller
 //! assertions for Subscribe and Poll) — and answers its RPCs with `UNIMPLEMENTED` until the
 //! events work fills them in.
+//!
+//! Layout: this file holds the flags, [`EventsGrpc`] and [`serve`]; [`grpc`] the
+//! `polyproto.events.v1.Events` handlers.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 
 use clap::Args;
 use p2_proto::events::v1 as pb;
 use p2_runtime::internal::{AssertionKey, CallerPolicy, Component, InternalKeyConfig, ServerAuth};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+
+pub mod grpc;
 
 /// Default gRPC listen address of the events service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50054";
@@ -51,7 +54,7 @@ pub struct EventsConfig {
 /// The gRPC handler set of the events service.
 #[derive(Clone)]
 pub struct EventsGrpc {
-    assertions: AssertionKey,
+    pub(crate) assertions: AssertionKey,
     auth: ServerAuth,
 }
 
@@ -73,13 +76,6 @@ impl EventsGrpc {
     pub fn server_auth(&self) -> ServerAuth {
         self.auth.clone()
     }
-
-    fn verify(&self, caller: Option<&p2_proto::common::v1::CallerAssertion>) -> Result<(), Status> {
-        let token = caller.map(|c| c.token.as_slice()).unwrap_or_default();
-        self.assertions
-            .verify(token, p2_runtime::internal::unix_now_ms())?;
-        Ok(())
-    }
 }
 
 /// The tonic service.
@@ -96,39 +92,4 @@ pub async fn serve(
     let handlers = EventsGrpc::open(&config).await?;
     let auth = handlers.server_auth();
     p2_runtime::grpc::serve(grpc_service(handlers), auth, listener, shutdown).await
-}
-
-fn not_yet() -> Status {
-    Status::unimplemented("the event stream is not available on this server yet")
-}
-
-/// The stream type of `Subscribe`.
-pub type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl pb::events_server::Events for EventsGrpc {
-    type SubscribeStream = EventStream;
-
-    async fn publish(
-        &self,
-        _request: Request<pb::PublishRequest>,
-    ) -> Result<Response<pb::PublishResponse>, Status> {
-        Err(not_yet())
-    }
-
-    async fn subscribe(
-        &self,
-        request: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.verify(request.get_ref().caller.as_ref())?;
-        Err(not_yet())
-    }
-
-    async fn poll(
-        &self,
-        request: Request<pb::PollRequest>,
-    ) -> Result<Response<pb::PollResponse>, Status> {
-        self.verify(request.get_ref().caller.as_ref())?;
-        Err(not_yet())
-    }
 }

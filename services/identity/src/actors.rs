@@ -22,6 +22,19 @@ pub struct IssuedCert {
     pub replaced: Option<CertRow>,
 }
 
+/// Which certs of an actor [`IdentityState::certs_of`] selects.
+#[derive(Debug, Clone, Default)]
+pub struct CertQuery {
+    /// Certs valid at this UNIX time.
+    pub valid_at: Option<u64>,
+    /// Certs of this session.
+    pub session_id: Option<p2_model::SessionId>,
+    /// Certs issued (validity starting) at or after this UNIX time.
+    pub issued_from: Option<u64>,
+    /// Certs issued (validity starting) at or before this UNIX time.
+    pub issued_until: Option<u64>,
+}
+
 /// Who may register, and with which rights: the wire only ever asks for [`Self::Public`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registrant {
@@ -198,6 +211,22 @@ impl IdentityState {
             cert: issued.cert,
             replaced: issued.revoked,
         })
+    }
+
+    /// Every cert of the actor `fid` that `query` selects, revoked ones included, oldest first.
+    pub async fn certs_of(
+        &self,
+        fid: &FederationId,
+        query: CertQuery,
+    ) -> Result<Vec<CertRow>, IdentityError> {
+        let actor = self.actor(fid).await?;
+        let filter = crate::store::CertFilter {
+            valid_at: query.valid_at.map(to_i64),
+            session_id: query.session_id.map(|s| s.to_string()),
+            not_before: query.issued_from.map(to_i64),
+            not_after: query.issued_until.map(to_i64),
+        };
+        Ok(self.store().certs(&actor.local_name, &filter).await?)
     }
 
     /// Revokes the valid cert of `fid`'s session `session_id`.

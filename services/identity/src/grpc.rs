@@ -7,9 +7,9 @@ use p2_proto::common::v1::{CacheableIdCert, CallerAssertion};
 use p2_proto::identity::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::actors::{IssuedCert, Registrant, to_i64};
+use crate::actors::{CertQuery, IssuedCert, Registrant};
 use crate::keyring::Generation;
-use crate::store::{CertFilter, CertRow};
+use crate::store::CertRow;
 use crate::{IdentityError, IdentityState};
 
 /// The gRPC handler set of the identity service.
@@ -243,24 +243,23 @@ impl pb::identity_server::Identity for IdentityGrpc {
     ) -> Result<Response<pb::GetActorIdCertsResponse>, Status> {
         let request = request.into_inner();
         let fid = FederationId::parse(&request.fid).map_err(IdentityError::from)?;
-        let actor = self.state.actor(&fid).await?;
         let session_id = request
             .session_id
-            .map(|s| SessionId::parse(&s).map(|s| s.to_string()))
+            .map(|s| SessionId::parse(&s))
             .transpose()
             .map_err(IdentityError::from)?;
-        let filter = CertFilter {
-            valid_at: request.timestamp.map(to_i64),
-            session_id,
-            not_before: request.not_before.map(to_i64),
-            not_after: request.not_after.map(to_i64),
-        };
         let rows = self
             .state
-            .store()
-            .certs(&actor.local_name, &filter)
-            .await
-            .map_err(IdentityError::from)?;
+            .certs_of(
+                &fid,
+                CertQuery {
+                    valid_at: request.timestamp,
+                    session_id,
+                    issued_from: request.not_before,
+                    issued_until: request.not_after,
+                },
+            )
+            .await?;
         let now = p2_runtime::unix_now();
         let certs = rows
             .iter()
