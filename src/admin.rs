@@ -90,16 +90,16 @@ impl AdminStorage {
         }
         Ok(p2_identity::IdentityConfig {
             listen: ([127, 0, 0, 1], 0).into(),
-            domain: self.domain.clone(),
             database_url,
-            key_encryption_key: self
-                .key_encryption_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_owned().into()),
-            key_encryption_key_file: Some(key_file),
-            root_validity_days: p2_identity::DEFAULT_ROOT_VALIDITY_DAYS,
-            actor_cert_validity_days: p2_identity::DEFAULT_ACTOR_CERT_VALIDITY_DAYS,
-            registration: p2_identity::Registration::Closed,
+            options: p2_identity::IdentityOptions {
+                key_encryption_key: self
+                    .key_encryption_key
+                    .as_ref()
+                    .map(|k| k.expose_secret().to_owned().into()),
+                key_encryption_key_file: Some(key_file),
+                registration: p2_identity::Registration::Closed,
+                ..p2_identity::IdentityOptions::for_domain(&self.domain)
+            },
             // The admin CLI serves nothing: a throwaway key satisfies the state.
             internal: p2_runtime::internal::InternalKeyConfig::with_key(
                 &p2_runtime::internal::InternalKey::generate(),

@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use p2_runtime::config::TelemetryConfig;
 use p2_runtime::shutdown::{CancellationToken, cancel_on_signal};
-use secrecy::ExposeSecret as _;
 
 use crate::stack::{self, StackConfig, Storage};
 
@@ -57,50 +56,25 @@ pub struct InternalCredentialArgs {
     pub internal: p2_runtime::internal::InternalKeyConfig,
 }
 
-/// Flags of `polyproto up`.
+/// Flags of `polyproto up`: its own (listen address, data directory, token cache) plus the
+/// services' option blocks, flattened (one declaration each, shared with the components).
 #[derive(Debug, Clone, Args)]
 pub struct UpConfig {
     /// Address the gateway listens on (`host:port`; port 0 picks a free one).
     #[arg(long = "listen", env = "P2_LISTEN", default_value = p2_gateway::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// The home server's domain (the domain part of every federation ID it issues).
-    #[arg(long = "domain", env = "P2_DOMAIN", default_value = "localhost")]
-    pub domain: String,
-    /// Public base URL as clients reach it; defaults to `http://<listen address>`.
-    #[arg(long = "public-url", env = "P2_PUBLIC_URL")]
-    pub public_url: Option<String>,
     /// Directory for the SQLite databases and the generated key encryption key.
     #[arg(long = "data-dir", env = "P2_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// 32-byte key (64 hex characters) that encrypts the server's private keys at rest;
-    /// generated into `<data-dir>/key-encryption.key` (mode 0600) when unset.
-    #[arg(
-        long = "key-encryption-key",
-        env = "P2_KEY_ENCRYPTION_KEY",
-        hide_env_values = true
-    )]
-    pub key_encryption_key: Option<secrecy::SecretString>,
-    /// Validity of a newly generated root ID-Cert, in days.
-    #[arg(long = "root-validity-days", env = "P2_ROOT_VALIDITY_DAYS", default_value_t = p2_identity::DEFAULT_ROOT_VALIDITY_DAYS)]
-    pub root_validity_days: u64,
-    /// Validity of an issued actor ID-Cert, in days (1 to 60).
-    #[arg(long = "actor-cert-validity-days", env = "P2_ACTOR_CERT_VALIDITY_DAYS", default_value_t = p2_identity::DEFAULT_ACTOR_CERT_VALIDITY_DAYS)]
-    pub actor_cert_validity_days: u64,
-    /// Who may register: `open` or `closed` (only `polyproto admin create-actor`).
-    #[arg(long = "registration", env = "P2_REGISTRATION", value_enum, default_value_t = p2_identity::Registration::Open)]
-    pub registration: p2_identity::Registration,
-    /// Lifetime of challenge strings, in seconds.
-    #[arg(long = "challenge-ttl-secs", env = "P2_CHALLENGE_TTL_SECS", default_value_t = p2_session::DEFAULT_CHALLENGE_TTL_SECS)]
-    pub challenge_ttl_secs: u64,
-    /// Largest accepted request body, in bytes; larger ones get 413.
-    #[arg(long = "max-body-bytes", env = "P2_MAX_BODY_BYTES", default_value_t = p2_gateway::DEFAULT_MAX_BODY_BYTES)]
-    pub max_body_bytes: usize,
-    /// OpenID Connect issuer announced in `/.well-known/polyproto-core`, if any.
-    #[arg(long = "oidc-issuer", env = "P2_OIDC_ISSUER")]
-    pub oidc_issuer: Option<String>,
-    /// How long the gateway caches public read responses, in milliseconds; 0 disables.
-    #[arg(long = "public-cache-ms", env = "P2_PUBLIC_CACHE_MS", default_value_t = p2_gateway::DEFAULT_PUBLIC_CACHE_MS)]
-    pub public_cache_ms: u64,
+    /// Identity settings.
+    #[command(flatten)]
+    pub identity: p2_identity::IdentityOptions,
+    /// Session settings.
+    #[command(flatten)]
+    pub session: p2_session::SessionOptions,
+    /// Gateway settings.
+    #[command(flatten)]
+    pub gateway: p2_gateway::GatewayOptions,
     /// How long the gateway caches resolved session tokens, in milliseconds; 0 disables. Every
     /// session change through the gateway (the only one in `up`) clears it at once.
     #[arg(long = "token-cache-ms", env = "P2_TOKEN_CACHE_MS", default_value_t = crate::stack::DEFAULT_UP_TOKEN_CACHE_MS)]
@@ -112,22 +86,12 @@ impl UpConfig {
     pub fn stack_config(&self) -> StackConfig {
         StackConfig {
             listen: self.listen,
-            domain: self.domain.clone(),
-            public_url: self.public_url.clone(),
             storage: Storage::Embedded {
                 data_dir: self.data_dir.clone(),
             },
-            key_encryption_key: self
-                .key_encryption_key
-                .as_ref()
-                .map(|k| k.expose_secret().to_owned()),
-            root_validity_days: self.root_validity_days,
-            actor_cert_validity_days: self.actor_cert_validity_days,
-            registration: self.registration,
-            challenge_ttl_secs: self.challenge_ttl_secs,
-            max_body_bytes: self.max_body_bytes,
-            oidc_issuer: self.oidc_issuer.clone(),
-            public_cache_ms: self.public_cache_ms,
+            identity: self.identity.clone(),
+            session: self.session.clone(),
+            gateway: self.gateway.clone(),
             token_cache_ms: self.token_cache_ms,
         }
     }

@@ -38,34 +38,21 @@ pub enum Storage {
     },
 }
 
-/// Everything [`start`] needs.
+/// Everything [`start`] needs: the storage choice, and the services' own option blocks (the
+/// same ones `polyproto identity|session|gateway` take), so nothing is declared twice.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
     /// Gateway listen address (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// The home server's domain.
-    pub domain: String,
-    /// Public base URL; defaults to `http://<bound gateway address>`.
-    pub public_url: Option<String>,
     /// Storage choice.
     pub storage: Storage,
-    /// Key encryption key (64 hex); in embedded mode, generated into the data directory when
-    /// absent.
-    pub key_encryption_key: Option<String>,
-    /// Validity of new root certs, in days.
-    pub root_validity_days: u64,
-    /// Validity of issued actor certs, in days (1 to 60).
-    pub actor_cert_validity_days: u64,
-    /// Registration policy.
-    pub registration: p2_identity::Registration,
-    /// Lifetime of challenge strings, in seconds.
-    pub challenge_ttl_secs: u64,
-    /// Request body limit of the gateway.
-    pub max_body_bytes: usize,
-    /// OIDC issuer announced in `.well-known`, if any.
-    pub oidc_issuer: Option<String>,
-    /// Lifetime of cached public read responses in the gateway, in milliseconds (0: off).
-    pub public_cache_ms: u64,
+    /// Identity settings. In embedded mode without a key encryption key (or file), one is
+    /// generated into the data directory.
+    pub identity: p2_identity::IdentityOptions,
+    /// Session settings.
+    pub session: p2_session::SessionOptions,
+    /// Gateway settings.
+    pub gateway: p2_gateway::GatewayOptions,
     /// Lifetime of cached token resolutions in the gateway, in milliseconds (0: off). Safe
     /// here: the stack has exactly one gateway, which handles every session mutation.
     pub token_cache_ms: u64,
@@ -76,19 +63,12 @@ impl StackConfig {
     pub fn embedded(listen: SocketAddr, domain: &str, data_dir: &Path) -> Self {
         Self {
             listen,
-            domain: domain.to_owned(),
-            public_url: None,
             storage: Storage::Embedded {
                 data_dir: data_dir.to_owned(),
             },
-            key_encryption_key: None,
-            root_validity_days: p2_identity::DEFAULT_ROOT_VALIDITY_DAYS,
-            actor_cert_validity_days: p2_identity::DEFAULT_ACTOR_CERT_VALIDITY_DAYS,
-            registration: p2_identity::Registration::Open,
-            challenge_ttl_secs: p2_session::DEFAULT_CHALLENGE_TTL_SECS,
-            max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
-            oidc_issuer: None,
-            public_cache_ms: p2_gateway::DEFAULT_PUBLIC_CACHE_MS,
+            identity: p2_identity::IdentityOptions::for_domain(domain),
+            session: p2_session::SessionOptions::default(),
+            gateway: p2_gateway::GatewayOptions::default(),
             token_cache_ms: DEFAULT_UP_TOKEN_CACHE_MS,
         }
     }
@@ -162,7 +142,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
                 format!("cannot create the data directory {}", data_dir.display())
             })?;
             let key_file = data_dir.join(KEY_FILE_NAME);
-            if config.key_encryption_key.is_none() {
+            if config.identity.key_encryption_key.is_none()
+                && config.identity.key_encryption_key_file.is_none()
+            {
                 p2_identity::cipher::KeyCipher::load_or_create_file(&key_file)?;
             }
             (
@@ -170,7 +152,11 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
                 p2_runtime::storage::sqlite_url_in(data_dir, "session"),
                 p2_runtime::storage::sqlite_url_in(data_dir, "discovery"),
                 None,
-                Some(key_file),
+                config
+                    .identity
+                    .key_encryption_key_file
+                    .clone()
+                    .or(Some(key_file)),
             )
         }
         Storage::External {
@@ -183,7 +169,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
             session_database_url.clone(),
             discovery_database_url.clone(),
             Some(redis_url.clone()),
-            None,
+            config.identity.key_encryption_key_file.clone(),
         ),
     };
 
@@ -206,13 +192,11 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
 
     let identity_config = p2_identity::IdentityConfig {
         listen: grpc_addrs[0],
-        domain: config.domain.clone(),
         database_url: identity_db,
-        key_encryption_key: config.key_encryption_key.clone().map(Into::into),
-        key_encryption_key_file: key_file,
-        root_validity_days: config.root_validity_days,
-        actor_cert_validity_days: config.actor_cert_validity_days,
-        registration: config.registration,
+        options: p2_identity::IdentityOptions {
+            key_encryption_key_file: key_file,
+            ..config.identity.clone()
+        },
         internal: internal.clone(),
     };
     let session_config = p2_session::SessionConfig {
@@ -220,8 +204,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         database_url: session_db,
         redis_url: redis_url.clone(),
         identity_url: url(grpc_addrs[0]),
-        challenge_ttl_secs: config.challenge_ttl_secs,
-        assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+        options: config.session.clone(),
         internal: internal.clone(),
     };
     let discovery_config = p2_discovery::DiscoveryConfig {
@@ -237,14 +220,11 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     };
     let gateway_config = p2_gateway::GatewayConfig {
         listen: config.listen,
-        public_url: config.public_url.clone(),
+        options: config.gateway.clone(),
         identity_url: url(grpc_addrs[0]),
         session_url: url(grpc_addrs[1]),
         discovery_url: url(grpc_addrs[2]),
         events_url: url(grpc_addrs[3]),
-        max_body_bytes: config.max_body_bytes,
-        oidc_issuer: config.oidc_issuer.clone(),
-        public_cache_ms: config.public_cache_ms,
         token_cache_ms: config.token_cache_ms,
         internal,
         component_credential: None,

@@ -125,14 +125,11 @@ pub async fn measure(
     let url = |addr: SocketAddr| format!("http://{addr}");
     let gateway_config = p2_gateway::GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
-        public_url: None,
+        options: p2_gateway::GatewayOptions::default(),
         identity_url: url(grpc_addrs[0]),
         session_url: url(grpc_addrs[1]),
         discovery_url: url(grpc_addrs[2]),
         events_url: url(grpc_addrs[3]),
-        max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
-        oidc_issuer: None,
-        public_cache_ms: p2_gateway::DEFAULT_PUBLIC_CACHE_MS,
         token_cache_ms: polyproto_server::stack::DEFAULT_UP_TOKEN_CACHE_MS,
         internal: p2_runtime::internal::InternalKeyConfig::with_key(internal_key),
         component_credential: None,

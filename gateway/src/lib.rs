@@ -53,10 +53,9 @@ pub struct GatewayConfig {
     /// Address the HTTP server listens on (`host:port`; port 0 picks a free one).
     #[arg(long = "listen", env = "P2_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Public base URL of this server as clients reach it (e.g. `https://p2.example.com`);
-    /// defaults to `http://<listen address>`.
-    #[arg(long = "public-url", env = "P2_PUBLIC_URL")]
-    pub public_url: Option<String>,
+    /// What the gateway announces and accepts (shared with `polyproto up`).
+    #[command(flatten)]
+    pub options: GatewayOptions,
     /// URL of the identity service.
     #[arg(
         long = "identity-url",
@@ -85,16 +84,6 @@ pub struct GatewayConfig {
         default_value = "http://127.0.0.1:50054"
     )]
     pub events_url: String,
-    /// Largest accepted request body, in bytes; larger ones get 413.
-    #[arg(long = "max-body-bytes", env = "P2_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
-    pub max_body_bytes: usize,
-    /// OpenID Connect issuer announced in `/.well-known/polyproto-core`, if any.
-    #[arg(long = "oidc-issuer", env = "P2_OIDC_ISSUER")]
-    pub oidc_issuer: Option<String>,
-    /// How long public read responses (server and actor certs, discovery) are cached, in
-    /// milliseconds; 0 disables. Mutations through this gateway clear the cache at once.
-    #[arg(long = "public-cache-ms", env = "P2_PUBLIC_CACHE_MS", default_value_t = DEFAULT_PUBLIC_CACHE_MS)]
-    pub public_cache_ms: u64,
     /// How long resolved session tokens are cached, in milliseconds; 0 (default) disables.
     /// Only safe with a single gateway: a session deleted through another replica stays usable
     /// here for up to this long. `polyproto up` (one gateway) turns it on.
@@ -116,6 +105,37 @@ pub struct GatewayConfig {
         hide_env_values = true
     )]
     pub component_credential: Option<secrecy::SecretString>,
+}
+
+/// The gateway settings that `polyproto gateway` and `polyproto up` share: one declaration,
+/// flattened into both.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayOptions {
+    /// Public base URL of this server as clients reach it (e.g. `https://p2.example.com`);
+    /// defaults to `http://<listen address>`.
+    #[arg(long = "public-url", env = "P2_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    #[arg(long = "max-body-bytes", env = "P2_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// OpenID Connect issuer announced in `/.well-known/polyproto-core`, if any.
+    #[arg(long = "oidc-issuer", env = "P2_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// How long public read responses (server and actor certs, discovery) are cached, in
+    /// milliseconds; 0 disables. Mutations through this gateway clear the cache at once.
+    #[arg(long = "public-cache-ms", env = "P2_PUBLIC_CACHE_MS", default_value_t = DEFAULT_PUBLIC_CACHE_MS)]
+    pub public_cache_ms: u64,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            oidc_issuer: None,
+            public_cache_ms: DEFAULT_PUBLIC_CACHE_MS,
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -165,7 +185,8 @@ impl AppState {
     /// Builds the clients (connecting lazily) for `config`; `bound` is the address actually
     /// listened on (used for the default public URL when `--listen` had port 0).
     pub fn new(config: &GatewayConfig, bound: SocketAddr) -> anyhow::Result<Self> {
-        let public_url = config
+        let options = &config.options;
+        let public_url = options
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"))
@@ -179,10 +200,10 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(Inner {
                 public_url,
-                oidc_issuer: config.oidc_issuer.clone(),
-                max_body_bytes: config.max_body_bytes,
+                oidc_issuer: options.oidc_issuer.clone(),
+                max_body_bytes: options.max_body_bytes,
                 cache: cache::ResponseCache::new(std::time::Duration::from_millis(
-                    config.public_cache_ms,
+                    options.public_cache_ms,
                 )),
                 tokens: auth::TokenCache::new(std::time::Duration::from_millis(
                     config.token_cache_ms,

@@ -15,14 +15,14 @@ fn gateway_state(stack: &TestStack) -> p2_gateway::AppState {
     let url = |i: usize| format!("http://{}", grpc[i]);
     let config = p2_gateway::GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
-        public_url: None,
+        options: p2_gateway::GatewayOptions {
+            public_cache_ms: 0,
+            ..p2_gateway::GatewayOptions::default()
+        },
         identity_url: url(0),
         session_url: url(1),
         discovery_url: url(2),
         events_url: url(3),
-        max_body_bytes: p2_gateway::DEFAULT_MAX_BODY_BYTES,
-        oidc_issuer: None,
-        public_cache_ms: 0,
         token_cache_ms: 0,
         internal: p2_runtime::internal::InternalKeyConfig::with_key(
             &stack.stack.as_ref().unwrap().internal_key,
@@ -131,7 +131,7 @@ async fn expired_challenges_are_refused() {
         crate::helpers::DOMAIN,
         dir.path(),
     );
-    config.challenge_ttl_secs = 1;
+    config.session.challenge_ttl_secs = 1;
     let stack = polyproto_server::stack::start(config.clone())
         .await
         .unwrap();

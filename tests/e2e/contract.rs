@@ -72,7 +72,7 @@ async fn closed_registration_is_refused_over_http_with_a_clear_403() {
         crate::helpers::DOMAIN,
         dir.path(),
     );
-    config.registration = p2_identity::Registration::Closed;
+    config.identity.registration = p2_identity::Registration::Closed;
     let stack = polyproto_server::stack::start(config.clone())
         .await
         .unwrap();

@@ -59,7 +59,7 @@ fn config(storage: Storage) -> StackConfig {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut config = StackConfig::embedded(loopback, DOMAIN, &PathBuf::new());
     if matches!(storage, Storage::External { .. }) {
-        config.key_encryption_key = Some(TEST_KEK.to_owned());
+        config.identity.key_encryption_key = Some(TEST_KEK.to_owned().into());
     }
     config.storage = storage;
     config

@@ -99,14 +99,28 @@ pub struct IdentityConfig {
     /// Address the gRPC server listens on (`host:port`; port 0 picks a free one).
     #[arg(long = "listen", env = "P2_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// The home server's domain: the `dc` components of its root ID-Cert and the domain part of
-    /// every federation ID it issues.
-    #[arg(long = "domain", env = "P2_DOMAIN", default_value = "localhost")]
-    pub domain: String,
     /// Database URL: `sqlite:PATH` or `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long = "database-url", env = "P2_DATABASE_URL")]
     pub database_url: String,
+    /// What the home server is and issues (shared with `polyproto up`).
+    #[command(flatten)]
+    pub options: IdentityOptions,
+    /// The deployment's internal key.
+    #[command(flatten)]
+    pub internal: InternalKeyConfig,
+}
+
+/// The identity settings that `polyproto identity` and `polyproto up` share: one declaration,
+/// flattened into both.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityOptions {
+    /// The home server's domain: the `dc` components of its root ID-Cert and the domain part of
+    /// every federation ID it issues.
+    #[arg(long = "domain", env = "P2_DOMAIN", default_value = DEFAULT_DOMAIN)]
+    pub domain: String,
     /// 32-byte key (64 hex characters) that encrypts the server's private keys at rest.
+    /// `polyproto up` generates one into `<data-dir>/key-encryption.key` (mode 0600) when
+    /// neither this nor the file is given.
     #[arg(
         long = "key-encryption-key",
         env = "P2_KEY_ENCRYPTION_KEY",
@@ -128,9 +142,23 @@ pub struct IdentityConfig {
     /// (only `polyproto admin create-actor`).
     #[arg(long = "registration", env = "P2_REGISTRATION", value_enum, default_value_t = Registration::Open)]
     pub registration: Registration,
-    /// The deployment's internal key.
-    #[command(flatten)]
-    pub internal: InternalKeyConfig,
+}
+
+/// Default domain of a home server.
+pub const DEFAULT_DOMAIN: &str = "localhost";
+
+impl IdentityOptions {
+    /// The defaults for `domain`, with no key encryption key.
+    pub fn for_domain(domain: &str) -> Self {
+        Self {
+            domain: domain.to_owned(),
+            key_encryption_key: None,
+            key_encryption_key_file: None,
+            root_validity_days: DEFAULT_ROOT_VALIDITY_DAYS,
+            actor_cert_validity_days: DEFAULT_ACTOR_CERT_VALIDITY_DAYS,
+            registration: Registration::Open,
+        }
+    }
 }
 
 /// Registration policy.
@@ -142,7 +170,7 @@ pub enum Registration {
     Closed,
 }
 
-impl IdentityConfig {
+impl IdentityOptions {
     /// The key encryption key, from the flag/env or the file.
     pub fn load_cipher(&self) -> anyhow::Result<cipher::KeyCipher> {
         use secrecy::ExposeSecret as _;
@@ -181,22 +209,23 @@ impl IdentityState {
     /// Connects storage, runs migrations, and loads (or on first start creates) the server's
     /// key pair and root ID-Cert for `config.domain`.
     pub async fn open(config: &IdentityConfig) -> anyhow::Result<Self> {
-        let domain = p2_model::validate_domain(&config.domain)
-            .map_err(|e| anyhow::anyhow!("invalid --domain {:?}: {e}", config.domain))?;
+        let options = &config.options;
+        let domain = p2_model::validate_domain(&options.domain)
+            .map_err(|e| anyhow::anyhow!("invalid --domain {:?}: {e}", options.domain))?;
         let internal_key = config.internal.load()?;
-        let cipher = config.load_cipher()?;
+        let cipher = options.load_cipher()?;
         let db = p2_runtime::storage::connect(&config.database_url, "identity", store::MIGRATIONS)
             .await?;
         let store = store::Store::new(db);
         anyhow::ensure!(
-            (1..=60).contains(&config.actor_cert_validity_days),
+            (1..=60).contains(&options.actor_cert_validity_days),
             "--actor-cert-validity-days must be between 1 and 60 (spec 6.1)"
         );
         let keyring = keyring::Keyring::open(
             store.clone(),
             cipher,
             domain.clone(),
-            config.root_validity_days.saturating_mul(86_400),
+            options.root_validity_days.saturating_mul(86_400),
         )
         .await?;
         Ok(Self {
@@ -207,8 +236,8 @@ impl IdentityState {
                 keyring,
                 hasher: passwords::PasswordHasher::new().await?,
                 domain,
-                actor_cert_validity_secs: config.actor_cert_validity_days * 86_400,
-                registration: config.registration,
+                actor_cert_validity_secs: options.actor_cert_validity_days * 86_400,
+                registration: options.registration,
             }),
         })
     }

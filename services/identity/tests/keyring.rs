@@ -153,13 +153,12 @@ async fn grpc_answers_server_certs_by_time(url: String) {
     let dir = tempfile::tempdir().unwrap();
     let config = p2_identity::IdentityConfig {
         listen: ([127, 0, 0, 1], 0).into(),
-        domain: "grpc.example".into(),
         database_url: url,
-        key_encryption_key: Some(KEK.to_owned().into()),
-        key_encryption_key_file: Some(dir.path().join("unused")),
-        root_validity_days: 730,
-        actor_cert_validity_days: 30,
-        registration: p2_identity::Registration::Open,
+        options: p2_identity::IdentityOptions {
+            key_encryption_key: Some(KEK.to_owned().into()),
+            key_encryption_key_file: Some(dir.path().join("unused")),
+            ..p2_identity::IdentityOptions::for_domain("grpc.example")
+        },
         internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
     };
     let state = p2_identity::IdentityState::open(&config).await.unwrap();

@@ -122,6 +122,18 @@ pub struct SessionConfig {
         default_value = "http://127.0.0.1:50051"
     )]
     pub identity_url: String,
+    /// Lifetimes (shared with `polyproto up`).
+    #[command(flatten)]
+    pub options: SessionOptions,
+    /// The deployment's internal key.
+    #[command(flatten)]
+    pub internal: InternalKeyConfig,
+}
+
+/// The session settings that `polyproto session` and `polyproto up` share: one declaration,
+/// flattened into both.
+#[derive(Debug, Clone, Args)]
+pub struct SessionOptions {
     /// Lifetime of a challenge string, in seconds (at least 1).
     #[arg(long = "challenge-ttl-secs", env = "P2_CHALLENGE_TTL_SECS", default_value_t = DEFAULT_CHALLENGE_TTL_SECS)]
     pub challenge_ttl_secs: u64,
@@ -130,9 +142,15 @@ pub struct SessionConfig {
     /// service does not re-check the session.
     #[arg(long = "assertion-ttl-ms", env = "P2_ASSERTION_TTL_MS", default_value_t = p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS)]
     pub assertion_ttl_ms: u64,
-    /// The deployment's internal key.
-    #[command(flatten)]
-    pub internal: InternalKeyConfig,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            challenge_ttl_secs: DEFAULT_CHALLENGE_TTL_SECS,
+            assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+        }
+    }
 }
 
 /// The gRPC handler set of the session service; cheap to clone (one shared state).
@@ -160,10 +178,11 @@ impl SessionGrpc {
     /// in-process challenge store; the identity channel connects lazily. Fails with one clear
     /// line when storage or Redis does not answer or a flag is out of range.
     pub async fn open(config: &SessionConfig) -> anyhow::Result<Self> {
-        if config.challenge_ttl_secs == 0 {
+        let options = &config.options;
+        if options.challenge_ttl_secs == 0 {
             anyhow::bail!("--challenge-ttl-secs (P2_CHALLENGE_TTL_SECS) must be at least 1");
         }
-        if !(1000..=600_000).contains(&config.assertion_ttl_ms) {
+        if !(1000..=600_000).contains(&options.assertion_ttl_ms) {
             anyhow::bail!(
                 "--assertion-ttl-ms (P2_ASSERTION_TTL_MS) must be between 1000 and 600000"
             );
@@ -195,9 +214,9 @@ impl SessionGrpc {
             store,
             challenges,
             identity,
-            Duration::from_secs(config.challenge_ttl_secs),
+            Duration::from_secs(options.challenge_ttl_secs),
         )
-        .with_assertion_ttl_ms(config.assertion_ttl_ms))
+        .with_assertion_ttl_ms(options.assertion_ttl_ms))
     }
 
     /// Handlers over ready parts: the deployment's internal key, the sessions table, a

@@ -1112,8 +1112,7 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
         redis_url: None,
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
-        challenge_ttl_secs: p2_session::DEFAULT_CHALLENGE_TTL_SECS,
-        assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+        options: p2_session::SessionOptions::default(),
         internal: p2_runtime::internal::InternalKeyConfig::with_key(&key),
     };
     let grpc = p2_session::SessionGrpc::open(&config).await.unwrap();
@@ -1137,21 +1136,30 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
     for (broken, variable) in [
         (
             p2_session::SessionConfig {
-                challenge_ttl_secs: 0,
+                options: p2_session::SessionOptions {
+                    challenge_ttl_secs: 0,
+                    ..p2_session::SessionOptions::default()
+                },
                 ..config.clone()
             },
             "P2_CHALLENGE_TTL_SECS",
         ),
         (
             p2_session::SessionConfig {
-                assertion_ttl_ms: 999,
+                options: p2_session::SessionOptions {
+                    assertion_ttl_ms: 999,
+                    ..p2_session::SessionOptions::default()
+                },
                 ..config.clone()
             },
             "P2_ASSERTION_TTL_MS",
         ),
         (
             p2_session::SessionConfig {
-                assertion_ttl_ms: 600_001,
+                options: p2_session::SessionOptions {
+                    assertion_ttl_ms: 600_001,
+                    ..p2_session::SessionOptions::default()
+                },
                 ..config.clone()
             },
             "P2_ASSERTION_TTL_MS",
