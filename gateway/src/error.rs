@@ -90,6 +90,21 @@ impl From<tonic::Status> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
+        // A service refused this gateway itself: misconfigured keys, never the client's fault.
+        if p2_runtime::error::Reason::of(&status)
+            == Some(p2_runtime::error::Reason::ComponentRefused)
+        {
+            tracing::error!(
+                code = ?status.code(),
+                message = status.message(),
+                "a service refused this gateway's component credential: check P2_INTERNAL_KEY \
+                 or P2_COMPONENT_CREDENTIAL"
+            );
+            return Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the server failed to handle this request; it has been logged",
+            );
+        }
         // The few refusals whose wording names HTTP headers: the gateway owns those words.
         let reason = match p2_runtime::error::Reason::of(&status) {
             Some(p2_runtime::error::Reason::SensitiveSolutionRequired) => Some(format!(
@@ -104,7 +119,10 @@ impl From<tonic::Status> for ApiError {
                  X-P2-Sensitive-Solution header",
                 status.message()
             )),
-            Some(p2_runtime::error::Reason::NotAdmin) | None => None,
+            Some(
+                p2_runtime::error::Reason::NotAdmin | p2_runtime::error::Reason::ComponentRefused,
+            )
+            | None => None,
         };
         let detail = match (reason, http) {
             (Some(text), _) => text,
@@ -184,6 +202,12 @@ mod tests {
         assert!(primary.detail.contains("services/primary"));
         let admin = ApiError::from(Reason::NotAdmin.denied("needs an administrator"));
         assert_eq!(admin.detail, "needs an administrator");
+        // A refused gateway is a deployment error: 500, and nothing of it shown.
+        let refused = ApiError::from(
+            Reason::ComponentRefused.tag(tonic::Status::unauthenticated("bad credential")),
+        );
+        assert_eq!(refused.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!refused.detail.contains("credential"));
     }
 
     #[tokio::test]

@@ -346,3 +346,168 @@ fn admin_commands_create_actors_and_rotate_keys_in_a_data_directory() {
     assert!(!ok);
     assert_one_clear_error_line(&stderr, "cli.test", "\u{0}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The deployment shape of compose and Kubernetes: every component its own process, meeting
+/// over gRPC. The services share the internal key; the gateway holds only its own credential
+/// (as `polyproto internal-credential gateway` prints it), and a login works end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let credential = Command::new(BIN)
+        .args(["internal-credential", "gateway"])
+        .env("P2_INTERNAL_KEY", INTERNAL_KEY)
+        .output()
+        .unwrap();
+    assert!(credential.status.success());
+    let credential = String::from_utf8(credential.stdout).unwrap().trim().to_owned();
+    assert_eq!(credential.len(), 64);
+    assert_ne!(credential, INTERNAL_KEY);
+
+    let spawn = |args: Vec<String>, env: Vec<(&str, String)>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(&args)
+            .env_remove("P2_INTERNAL_KEY")
+            .env("P2_LOG", "warn")
+            .env("P2_DOMAIN", "split.test")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Child(command.spawn().unwrap())
+    };
+    let key = || vec![("P2_INTERNAL_KEY", INTERNAL_KEY.to_owned())];
+    let listen = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let _identity = spawn(
+        vec![
+            "identity".into(),
+            "--listen".into(),
+            listen(0),
+            "--database-url".into(),
+            db("identity.db"),
+            "--key-encryption-key".into(),
+            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a".into(),
+        ],
+        key(),
+    );
+    let _session = spawn(
+        vec![
+            "session".into(),
+            "--listen".into(),
+            listen(1),
+            "--database-url".into(),
+            db("session.db"),
+            "--identity-url".into(),
+            url(0),
+        ],
+        key(),
+    );
+    let _discovery = spawn(
+        vec![
+            "discovery".into(),
+            "--listen".into(),
+            listen(2),
+            "--database-url".into(),
+            db("discovery.db"),
+            "--identity-url".into(),
+            url(0),
+        ],
+        key(),
+    );
+    let _events = spawn(vec!["events".into(), "--listen".into(), listen(3)], key());
+    let _gateway = spawn(
+        vec![
+            "gateway".into(),
+            "--listen".into(),
+            listen(4),
+            "--identity-url".into(),
+            url(0),
+            "--session-url".into(),
+            url(1),
+            "--discovery-url".into(),
+            url(2),
+            "--events-url".into(),
+            url(3),
+        ],
+        vec![("P2_COMPONENT_CREDENTIAL", credential)],
+    );
+    let base = url(4);
+    let http = reqwest::Client::new();
+    // Wait until the gateway and every upstream answer.
+    let start = Instant::now();
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the split stack never got ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let register = http
+        .post(format!("{base}/.p2/auth/v1/register"))
+        .json(&serde_json::json!({"local_name": "alice", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(register.status(), 201);
+    let key = p2_model::generate_signing_key();
+    let fid = p2_model::FederationId::new("alice", "split.test").unwrap();
+    let sid = p2_model::SessionId::parse("s1").unwrap();
+    let csr = p2_model::build_csr(&key, &fid, &sid).unwrap();
+    let login = http
+        .post(format!("{base}/.p2/auth/v1/session"))
+        .json(&serde_json::json!({"local_name": "alice", "password": "correct horse battery staple", "csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 201);
+    let body: serde_json::Value = login.json().await.unwrap();
+    let token = body["token"].as_str().unwrap();
+    let challenge = http
+        .get(format!("{base}/.p2/core/v1/challenge"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(challenge.status(), 200);
+    // A gateway with a made-up credential gets nowhere: the services refuse it.
+    let port = free_port();
+    let _liar = spawn(
+        vec![
+            "gateway".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--session-url".into(),
+            url(1),
+        ],
+        vec![("P2_COMPONENT_CREDENTIAL", "ab".repeat(32))],
+    );
+    let start = Instant::now();
+    let refused = loop {
+        if let Ok(response) = http
+            .get(format!("http://127.0.0.1:{port}/.p2/core/v1/challenge"))
+            .bearer_auth(token)
+            .send()
+            .await
+        {
+            break response;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the second gateway never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The session service refuses it; the gateway reports its own misconfiguration as a 500
+    // (the client's token is fine) without details.
+    assert_eq!(refused.status(), 500, "the session service must refuse a foreign credential");
+}

@@ -27,6 +27,9 @@ pub enum Reason {
     NotAdmin,
     /// A new provider asked to be primary while its service has one (discovery).
     PrimaryExists,
+    /// The internal boundary refused the calling component itself (no or a wrong component
+    /// credential, or an RPC not on its list): a deployment error, not the client's.
+    ComponentRefused,
 }
 
 impl Reason {
@@ -37,6 +40,7 @@ impl Reason {
             Reason::SensitiveSolutionWrong => "sensitive-solution-wrong",
             Reason::NotAdmin => "not-admin",
             Reason::PrimaryExists => "primary-exists",
+            Reason::ComponentRefused => "component-refused",
         }
     }
 
@@ -48,6 +52,7 @@ impl Reason {
             Reason::SensitiveSolutionWrong,
             Reason::NotAdmin,
             Reason::PrimaryExists,
+            Reason::ComponentRefused,
         ]
         .into_iter()
         .find(|r| r.as_str() == value)
@@ -79,6 +84,7 @@ mod tests {
             Reason::SensitiveSolutionWrong,
             Reason::NotAdmin,
             Reason::PrimaryExists,
+            Reason::ComponentRefused,
         ] {
             let status = reason.denied("no");
             assert_eq!(status.code(), tonic::Code::PermissionDenied);

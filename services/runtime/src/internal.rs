@@ -250,10 +250,10 @@ impl ComponentVerifier {
     pub fn verify(&self, headers: &http::HeaderMap) -> Result<Component, Status> {
         use subtle::ConstantTimeEq as _;
         let missing = || {
-            Status::unauthenticated(
+            crate::error::Reason::ComponentRefused.tag(Status::unauthenticated(
                 "internal call without a valid component credential: every call to a \
                  polyproto service must come from a component of this deployment",
-            )
+            ))
         };
         let component = headers
             .get(COMPONENT_HEADER)
@@ -323,7 +323,7 @@ impl ServerAuth {
         if allowed.contains(&component) {
             Ok(Some(component))
         } else {
-            Err(Status::permission_denied(format!(
+            Err(crate::error::Reason::ComponentRefused.denied(format!(
                 "the {component} component may not call {path}"
             )))
         }
