@@ -100,6 +100,7 @@ impl AdminStorage {
                 registration: p2_identity::Registration::Closed,
                 ..p2_identity::IdentityOptions::for_domain(&self.domain)
             },
+            shutdown: p2_runtime::config::ShutdownConfig::immediate(),
             // The admin CLI serves nothing: a throwaway key satisfies the state.
             internal: p2_runtime::internal::InternalKeyConfig::with_key(
                 &p2_runtime::internal::InternalKey::generate(),

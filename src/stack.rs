@@ -197,6 +197,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
             key_encryption_key_file: key_file,
             ..config.identity.clone()
         },
+        // The gateway drains before the services stop: no grace needed in one process.
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),
     };
     let session_config = p2_session::SessionConfig {
@@ -205,17 +207,20 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         redis_url: redis_url.clone(),
         identity_url: url(grpc_addrs[0]),
         options: config.session.clone(),
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),
     };
     let discovery_config = p2_discovery::DiscoveryConfig {
         listen: grpc_addrs[2],
         database_url: discovery_db,
         identity_url: url(grpc_addrs[0]),
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),
     };
     let events_config = p2_events::EventsConfig {
         listen: grpc_addrs[3],
         redis_url,
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),
     };
     let gateway_config = p2_gateway::GatewayConfig {
@@ -259,7 +264,13 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     tasks.spawn(async move {
         (
             "identity",
-            p2_identity::serve_state(identity, identity_listener, token).await,
+            p2_identity::serve_state(
+                identity,
+                std::time::Duration::ZERO,
+                identity_listener,
+                token,
+            )
+            .await,
         )
     });
     let token = services.clone();
@@ -268,7 +279,14 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         let service = p2_session::grpc_service(session);
         (
             "session",
-            p2_runtime::grpc::serve(service, auth, session_listener, token).await,
+            p2_runtime::grpc::serve(
+                service,
+                auth,
+                std::time::Duration::ZERO,
+                session_listener,
+                token,
+            )
+            .await,
         )
     });
     let token = services.clone();
@@ -277,7 +295,14 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         let service = p2_discovery::grpc_service(handlers);
         (
             "discovery",
-            p2_runtime::grpc::serve(service, auth, discovery_listener, token).await,
+            p2_runtime::grpc::serve(
+                service,
+                auth,
+                std::time::Duration::ZERO,
+                discovery_listener,
+                token,
+            )
+            .await,
         )
     });
     let token = services.clone();
@@ -286,7 +311,14 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         let service = p2_events::grpc_service(events);
         (
             "events",
-            p2_runtime::grpc::serve(service, auth, events_listener, token).await,
+            p2_runtime::grpc::serve(
+                service,
+                auth,
+                std::time::Duration::ZERO,
+                events_listener,
+                token,
+            )
+            .await,
         )
     });
     let token = shutdown.clone();

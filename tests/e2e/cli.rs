@@ -370,7 +370,10 @@ async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_l
         .output()
         .unwrap();
     assert!(credential.status.success());
-    let credential = String::from_utf8(credential.stdout).unwrap().trim().to_owned();
+    let credential = String::from_utf8(credential.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
     assert_eq!(credential.len(), 64);
     assert_ne!(credential, INTERNAL_KEY);
 
@@ -452,12 +455,17 @@ async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_l
         if ready.is_ok_and(|r| r.status().is_success()) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the split stack never got ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the split stack never got ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let register = http
         .post(format!("{base}/.p2/auth/v1/register"))
-        .json(&serde_json::json!({"local_name": "alice", "password": "correct horse battery staple"}))
+        .json(
+            &serde_json::json!({"local_name": "alice", "password": "correct horse battery staple"}),
+        )
         .send()
         .await
         .unwrap();
@@ -504,10 +512,17 @@ async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_l
         {
             break response;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the second gateway never started");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the second gateway never started"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // The session service refuses it; the gateway reports its own misconfiguration as a 500
     // (the client's token is fine) without details.
-    assert_eq!(refused.status(), 500, "the session service must refuse a foreign credential");
+    assert_eq!(
+        refused.status(),
+        500,
+        "the session service must refuse a foreign credential"
+    );
 }

@@ -69,6 +69,9 @@ pub struct DiscoveryConfig {
         default_value = "http://127.0.0.1:50051"
     )]
     pub identity_url: String,
+    /// How the server shuts down.
+    #[command(flatten)]
+    pub shutdown: p2_runtime::config::ShutdownConfig,
     /// The deployment's internal key.
     #[command(flatten)]
     pub internal: InternalKeyConfig,
@@ -118,5 +121,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let Opened { handlers, auth } = DiscoveryGrpc::open(&config).await?;
-    p2_runtime::grpc::serve(grpc_service(handlers), auth, listener, shutdown).await
+    p2_runtime::grpc::serve(
+        grpc_service(handlers),
+        auth,
+        config.shutdown.grace(),
+        listener,
+        shutdown,
+    )
+    .await
 }

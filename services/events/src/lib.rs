@@ -46,6 +46,9 @@ pub struct EventsConfig {
     /// one replica only).
     #[arg(long = "redis-url", env = "P2_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// How the server shuts down.
+    #[command(flatten)]
+    pub shutdown: p2_runtime::config::ShutdownConfig,
     /// The deployment's internal key.
     #[command(flatten)]
     pub internal: InternalKeyConfig,
@@ -91,5 +94,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let handlers = EventsGrpc::open(&config).await?;
     let auth = handlers.server_auth();
-    p2_runtime::grpc::serve(grpc_service(handlers), auth, listener, shutdown).await
+    p2_runtime::grpc::serve(
+        grpc_service(handlers),
+        auth,
+        config.shutdown.grace(),
+        listener,
+        shutdown,
+    )
+    .await
 }

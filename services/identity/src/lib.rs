@@ -105,6 +105,9 @@ pub struct IdentityConfig {
     /// What the home server is and issues (shared with `polyproto up`).
     #[command(flatten)]
     pub options: IdentityOptions,
+    /// How the server shuts down.
+    #[command(flatten)]
+    pub shutdown: p2_runtime::config::ShutdownConfig,
     /// The deployment's internal key.
     #[command(flatten)]
     pub internal: InternalKeyConfig,
@@ -297,12 +300,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = IdentityState::open(&config).await?;
-    serve_state(state, listener, shutdown).await
+    serve_state(state, config.shutdown.grace(), listener, shutdown).await
 }
 
 /// Runs the identity service for an already opened `state`.
 pub async fn serve_state(
     state: IdentityState,
+    grace: Duration,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -325,7 +329,8 @@ pub async fn serve_state(
         }
     });
     let auth = state.server_auth();
-    let result = p2_runtime::grpc::serve(grpc_service(state), auth, listener, shutdown).await;
+    let result =
+        p2_runtime::grpc::serve(grpc_service(state), auth, grace, listener, shutdown).await;
     refresher.abort();
     result
 }

@@ -160,6 +160,7 @@ async fn grpc_answers_server_certs_by_time(url: String) {
             ..p2_identity::IdentityOptions::for_domain("grpc.example")
         },
         internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
     };
     let state = p2_identity::IdentityState::open(&config).await.unwrap();
     let grpc = p2_identity::grpc::IdentityGrpc::new(state.clone());
@@ -328,3 +329,66 @@ on_both_databases!(
     cache_signatures_are_reused_within_a_window,
     grpc_answers_server_certs_by_time,
 );
+
+/// Shutdown order (CONVENTIONS 10): health turns NOT_SERVING at once, calls are still served
+/// for the grace period, then the listener closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_not_serving_through_the_grace_period_then_closes() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let config = p2_identity::IdentityConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        database_url: sqlite_url(&dir).await,
+        options: p2_identity::IdentityOptions {
+            key_encryption_key: Some(KEK.to_owned().into()),
+            ..p2_identity::IdentityOptions::for_domain("grace.example")
+        },
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
+        shutdown: p2_runtime::config::ShutdownConfig {
+            shutdown_grace_ms: 1_500,
+        },
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(p2_identity::serve(config, listener, stop.clone()));
+    let check = || async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await?;
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "polyproto.identity.v1.Identity".into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1);
+        Ok::<i32, tonic::transport::Error>(status)
+    };
+    let start = std::time::Instant::now();
+    loop {
+        if check().await.ok() == Some(ServingStatus::Serving as i32) {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 20, "never served");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Within the grace: reachable, and saying it is going away.
+    assert_eq!(
+        check().await.unwrap(),
+        ServingStatus::NotServing as i32,
+        "health must turn NOT_SERVING first"
+    );
+    // After it: the listener is closed and the task ended cleanly.
+    tokio::time::timeout(std::time::Duration::from_secs(15), server)
+        .await
+        .expect("the server did not stop after its grace period")
+        .unwrap()
+        .unwrap();
+    assert!(start.elapsed() >= std::time::Duration::from_millis(1_500));
+    assert!(check().await.is_err(), "the listener must be closed");
+}

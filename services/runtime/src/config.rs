@@ -42,3 +42,39 @@ impl Default for TelemetryConfig {
         }
     }
 }
+
+/// Default time a service reports NOT_SERVING before it stops accepting calls, in ms.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 2_000;
+
+/// How a gRPC service shuts down (CONVENTIONS 10): on SIGTERM its health turns NOT_SERVING at
+/// once, it keeps serving for the grace period (so load balancers and gateways that watch
+/// health stop sending it calls), then stops accepting and drains in-flight calls (at most
+/// [`crate::shutdown::DRAIN_TIMEOUT`]).
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownConfig {
+    /// Milliseconds between reporting NOT_SERVING and closing the listener on shutdown.
+    #[arg(long = "shutdown-grace-ms", env = "P2_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+        }
+    }
+}
+
+impl ShutdownConfig {
+    /// No grace: for components in one process, where the gateway drains before the services.
+    pub fn immediate() -> Self {
+        Self {
+            shutdown_grace_ms: 0,
+        }
+    }
+
+    /// The grace period.
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

@@ -62,10 +62,13 @@ pub(crate) fn call_span(request: &http::Request<()>) -> tracing::Span {
 
 /// Serves `service` behind `auth` (plus `grpc.health.v1.Health`, which needs no credential)
 /// on `listener` until `shutdown` is cancelled. On shutdown the service is first reported
-/// NOT_SERVING, then the listener stops accepting and in-flight calls drain.
+/// NOT_SERVING, keeps serving for `grace`, then the listener stops accepting and in-flight
+/// calls drain (for at most [`crate::shutdown::DRAIN_TIMEOUT`] after shutdown began, plus
+/// the grace).
 pub async fn serve<S>(
     service: S,
     auth: ServerAuth,
+    grace: std::time::Duration,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
@@ -89,6 +92,8 @@ where
     let signal = async move {
         shutdown.cancelled().await;
         reporter.set_not_serving::<S>().await;
+        // Still serving while whoever watches health moves away; then stop accepting.
+        tokio::time::sleep(grace).await;
     };
     let server = Server::builder()
         .trace_fn(call_span)
@@ -104,7 +109,7 @@ where
         result = server => result?,
         () = async {
             drain_deadline.cancelled().await;
-            tokio::time::sleep(crate::shutdown::DRAIN_TIMEOUT).await;
+            tokio::time::sleep(grace + crate::shutdown::DRAIN_TIMEOUT).await;
         } => {
             tracing::warn!(service = S::NAME, "in-flight calls did not drain in time; stopping");
         }

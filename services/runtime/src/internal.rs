@@ -323,9 +323,8 @@ impl ServerAuth {
         if allowed.contains(&component) {
             Ok(Some(component))
         } else {
-            Err(crate::error::Reason::ComponentRefused.denied(format!(
-                "the {component} component may not call {path}"
-            )))
+            Err(crate::error::Reason::ComponentRefused
+                .denied(format!("the {component} component may not call {path}")))
         }
     }
 

@@ -125,6 +125,9 @@ pub struct SessionConfig {
     /// Lifetimes (shared with `polyproto up`).
     #[command(flatten)]
     pub options: SessionOptions,
+    /// How the server shuts down.
+    #[command(flatten)]
+    pub shutdown: p2_runtime::config::ShutdownConfig,
     /// The deployment's internal key.
     #[command(flatten)]
     pub internal: InternalKeyConfig,
@@ -298,5 +301,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let handlers = SessionGrpc::open(&config).await?;
     let auth = handlers.server_auth();
-    p2_runtime::grpc::serve(grpc_service(handlers), auth, listener, shutdown).await
+    p2_runtime::grpc::serve(
+        grpc_service(handlers),
+        auth,
+        config.shutdown.grace(),
+        listener,
+        shutdown,
+    )
+    .await
 }

@@ -273,6 +273,7 @@ async fn challenges_live_in_redis_under_p2_challenge_with_the_configured_expiry(
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
         redis_url: Some(crate::common::redis_url()),
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         options: p2_session::SessionOptions {
             challenge_ttl_secs: 120,
             ..p2_session::SessionOptions::default()

@@ -151,6 +151,7 @@ pub async fn start(key: &InternalKey) -> Running {
     tokio::spawn(p2_runtime::grpc::serve(
         service,
         auth,
+        std::time::Duration::ZERO,
         listener,
         stop.clone(),
     ));

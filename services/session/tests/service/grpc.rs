@@ -1112,6 +1112,7 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
         redis_url: None,
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         options: p2_session::SessionOptions::default(),
         internal: p2_runtime::internal::InternalKeyConfig::with_key(&key),
     };
