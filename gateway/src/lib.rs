@@ -5,7 +5,8 @@
 //! Layout:
 //! - [`GatewayConfig`]: the component's flags (`polyproto gateway --help`).
 //! - [`AppState`]: the gRPC clients (trace context propagated) and public settings.
-//! - [`auth`]: Bearer tokens and the sensitive-action check.
+//! - [`auth`]: Bearer tokens resolved into the caller and its caller assertion (passed on to
+//!   every RPC that acts for the caller), the headers of sensitive actions and challenges.
 //! - [`error`]: RFC 9457 problem details and the one gRPC → HTTP table.
 //! - [`cache`]: the short-lived cache of public read responses.
 //! - [`body`]: lenient bodies (JSON without Content-Type, PEM bare or quoted).

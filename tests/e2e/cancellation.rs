@@ -10,7 +10,7 @@ use crate::helpers::{TEST_PASSWORD, TestStack, csr_for, login, register_and_logi
 use polyproto_server::stack::Storage;
 
 /// Attempts per operation and backend.
-const ATTEMPTS: usize = 6;
+const ATTEMPTS: usize = 10;
 /// Aborts happen after 0 to this many milliseconds.
 const MAX_DELAY_MS: u64 = 25;
 
