@@ -214,9 +214,15 @@ mod tests {
             service: "chat".into(),
         });
         assert!(
-            status.message().contains("services/primary"),
+            status.message().contains("chat already has a primary"),
             "{}",
             status.message()
+        );
+        // The route to use is HTTP wording: the gateway adds it, keyed by the reason.
+        assert!(!status.message().contains("/.p2/"));
+        assert_eq!(
+            p2_runtime::error::Reason::of(&status),
+            Some(p2_runtime::error::Reason::PrimaryExists)
         );
     }
 }

@@ -229,8 +229,9 @@ async fn asking_to_be_primary_when_there_is_one_is_failed_precondition(grpc: Dis
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(
-        status.message().contains("services/primary"),
+    assert_eq!(
+        p2_runtime::error::Reason::of(&status),
+        Some(p2_runtime::error::Reason::PrimaryExists),
         "{}",
         status.message()
     );
