@@ -35,6 +35,42 @@ pub enum AdminCommand {
     /// Generate a new server key pair and root ID-Cert; prints the new cert's PEM. Old certs
     /// stay retrievable by time.
     RotateKey,
+    /// Make an actor an administrator of this home server (effective at once).
+    Promote {
+        /// Local name of the actor.
+        name: String,
+    },
+    /// Withdraw an actor's administrator rights (effective at once: admin-only actions read
+    /// the flag when they are used, never from a token).
+    Demote {
+        /// Local name of the actor.
+        name: String,
+    },
+    /// List an actor's sessions: session ID, token issued, token expires (UNIX seconds).
+    Sessions {
+        /// Local name of the actor.
+        name: String,
+    },
+    /// End an actor's sessions (all, or one): their ID-Certs are revoked and their tokens die
+    /// (at once with PostgreSQL; within 5 s on a running `polyproto up`).
+    RevokeSessions {
+        /// Local name of the actor.
+        name: String,
+        /// Only this session.
+        #[arg(long)]
+        session_id: Option<String>,
+    },
+    /// Disable an actor: no more logins, new ID-Certs or sensitive actions, and every session
+    /// ends (as `revoke-sessions`).
+    Disable {
+        /// Local name of the actor.
+        name: String,
+    },
+    /// Re-enable a disabled actor (its ended sessions stay ended).
+    Enable {
+        /// Local name of the actor.
+        name: String,
+    },
 }
 
 /// Storage flags, the same as `polyproto up` (embedded) or `polyproto identity` (external).
@@ -60,6 +96,14 @@ pub struct AdminStorage {
     /// directory's SQLite file.
     #[arg(long = "database-url", env = "P2_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+    /// Session database URL (for the session commands); defaults to the data directory's
+    /// SQLite file.
+    #[arg(
+        long = "session-database-url",
+        env = "P2_SESSION_DATABASE_URL",
+        global = true
+    )]
+    pub session_database_url: Option<String>,
     /// Key encryption key (64 hex); defaults to the data directory's key file.
     #[arg(
         long = "key-encryption-key",
@@ -76,12 +120,7 @@ impl AdminStorage {
         let database_url = match &self.database_url {
             Some(url) => url.clone(),
             None => {
-                std::fs::create_dir_all(&self.data_dir).with_context(|| {
-                    format!(
-                        "cannot create the data directory {}",
-                        self.data_dir.display()
-                    )
-                })?;
+                p2_runtime::storage::create_private_dir(&self.data_dir)?;
                 p2_runtime::storage::sqlite_url_in(&self.data_dir, "identity")
             }
         };
@@ -91,6 +130,9 @@ impl AdminStorage {
         Ok(p2_identity::IdentityConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             database_url,
+            // The admin CLI checks no passwords: no throttle state to share.
+            redis_url: None,
+            redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
             options: p2_identity::IdentityOptions {
                 key_encryption_key: self
                     .key_encryption_key
@@ -162,6 +204,122 @@ pub async fn rotate_key(storage: &AdminStorage) -> anyhow::Result<String> {
     Ok(generation.cert_pem.clone())
 }
 
+/// Grants (`admin`) or withdraws administrator rights of `name`; returns its FID.
+pub async fn set_admin(storage: &AdminStorage, name: &str, admin: bool) -> anyhow::Result<String> {
+    let state = open(storage).await?;
+    let local_name = p2_model::validate_local_name(name)
+        .map_err(|e| anyhow::anyhow!("invalid actor name {name:?}: {e}"))?;
+    anyhow::ensure!(
+        state.store().set_admin(&local_name, admin).await?,
+        "no actor {local_name:?} on this server"
+    );
+    let fid = p2_model::FederationId::new(&local_name, state.domain())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(fid = %fid, admin, "changed administrator rights");
+    Ok(fid.to_string())
+}
+
+impl AdminStorage {
+    async fn sessions(&self) -> anyhow::Result<p2_session::storage::SessionStore> {
+        let url = match &self.session_database_url {
+            Some(url) => url.clone(),
+            None => {
+                p2_runtime::storage::create_private_dir(&self.data_dir)?;
+                p2_runtime::storage::sqlite_url_in(&self.data_dir, "session")
+            }
+        };
+        let db = p2_runtime::storage::connect(&url, "session", p2_session::MIGRATIONS).await?;
+        Ok(p2_session::storage::SessionStore::new(db))
+    }
+}
+
+/// The FID of the actor `name` of this server, which must exist.
+async fn existing_actor(
+    state: &p2_identity::IdentityState,
+    name: &str,
+) -> anyhow::Result<(String, p2_model::FederationId)> {
+    let local_name = p2_model::validate_local_name(name)
+        .map_err(|e| anyhow::anyhow!("invalid actor name {name:?}: {e}"))?;
+    anyhow::ensure!(
+        state.store().actor(&local_name).await?.is_some(),
+        "no actor {local_name:?} on this server"
+    );
+    let fid = p2_model::FederationId::new(&local_name, state.domain())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((local_name, fid))
+}
+
+/// An actor's sessions as (session ID, token issued, token expires).
+pub async fn list_sessions(
+    storage: &AdminStorage,
+    name: &str,
+) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let state = open(storage).await?;
+    let (_, fid) = existing_actor(&state, name).await?;
+    let rows = storage.sessions().await?.list(fid.as_str()).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.session_id, r.created_at, r.expires_at))
+        .collect())
+}
+
+/// Ends the actor's sessions (all, or `only`): revokes their valid ID-Certs, then deletes
+/// their tokens. Returns how many sessions ended.
+pub async fn revoke_sessions(
+    storage: &AdminStorage,
+    name: &str,
+    only: Option<&str>,
+) -> anyhow::Result<usize> {
+    let state = open(storage).await?;
+    let (local_name, fid) = existing_actor(&state, name).await?;
+    let sessions = storage.sessions().await?;
+    let now = i64::try_from(p2_runtime::unix_now()).unwrap_or(i64::MAX);
+    let mut ended = std::collections::BTreeSet::new();
+    match only {
+        Some(session_id) => {
+            let session_id = p2_model::SessionId::parse(session_id)
+                .map_err(|e| anyhow::anyhow!("invalid session ID {session_id:?}: {e}"))?;
+            if let Some(row) = state
+                .store()
+                .revoke_cert(&local_name, session_id.as_str(), now)
+                .await?
+            {
+                ended.insert(row.session_id);
+            }
+            if sessions.delete(fid.as_str(), session_id.as_str()).await? {
+                ended.insert(session_id.to_string());
+            }
+        }
+        None => {
+            for row in state.store().revoke_all_certs(&local_name, now).await? {
+                ended.insert(row.session_id);
+            }
+            for row in sessions.list(fid.as_str()).await? {
+                sessions.delete(fid.as_str(), &row.session_id).await?;
+                ended.insert(row.session_id);
+            }
+        }
+    }
+    tracing::info!(fid = %fid, sessions = ended.len(), "operator ended sessions");
+    Ok(ended.len())
+}
+
+/// Disables (`true`) or re-enables an actor; disabling also ends every session.
+pub async fn set_disabled(
+    storage: &AdminStorage,
+    name: &str,
+    disabled: bool,
+) -> anyhow::Result<String> {
+    let state = open(storage).await?;
+    let (local_name, fid) = existing_actor(&state, name).await?;
+    state.store().set_disabled(&local_name, disabled).await?;
+    if disabled {
+        revoke_sessions(storage, name, None).await?;
+    }
+    tracing::info!(fid = %fid, disabled, "operator changed whether an actor is disabled");
+    Ok(fid.to_string())
+}
+
 /// Runs an admin command; what it prints on stdout is the result (fid or PEM).
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     match args.command {
@@ -170,6 +328,27 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("{fid}");
         }
         AdminCommand::RotateKey => print!("{}", rotate_key(&args.storage).await?),
+        AdminCommand::Promote { name } => {
+            println!("{}", set_admin(&args.storage, &name, true).await?)
+        }
+        AdminCommand::Demote { name } => {
+            println!("{}", set_admin(&args.storage, &name, false).await?)
+        }
+        AdminCommand::Sessions { name } => {
+            for (session_id, created, expires) in list_sessions(&args.storage, &name).await? {
+                println!("{session_id}\t{created}\t{expires}");
+            }
+        }
+        AdminCommand::RevokeSessions { name, session_id } => {
+            let ended = revoke_sessions(&args.storage, &name, session_id.as_deref()).await?;
+            println!("{ended}");
+        }
+        AdminCommand::Disable { name } => {
+            println!("{}", set_disabled(&args.storage, &name, true).await?)
+        }
+        AdminCommand::Enable { name } => {
+            println!("{}", set_disabled(&args.storage, &name, false).await?)
+        }
     }
     Ok(())
 }

@@ -126,6 +126,19 @@ impl Drop for Stack {
     }
 }
 
+/// The throttle's Redis key prefix for a stack: one Redis may serve several in-process stacks
+/// (the tests, the bench), each its own deployment, told apart by its identity database.
+fn throttle_prefix(identity_database_url: &str) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    identity_database_url.hash(&mut hasher);
+    format!(
+        "{}{:016x}:",
+        p2_identity::throttle::REDIS_PREFIX,
+        hasher.finish()
+    )
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -138,9 +151,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let (identity_db, session_db, discovery_db, redis_url, key_file) = match &config.storage {
         Storage::Embedded { data_dir } => {
-            std::fs::create_dir_all(data_dir).with_context(|| {
-                format!("cannot create the data directory {}", data_dir.display())
-            })?;
+            p2_runtime::storage::create_private_dir(data_dir)?;
             let key_file = data_dir.join(KEY_FILE_NAME);
             if config.identity.key_encryption_key.is_none()
                 && config.identity.key_encryption_key_file.is_none()
@@ -192,7 +203,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
 
     let identity_config = p2_identity::IdentityConfig {
         listen: grpc_addrs[0],
+        redis_prefix: throttle_prefix(&identity_db),
         database_url: identity_db,
+        redis_url: redis_url.clone(),
         options: p2_identity::IdentityOptions {
             key_encryption_key_file: key_file,
             ..config.identity.clone()

@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use p2_proto::common::v1::{Caller, CallerAssertion};
 
 use crate::AppState;
+use crate::cache::{BoundedCache, CacheKey, Scope, Weigh};
 use crate::error::ApiError;
 
 /// Header carrying the solution of a sensitive action (for password actors: the password).
@@ -71,109 +72,85 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Authenticated
         caller: crate::error::required(answer.caller, "session.Authenticate", "caller")?,
         assertion: crate::error::required(answer.assertion, "session.Authenticate", "assertion")?,
     };
-    cache.insert(
-        token,
-        miss,
-        authenticated.clone(),
-        answer.assertion_expires_ms,
-    );
+    cache.insert(miss, authenticated.clone(), answer.assertion_expires_ms);
     Ok(authenticated)
 }
 
-/// Resolved tokens, for `--token-cache-ms`. Keys are SHA-256 digests, so no token text stays
-/// in memory; an entry lives at most the TTL and never past 5 s before its assertion expires.
-/// Every mutation handled by the gateway (session deletion, renewal, ...) clears it, and a
-/// resolution that raced a clear is not stored (generation check): a deleted session's token
-/// fails at once *through this gateway*. That makes it safe only where one gateway handles
-/// every mutation (`polyproto up`); with several replicas keep it off.
+/// Resolved tokens, for `--token-cache-ms`: the gateway's one [`BoundedCache`], bounded by
+/// `--token-cache-max-bytes`. Keys are SHA-256 digests, so no token text stays in memory; an
+/// entry lives at most the TTL and never past 5 s before its assertion expires. Every
+/// successful session change handled by the gateway (login, new or renewed cert, session
+/// deletion) clears it, and a resolution that raced a clear is not stored (generation check):
+/// a deleted session's token fails at once *through this gateway*. That makes it safe only
+/// where one gateway handles every mutation (`polyproto up`); with several replicas keep it off.
 pub struct TokenCache {
-    ttl: std::time::Duration,
-    inner: std::sync::RwLock<TokenEntries>,
-}
-
-#[derive(Default)]
-struct TokenEntries {
-    map: std::collections::HashMap<[u8; 32], (Authenticated, std::time::Instant)>,
-    generation: u64,
+    cache: BoundedCache<Authenticated>,
 }
 
 /// A token cache miss (remembers the generation it happened in).
-#[derive(Debug, Clone, Copy)]
-pub struct TokenMiss(u64);
-
-/// Most tokens kept.
-pub const MAX_CACHED_TOKENS: usize = 10_000;
+#[derive(Debug, Clone)]
+pub struct TokenMiss(crate::cache::Miss);
 
 /// How long before its assertion expires a cached resolution is dropped, in milliseconds.
 const ASSERTION_MARGIN_MS: u64 = 5_000;
 
-fn digest(token: &str) -> [u8; 32] {
+impl Weigh for Authenticated {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.caller.fid.len()
+            + self.caller.session_id.len()
+            + self.assertion.token.len()
+    }
+}
+
+fn key(token: &str) -> CacheKey {
     use sha2::Digest as _;
-    sha2::Sha256::digest(token.as_bytes()).into()
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    CacheKey::new(Scope::Tokens, hex)
 }
 
 impl TokenCache {
-    /// A cache whose entries live `ttl`; zero disables it.
-    pub fn new(ttl: std::time::Duration) -> Self {
+    /// A cache whose entries live `ttl` (zero disables it), holding at most `max_bytes`.
+    pub fn new(ttl: std::time::Duration, max_bytes: u64) -> Self {
         Self {
-            ttl,
-            inner: std::sync::RwLock::new(TokenEntries::default()),
+            // Token entries are small and fixed in shape: the byte budget is their only bound.
+            cache: BoundedCache::new(ttl, max_bytes, usize::MAX),
         }
     }
 
     /// The resolution of `token` if cached and fresh.
     pub fn get(&self, token: &str) -> Result<Authenticated, TokenMiss> {
-        let Ok(entries) = self.inner.read() else {
-            return Err(TokenMiss(u64::MAX));
-        };
-        let miss = TokenMiss(entries.generation);
-        if self.ttl.is_zero() {
-            return Err(miss);
-        }
-        match entries.map.get(&digest(token)) {
-            Some((hit, expires)) if *expires > std::time::Instant::now() => Ok(hit.clone()),
-            _ => Err(miss),
-        }
+        self.cache.get(key(token)).map_err(TokenMiss)
     }
 
-    /// Remembers `resolved` for `token` (its assertion expiring at UNIX ms
+    /// Remembers `resolved` for the token of `miss` (its assertion expiring at UNIX ms
     /// `assertion_expires_ms`), unless the cache was cleared since `miss`.
-    pub fn insert(
-        &self,
-        token: &str,
-        miss: TokenMiss,
-        resolved: Authenticated,
-        assertion_expires_ms: u64,
-    ) {
-        if self.ttl.is_zero() {
-            return;
-        }
+    pub fn insert(&self, miss: TokenMiss, resolved: Authenticated, assertion_expires_ms: u64) {
         let left_ms = assertion_expires_ms
             .saturating_sub(p2_runtime::internal::unix_now_ms())
             .saturating_sub(ASSERTION_MARGIN_MS);
-        let ttl = self.ttl.min(std::time::Duration::from_millis(left_ms));
-        if ttl.is_zero() {
-            return;
-        }
-        if let Ok(mut entries) = self.inner.write()
-            && entries.generation == miss.0
-        {
-            let now = std::time::Instant::now();
-            if entries.map.len() >= MAX_CACHED_TOKENS {
-                entries.map.retain(|_, (_, expires)| *expires > now);
-            }
-            if entries.map.len() < MAX_CACHED_TOKENS {
-                entries.map.insert(digest(token), (resolved, now + ttl));
-            }
-        }
+        self.cache
+            .insert(miss.0, resolved, std::time::Duration::from_millis(left_ms));
     }
 
-    /// Forgets every token (after a mutation).
+    /// Forgets every token (after a session change).
     pub fn clear(&self) {
-        if let Ok(mut entries) = self.inner.write() {
-            entries.map.clear();
-            entries.generation = entries.generation.wrapping_add(1);
-        }
+        self.cache.clear();
+    }
+
+    /// Runs pending housekeeping (expiry, the byte bound) now.
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    /// Bytes held, as weighed.
+    pub fn weighted_bytes(&self) -> u64 {
+        self.cache.weighted_bytes()
     }
 }
 
@@ -256,9 +233,9 @@ mod tests {
 
     #[test]
     fn cached_tokens_are_answered_until_a_clear() {
-        let cache = TokenCache::new(std::time::Duration::from_secs(60));
+        let cache = TokenCache::new(std::time::Duration::from_secs(60), 1 << 20);
         let miss = cache.get("tok").unwrap_err();
-        cache.insert("tok", miss, caller(), FAR);
+        cache.insert(miss, caller(), FAR);
         assert_eq!(cache.get("tok").unwrap().caller.fid, "a@b.test");
         assert!(cache.get("other").is_err());
         cache.clear();
@@ -267,25 +244,41 @@ mod tests {
 
     #[test]
     fn a_resolution_that_raced_a_clear_is_not_cached_and_zero_ttl_caches_nothing() {
-        let cache = TokenCache::new(std::time::Duration::from_secs(60));
+        let cache = TokenCache::new(std::time::Duration::from_secs(60), 1 << 20);
         let miss = cache.get("tok").unwrap_err();
         cache.clear();
-        cache.insert("tok", miss, caller(), FAR);
+        cache.insert(miss, caller(), FAR);
         assert!(cache.get("tok").is_err());
-        let off = TokenCache::new(std::time::Duration::ZERO);
+        let off = TokenCache::new(std::time::Duration::ZERO, 1 << 20);
         let miss = off.get("tok").unwrap_err();
-        off.insert("tok", miss, caller(), FAR);
+        off.insert(miss, caller(), FAR);
         assert!(off.get("tok").is_err());
     }
 
     #[test]
     fn a_resolution_is_never_cached_past_its_assertion() {
-        let cache = TokenCache::new(std::time::Duration::from_secs(60));
+        let cache = TokenCache::new(std::time::Duration::from_secs(60), 1 << 20);
         let miss = cache.get("tok").unwrap_err();
         // Expires within the safety margin: not stored at all.
         let soon = p2_runtime::internal::unix_now_ms() + 1_000;
-        cache.insert("tok", miss, caller(), soon);
+        cache.insert(miss, caller(), soon);
         assert!(cache.get("tok").is_err());
+    }
+
+    #[test]
+    fn the_token_cache_stays_within_its_byte_budget() {
+        let budget = 64 * 1024;
+        let cache = TokenCache::new(std::time::Duration::from_secs(60), budget);
+        for i in 0..5_000 {
+            let token = format!("token-{i}");
+            let miss = cache.get(&token).unwrap_err();
+            cache.insert(miss, caller(), FAR);
+        }
+        let held = cache.weighted_bytes();
+        assert!(
+            held > 0 && held <= budget,
+            "{held} bytes held, budget {budget}"
+        );
     }
 
     #[test]

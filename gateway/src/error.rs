@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// What was wrong and how to fix it; shown verbatim.
     pub detail: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -31,6 +33,7 @@ impl ApiError {
         Self {
             status,
             detail: detail.into(),
+            retry_after: None,
         }
     }
 
@@ -67,6 +70,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -77,7 +85,7 @@ impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         use tonic::Code;
         let http = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::InvalidArgument => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
             Code::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -85,8 +93,14 @@ impl From<tonic::Status> for ApiError {
             Code::FailedPrecondition => StatusCode::CONFLICT,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-            Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
-            Code::Ok | Code::Cancelled | Code::Unknown | Code::Internal | Code::DataLoss => {
+            // Cancelled reaches the gateway only from its own client: a call past its deadline
+            // (`Endpoint::timeout`): a backend too slow, not a bug.
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            // No service answers OUT_OF_RANGE: it comes from tonic itself (e.g. "decoded
+            // message length too large"), a transport limit the client cannot act on.
+            Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss | Code::OutOfRange => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
@@ -136,7 +150,9 @@ impl From<tonic::Status> for ApiError {
             }
             (None, _) => status.message().to_owned(),
         };
-        Self::new(http, detail)
+        let mut error = Self::new(http, detail);
+        error.retry_after = p2_runtime::error::retry_after_of(&status);
+        error
     }
 }
 
@@ -169,6 +185,7 @@ mod tests {
             (Code::Unavailable, 503),
             (Code::Internal, 500),
             (Code::Unknown, 500),
+            (Code::OutOfRange, 500),
         ];
         for (code, http) in table {
             let error = ApiError::from(tonic::Status::new(code, "SELECT secret FROM x"));
@@ -182,6 +199,18 @@ mod tests {
                 assert_eq!(error.detail, "SELECT secret FROM x");
             }
         }
+    }
+
+    #[test]
+    fn retry_hints_become_retry_after_headers() {
+        let busy = ApiError::from(p2_runtime::error::retry_after(
+            tonic::Status::unavailable("busy"),
+            3,
+        ));
+        assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.retry_after, Some(3));
+        let response = busy.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
     }
 
     #[test]

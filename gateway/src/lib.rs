@@ -8,7 +8,8 @@
 //! - [`auth`]: Bearer tokens resolved into the caller and its caller assertion (passed on to
 //!   every RPC that acts for the caller), the headers of sensitive actions and challenges.
 //! - [`error`]: RFC 9457 problem details and the one gRPC → HTTP table.
-//! - [`cache`]: the short-lived cache of public read responses.
+//! - [`cache`]: the one byte-bounded cache, used for public read responses and tokens.
+//! - [`server`]: the accept loop: header and idle timeouts, connection caps, draining.
 //! - [`body`]: lenient bodies (JSON without Content-Type, PEM bare or quoted).
 //! - [`params`]: lenient parameters (query or JSON body, numbers as strings).
 //! - [`routes`]: the handlers, grouped like API.md.
@@ -38,6 +39,7 @@ pub mod cache;
 pub mod error;
 pub mod params;
 pub mod routes;
+pub mod server;
 
 pub use error::ApiError;
 
@@ -47,6 +49,17 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_PUBLIC_CACHE_MS: u64 = 1000;
 /// Default request body limit, in bytes (API.md "Limits").
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default time a client has to send a complete request header, in milliseconds.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Default time a connection may stay silent (no byte either way) before it is closed, in
+/// milliseconds.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default time a request may take from its header to its answer, in milliseconds.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default most open client connections of the gateway.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default most open connections from one client address (IPv6: one /64).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 
 /// Flags of the gateway.
 #[derive(Debug, Clone, Args)]
@@ -123,9 +136,43 @@ pub struct GatewayOptions {
     #[arg(long = "oidc-issuer", env = "P2_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
     /// How long public read responses (server and actor certs, discovery) are cached, in
-    /// milliseconds; 0 disables. Mutations through this gateway clear the cache at once.
+    /// milliseconds; 0 disables. A successful mutation through this gateway invalidates the
+    /// entries it affects at once.
     #[arg(long = "public-cache-ms", env = "P2_PUBLIC_CACHE_MS", default_value_t = DEFAULT_PUBLIC_CACHE_MS)]
     pub public_cache_ms: u64,
+    /// Memory budget of the public read cache, in bytes (entries weighed as key + body +
+    /// overhead). At the bound the least used entries are evicted; 0 disables the cache.
+    #[arg(long = "cache-max-bytes", env = "P2_CACHE_MAX_BYTES", default_value_t = cache::DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: u64,
+    /// Largest public response body that is cached, in bytes; larger ones are always fetched.
+    #[arg(long = "cache-max-entry-bytes", env = "P2_CACHE_MAX_ENTRY_BYTES", default_value_t = cache::DEFAULT_CACHE_MAX_ENTRY_BYTES)]
+    pub cache_max_entry_bytes: usize,
+    /// Memory budget of the token cache (`--token-cache-ms`), in bytes. At the bound the least
+    /// used tokens are evicted (and resolved again by the session service).
+    #[arg(long = "token-cache-max-bytes", env = "P2_TOKEN_CACHE_MAX_BYTES", default_value_t = cache::DEFAULT_TOKEN_CACHE_MAX_BYTES)]
+    pub token_cache_max_bytes: u64,
+    /// Time a client has to send a complete HTTP/1 request header (also the first request of
+    /// any connection), in milliseconds (at least 1); then the connection is closed.
+    #[arg(long = "header-timeout-ms", env = "P2_HEADER_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_ms: u64,
+    /// Time a connection may stay silent (no byte read or written) before it is closed, in
+    /// milliseconds (at least 1); a request in flight is answered first. An HTTP/1 connection
+    /// waiting for its next request is also bound by the (shorter, by default) header timeout;
+    /// this one bounds HTTP/2 connections and stalled uploads or unread answers.
+    #[arg(long = "idle-timeout-ms", env = "P2_IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Time a request may take from its header to its answer, in milliseconds (at least 1);
+    /// slower ones are answered 503 problem+json (a mutation still completes in its task).
+    #[arg(long = "request-timeout-ms", env = "P2_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+    /// Most open client connections (at least 1); connections beyond are closed at once,
+    /// before anything is read.
+    #[arg(long = "max-connections", env = "P2_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// Most open connections from one client address — IPv4 address, or IPv6 /64 prefix —
+    /// (at least 1); connections beyond are closed at once, before anything is read.
+    #[arg(long = "max-connections-per-ip", env = "P2_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for GatewayOptions {
@@ -135,6 +182,14 @@ impl Default for GatewayOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             oidc_issuer: None,
             public_cache_ms: DEFAULT_PUBLIC_CACHE_MS,
+            cache_max_bytes: cache::DEFAULT_CACHE_MAX_BYTES,
+            cache_max_entry_bytes: cache::DEFAULT_CACHE_MAX_ENTRY_BYTES,
+            token_cache_max_bytes: cache::DEFAULT_TOKEN_CACHE_MAX_BYTES,
+            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
         }
     }
 }
@@ -173,6 +228,7 @@ struct Inner {
     public_url: String,
     oidc_issuer: Option<String>,
     max_body_bytes: usize,
+    limits: server::Limits,
     cache: cache::ResponseCache,
     tokens: auth::TokenCache,
     identity: IdentityClient<TracedChannel>,
@@ -203,12 +259,16 @@ impl AppState {
                 public_url,
                 oidc_issuer: options.oidc_issuer.clone(),
                 max_body_bytes: options.max_body_bytes,
-                cache: cache::ResponseCache::new(std::time::Duration::from_millis(
-                    options.public_cache_ms,
-                )),
-                tokens: auth::TokenCache::new(std::time::Duration::from_millis(
-                    config.token_cache_ms,
-                )),
+                limits: server::Limits::from_options(options),
+                cache: cache::ResponseCache::new(
+                    std::time::Duration::from_millis(options.public_cache_ms),
+                    options.cache_max_bytes,
+                    options.cache_max_entry_bytes,
+                ),
+                tokens: auth::TokenCache::new(
+                    std::time::Duration::from_millis(config.token_cache_ms),
+                    options.token_cache_max_bytes,
+                ),
                 identity: IdentityClient::new(identity.clone()),
                 session: SessionClient::new(session.clone()),
                 discovery: DiscoveryClient::new(discovery.clone()),
@@ -238,6 +298,17 @@ impl AppState {
         &self.inner.tokens
     }
 
+    /// Bytes the public read cache holds, as weighed against `--cache-max-bytes` (runs the
+    /// cache's pending housekeeping first, so the figure is current).
+    pub fn cache_weighted_bytes(&self) -> u64 {
+        self.inner.cache.weighted_bytes()
+    }
+
+    /// Bytes the token cache holds, as weighed against `--token-cache-max-bytes`.
+    pub fn token_cache_weighted_bytes(&self) -> u64 {
+        self.inner.tokens.weighted_bytes()
+    }
+
     /// A client of the identity service.
     pub fn identity(&self) -> IdentityClient<TracedChannel> {
         self.inner.identity.clone()
@@ -262,10 +333,17 @@ impl AppState {
 /// The routes, without the outer layers that [`serve`] adds.
 pub fn router(state: AppState) -> Router {
     let limit = state.inner.max_body_bytes;
+    let request_timeout = state.inner.limits.request_timeout;
     routes::router()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::complete_mutations,
+        ))
+        // Inside the problem+json layer, which gives the bare 503 its RFC 9457 body; outside
+        // the mutation task, which a timeout only stops waiting for.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
         ))
         .layer(axum::middleware::from_fn(routes::problem_json_everywhere))
         .layer(axum::middleware::from_fn_with_state(
@@ -274,42 +352,44 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(routes::request_span))
+        .layer(axum::middleware::from_fn(routes::client_address_scope))
         .with_state(state)
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, then drains in-flight
-/// requests.
+/// requests (for at most [`p2_runtime::shutdown::DRAIN_TIMEOUT`]). Connections get the
+/// header and idle timeouts and the connection caps of [`GatewayOptions`] (see [`server`]);
+/// the caches' housekeeping runs every [`cache::SWEEP_INTERVAL`].
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let limits = state.inner.limits.clone();
     // Trailing-slash leniency must run before routing, so it wraps the whole router.
-    let app =
-        tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash().layer(router(state));
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "gateway listening");
-    // Small responses must not wait for delayed ACKs: NODELAY on every accepted connection.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
+    let app = tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash()
+        .layer(router(state.clone()));
+    let sweeper = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(cache::SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        let state = state.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            state.cache().run_pending_tasks();
+                            state.token_cache().run_pending_tasks();
+                        })
+                        .await;
+                    }
+                }
+            }
         }
     });
-    let drain_deadline = shutdown.clone();
-    let server = axum::serve(
-        listener,
-        axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await });
-    // Stop accepting at once; in-flight requests drain for at most DRAIN_TIMEOUT.
-    tokio::select! {
-        result = server => result?,
-        () = async {
-            drain_deadline.cancelled().await;
-            tokio::time::sleep(p2_runtime::shutdown::DRAIN_TIMEOUT).await;
-        } => {
-            tracing::warn!("in-flight requests did not drain in time; stopping");
-        }
-    }
-    Ok(())
+    let result = server::serve(app, listener, limits, shutdown).await;
+    sweeper.abort();
+    result
 }

@@ -23,7 +23,7 @@ async fn interrupt(request: reqwest::RequestBuilder, delay: Duration) {
 }
 
 /// The session service's database, read directly.
-async fn session_db(stack: &TestStack) -> p2_runtime::storage::Database {
+pub(crate) async fn session_db(stack: &TestStack) -> p2_runtime::storage::Database {
     let url = match &stack.storage {
         Storage::Embedded { data_dir } => p2_runtime::storage::sqlite_url_in(data_dir, "session"),
         Storage::External {

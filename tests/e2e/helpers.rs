@@ -239,3 +239,28 @@ pub async fn register_and_login(stack: &TestStack, local_name: &str) -> TestSess
     );
     login(stack, local_name, "s1").await
 }
+
+/// The `polyproto admin` storage flags for the running stack's storage.
+pub fn admin_storage(stack: &TestStack) -> polyproto_server::admin::AdminStorage {
+    use polyproto_server::admin::AdminStorage;
+    match &stack.storage {
+        Storage::Embedded { data_dir } => AdminStorage {
+            data_dir: data_dir.clone(),
+            domain: DOMAIN.into(),
+            database_url: None,
+            session_database_url: None,
+            key_encryption_key: None,
+        },
+        Storage::External {
+            identity_database_url,
+            session_database_url,
+            ..
+        } => AdminStorage {
+            data_dir: std::env::temp_dir(),
+            domain: DOMAIN.into(),
+            database_url: Some(identity_database_url.clone()),
+            session_database_url: Some(session_database_url.clone()),
+            key_encryption_key: Some(TEST_KEK.to_owned().into()),
+        },
+    }
+}

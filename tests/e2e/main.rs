@@ -11,6 +11,7 @@ mod challenges;
 mod cli;
 mod contract;
 mod discovery;
+mod gateway_hardening;
 mod interop;
 mod sdk_pki;
 mod server_identity;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::auth::{Authenticated, sensitive_solution};
 use crate::body::{JsonBody, RawBody, pem_payload};
+use crate::cache::{Invalidation, Scope, Target};
 use crate::error::ApiError;
 use crate::params::Params;
 use crate::routes::core::{CacheableIdCertJson, canonical_json};
@@ -73,8 +74,12 @@ impl IdCertAndToken {
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn login(
     State(state): State<AppState>,
+    invalidation: Invalidation,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<Response, ApiError> {
+    // A new cert of this actor; a login may replace a session of the same ID (and its token).
+    invalidation.add(Target::Public(Scope::actor_certs(&body.local_name)));
+    invalidation.add(Target::AllTokens);
     let logged_in = state
         .session()
         .login(session::LoginRequest {
@@ -97,10 +102,14 @@ pub async fn login(
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn request_id_cert(
     State(state): State<AppState>,
+    invalidation: Invalidation,
     caller: Authenticated,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    // A new cert (a renewal also revokes the old one and replaces the session's token).
+    invalidation.add(Target::Public(Scope::actor_certs(&caller.caller.fid)));
+    invalidation.add(Target::AllTokens);
     let solution = sensitive_solution(&headers)?.unwrap_or_default();
     let csr = pem_payload(&body, &["csr", "idCsr", "id_csr"])?;
     let issued = state
@@ -134,11 +143,14 @@ pub async fn actor_id_certs(
         not_before: params.u64_any(&["notBefore", "not_before"])?,
         not_after: params.u64_any(&["notAfter", "not_after"])?,
     };
-    let key = format!(
-        "actor|{}|{:?}|{:?}|{:?}|{:?}",
-        request.fid, request.timestamp, request.session_id, request.not_before, request.not_after
+    let key = crate::cache::actor_certs_key(
+        &request.fid,
+        request.timestamp,
+        request.session_id.as_deref(),
+        request.not_before,
+        request.not_after,
     );
-    let miss = match state.cache().get(&key) {
+    let miss = match state.cache().get(key) {
         Ok(hit) => return Ok(hit),
         Err(miss) => miss,
     };
@@ -152,6 +164,6 @@ pub async fn actor_id_certs(
     let json: Vec<CacheableIdCertJson> = certs.into_iter().map(Into::into).collect();
     Ok(state
         .cache()
-        .store(key, miss, canonical_json(&json), fresh_until)
+        .store(miss, canonical_json(&json), fresh_until)
         .await)
 }

@@ -7,6 +7,7 @@ use p2_proto::identity::v1 as identity;
 use serde::Serialize;
 
 use crate::AppState;
+use crate::cache::{CacheKey, Scope};
 use crate::error::ApiError;
 use crate::params::Params;
 
@@ -115,8 +116,8 @@ pub async fn server_id_cert(
 ) -> Result<Response, ApiError> {
     let timestamp = params.u64("timestamp")?;
     let pem = pem_preference(&headers);
-    let key = format!("server|{pem:?}|{timestamp:?}");
-    let miss = match state.cache().get(&key) {
+    let key = CacheKey::new(Scope::Server, format!("cert|{pem:?}|{timestamp:?}"));
+    let miss = match state.cache().get(key) {
         Ok(hit) => return Ok(hit),
         Err(miss) => miss,
     };
@@ -132,10 +133,7 @@ pub async fn server_id_cert(
         Some(content_type) => pem_response(content_type, cert.id_cert_pem),
         None => canonical_json(&CacheableIdCertJson::from(cert)),
     };
-    Ok(state
-        .cache()
-        .store(key, miss, response, Some(fresh_until))
-        .await)
+    Ok(state.cache().store(miss, response, Some(fresh_until)).await)
 }
 
 /// `GET /.p2/core/v1/key/server`: the server's public key (SPKI PEM) valid at `timestamp`.
@@ -145,8 +143,8 @@ pub async fn server_public_key(
     params: Params,
 ) -> Result<Response, ApiError> {
     let timestamp = params.u64("timestamp")?;
-    let key = format!("key|{timestamp:?}");
-    let miss = match state.cache().get(&key) {
+    let key = CacheKey::new(Scope::Server, format!("key|{timestamp:?}"));
+    let miss = match state.cache().get(key) {
         Ok(hit) => return Ok(hit),
         Err(miss) => miss,
     };
@@ -156,7 +154,7 @@ pub async fn server_public_key(
         .await?
         .into_inner();
     let response = pem_response("text/plain; charset=utf-8", public_key.public_key_pem);
-    Ok(state.cache().store(key, miss, response, None).await)
+    Ok(state.cache().store(miss, response, None).await)
 }
 
 #[cfg(test)]

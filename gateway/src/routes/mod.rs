@@ -66,13 +66,17 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 /// Runs every request that may change state (any method but GET/HEAD/OPTIONS) in a task of
-/// its own, and clears the public read cache and the token cache when it is done, whatever its
-/// outcome. A client that disconnects drops only the waiting, not the mutation: the upstream
-/// call and the invalidation both happen (CONVENTIONS 18). One place covers every mutation
-/// route.
+/// its own, and when it is done applies the cache invalidations its handler declared
+/// ([`crate::cache::Invalidation`]: a services change clears that actor's discovery entries, a
+/// session change every token and that actor's cert entries, a key rotation every public read).
+/// A 4xx answer (no route, bad input, refused) changed nothing and clears nothing — so no
+/// client can flush the caches with failing requests; a 5xx (outcome unknown) clears what the
+/// route declared. A client that disconnects drops only the waiting, not the mutation: the
+/// upstream call and the invalidation both happen (CONVENTIONS 18). One place covers every
+/// mutation route.
 pub async fn complete_mutations(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     use tracing::Instrument as _;
@@ -83,13 +87,18 @@ pub async fn complete_mutations(
     if !mutates {
         return next.run(request).await;
     }
+    let invalidation = crate::cache::Invalidation::default();
+    request.extensions_mut().insert(invalidation.clone());
+    // The task keeps the request's client address (a task-local, not inherited by spawns).
+    let client = p2_runtime::internal::client_address();
     let task = tokio::spawn(
-        async move {
+        p2_runtime::internal::with_client_address(client, async move {
             let response = next.run(request).await;
-            state.cache().clear();
-            state.token_cache().clear();
+            if !response.status().is_client_error() {
+                invalidate(&state, &invalidation);
+            }
             response
-        }
+        })
         .in_current_span(),
     );
     match task.await {
@@ -103,6 +112,28 @@ pub async fn complete_mutations(
             .into_response()
         }
     }
+}
+
+/// Applies what a mutation declared.
+fn invalidate(state: &AppState, invalidation: &crate::cache::Invalidation) {
+    use crate::cache::Target;
+    for target in invalidation.targets() {
+        match target {
+            Target::Public(scope) => state.cache().invalidate(&scope),
+            Target::AllPublic => state.cache().clear(),
+            Target::AllTokens => state.token_cache().clear(),
+        }
+    }
+}
+
+/// Makes the client's address (from the connection) the one every gRPC call of this request
+/// carries (`x-p2-client-address`), so the services can throttle password guesses per address.
+pub async fn client_address_scope(request: Request, next: Next) -> Response {
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| std::sync::Arc::<str>::from(info.0.ip().to_canonical().to_string()));
+    p2_runtime::internal::with_client_address(address, next.run(request)).await
 }
 
 /// Turns every error response that is not problem+json yet (axum's own rejections of paths,
@@ -177,4 +208,146 @@ pub fn request_span(request: &Request) -> tracing::Span {
         p2_runtime::telemetry::set_parent_from_headers(&span, request.headers());
     }
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::cache::{CacheKey, Invalidation, Scope, Target};
+
+    fn state() -> AppState {
+        let key = p2_runtime::internal::InternalKey::generate();
+        let config = crate::GatewayConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            options: crate::GatewayOptions::default(),
+            // Nothing listens there: these tests never reach a service.
+            identity_url: "http://127.0.0.1:9".into(),
+            session_url: "http://127.0.0.1:9".into(),
+            discovery_url: "http://127.0.0.1:9".into(),
+            events_url: "http://127.0.0.1:9".into(),
+            token_cache_ms: 60_000,
+            internal: p2_runtime::internal::InternalKeyConfig::with_key(&key),
+            component_credential: None,
+        };
+        AppState::new(&config, ([127, 0, 0, 1], 1).into()).unwrap()
+    }
+
+    fn caller() -> crate::auth::Authenticated {
+        crate::auth::Authenticated {
+            caller: p2_proto::common::v1::Caller {
+                fid: "alice@p2.test".into(),
+                session_id: "s".into(),
+            },
+            assertion: p2_proto::common::v1::CallerAssertion { token: vec![1] },
+        }
+    }
+
+    /// Caches one public answer per scope and one token.
+    async fn fill(state: &AppState) -> Vec<CacheKey> {
+        let keys = vec![
+            CacheKey::new(Scope::Server, "cert"),
+            crate::cache::discovery_key("alice@p2.test", None, None),
+            crate::cache::actor_certs_key("alice@p2.test", None, None, None, None),
+        ];
+        for key in &keys {
+            let miss = state.cache().get(key.clone()).unwrap_err();
+            state
+                .cache()
+                .store(miss, "cached".into_response(), None)
+                .await;
+        }
+        let miss = state.token_cache().get("tok").unwrap_err();
+        state.token_cache().insert(miss, caller(), u64::MAX);
+        keys
+    }
+
+    fn all_cached(state: &AppState, keys: &[CacheKey]) -> bool {
+        keys.iter().all(|k| state.cache().get(k.clone()).is_ok())
+            && state.token_cache().get("tok").is_ok()
+    }
+
+    async fn send(app: Router, method: &str, path: &str) -> StatusCode {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn failed_mutations_clear_nothing() {
+        let state = state();
+        let keys = fill(&state).await;
+        let app = crate::router(state.clone());
+        assert_eq!(
+            send(app.clone(), "POST", "/nope").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            send(app.clone(), "DELETE", "/.p2/core/v1/session").await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(app.clone(), "PUT", "/.p2/core/v1/idcert/server").await,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            send(app, "POST", "/.p2/auth/v1/register").await,
+            StatusCode::BAD_REQUEST
+        );
+        assert!(all_cached(&state, &keys));
+    }
+
+    #[tokio::test]
+    async fn successful_mutations_clear_only_what_they_declared() {
+        let state = state();
+        let keys = fill(&state).await;
+        let declare = |target: Target, status: StatusCode| {
+            move |invalidation: Invalidation| async move {
+                invalidation.add(target);
+                status
+            }
+        };
+        let app = Router::new()
+            .route(
+                "/services",
+                post(declare(
+                    Target::Public(Scope::discovery("alice@p2.test")),
+                    StatusCode::CREATED,
+                )),
+            )
+            .route(
+                "/refused",
+                post(declare(Target::AllPublic, StatusCode::CONFLICT)),
+            )
+            .route(
+                "/session",
+                post(declare(Target::AllTokens, StatusCode::NO_CONTENT)),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                complete_mutations,
+            ))
+            .with_state(state.clone());
+        assert_eq!(
+            send(app.clone(), "POST", "/refused").await,
+            StatusCode::CONFLICT
+        );
+        assert!(all_cached(&state, &keys));
+        assert_eq!(
+            send(app.clone(), "POST", "/services").await,
+            StatusCode::CREATED
+        );
+        // Alice's discovery entry went; the server cert, her certs and the token stayed
+        // (unless their scopes share a generation stripe with hers, which only costs a miss).
+        assert!(state.cache().get(keys[1].clone()).is_err());
+        assert!(state.token_cache().get("tok").is_ok());
+        assert_eq!(send(app, "POST", "/session").await, StatusCode::NO_CONTENT);
+        assert!(state.token_cache().get("tok").is_err());
+    }
 }

@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 
 use crate::AppState;
 use crate::auth::{Authenticated, sensitive_solution};
+use crate::cache::{Invalidation, Scope, Target};
 use crate::error::ApiError;
 use crate::params::Params;
 
@@ -205,9 +206,11 @@ fn parse_new_provider(body: &[u8]) -> Result<ServiceProvider, ApiError> {
 #[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn add_service(
     State(state): State<AppState>,
+    invalidation: Invalidation,
     caller: Authenticated,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    invalidation.add(Target::Public(Scope::discovery(&caller.caller.fid)));
     let body = body.map_err(|r| body_rejection(&r))?;
     let provider = parse_new_provider(&body)?;
     let added = state
@@ -294,11 +297,13 @@ fn parse_removals(query: Option<&str>, body: &[u8]) -> Result<Vec<pb::ProviderKe
 #[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn remove_services(
     State(state): State<AppState>,
+    invalidation: Invalidation,
     caller: Authenticated,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    invalidation.add(Target::Public(Scope::discovery(&caller.caller.fid)));
     let body = body.map_err(|r| body_rejection(&r))?;
     let providers = parse_removals(query.as_deref(), &body)?;
     // Only a primary's removal needs the solution; discovery decides, identity checks it.
@@ -361,11 +366,13 @@ fn parse_primary(query: Option<&str>, body: &[u8]) -> Result<(String, String), A
 #[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn set_primary(
     State(state): State<AppState>,
+    invalidation: Invalidation,
     caller: Authenticated,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    invalidation.add(Target::Public(Scope::discovery(&caller.caller.fid)));
     let body = body.map_err(|r| body_rejection(&r))?;
     let (service, url) = parse_primary(query.as_deref(), &body)?;
     let changed = state
@@ -390,8 +397,10 @@ async fn discover(
     service: Option<String>,
     limit: Option<u64>,
 ) -> Result<Response, ApiError> {
-    let key = format!("discover|{fid}|{service:?}|{limit:?}");
-    let miss = match state.cache().get(&key) {
+    // Canonical before it forms the key, and sent as such: same answer, one entry.
+    let limit = crate::cache::canonical_discovery_limit(limit);
+    let key = crate::cache::discovery_key(&fid, service.as_deref(), limit);
+    let miss = match state.cache().get(key) {
         Ok(hit) => return Ok(hit),
         Err(miss) => miss,
     };
@@ -417,7 +426,7 @@ async fn discover(
         let providers: Vec<ServiceJson> = answer.providers.into_iter().map(Into::into).collect();
         axum::Json(providers).into_response()
     };
-    Ok(state.cache().store(key, miss, response, None).await)
+    Ok(state.cache().store(miss, response, None).await)
 }
 
 /// `GET /.p2/core/v1/services/discover/{fid}` (public).

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::AppState;
 use crate::auth::{Authenticated, sensitive_solution};
+use crate::cache::{Invalidation, Scope, Target};
 use crate::error::ApiError;
 use crate::params::Params;
 
@@ -44,10 +45,14 @@ pub async fn challenge(
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_session(
     State(state): State<AppState>,
+    invalidation: Invalidation,
     caller: Authenticated,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
+    // A token dies and a cert of the caller's actor is revoked.
+    invalidation.add(Target::Public(Scope::actor_certs(&caller.caller.fid)));
+    invalidation.add(Target::AllTokens);
     let target = params.string_any(&["session_id", "sessionId"])?;
     state
         .session()
@@ -65,9 +70,13 @@ pub async fn delete_session(
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn rotate_server_key(
     State(state): State<AppState>,
+    invalidation: Invalidation,
     caller: Authenticated,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // New server cert and key; actor-cert answers carry cache signatures by the server key, so
+    // every public read goes (a rare admin action).
+    invalidation.add(Target::AllPublic);
     // Admin rights and the solution are checked by identity, which owns both.
     let rotated = state
         .identity()

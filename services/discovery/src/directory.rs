@@ -98,7 +98,16 @@ impl ActorDirectory for IdentityDirectory {
         match answer {
             Ok(_) => Ok(()),
             Err(status) => match status.code() {
-                tonic::Code::PermissionDenied => Err(DiscoveryError::SolutionRefused(status)),
+                // Wrong or missing, or too many wrong ones lately (throttled, with a hint).
+                tonic::Code::PermissionDenied | tonic::Code::ResourceExhausted => {
+                    Err(DiscoveryError::SolutionRefused(status))
+                }
+                // Identity's password queue is full: pass its answer (and retry hint) on.
+                tonic::Code::Unavailable
+                    if p2_runtime::error::retry_after_of(&status).is_some() =>
+                {
+                    Err(DiscoveryError::SolutionRefused(status))
+                }
                 tonic::Code::Unauthenticated => Err(DiscoveryError::Assertion(
                     p2_runtime::internal::AssertionError::Invalid,
                 )),

@@ -70,8 +70,9 @@ pub enum DiscoveryError {
     /// The call's caller assertion is missing, forged or expired.
     #[error(transparent)]
     Assertion(#[from] p2_runtime::internal::AssertionError),
-    /// Identity refused the sensitive-action solution (missing or wrong): its status, with its
-    /// reason, is passed on unchanged.
+    /// Identity refused the sensitive-action solution (missing or wrong) or could not check it
+    /// now (its password queue is full, with a retry hint): its status, with its reason and
+    /// hint, is passed on unchanged.
     #[error("{}", .0.message())]
     SolutionRefused(tonic::Status),
     /// A service this one depends on (identity) did not answer.

@@ -13,10 +13,12 @@ use tonic::{Request, Response, Status};
 use crate::directory::ActorDirectory;
 use crate::error::DiscoveryError;
 use crate::model::{Limit, ProviderUrl, ServiceName};
-use crate::store::{Refused, Store};
+use crate::store::{AtLimit, Refused, Store};
 use p2_runtime::internal::AssertionKey;
 
-/// The most providers one actor may list (all services together).
+/// The most providers one actor may list (all services together), unless
+/// [`DiscoveryGrpc::with_max_providers_per_actor`] says otherwise. At the bound an add answers
+/// FAILED_PRECONDITION ([`DiscoveryError::TooManyProviders`]) until the actor removes some.
 pub const MAX_PROVIDERS_PER_ACTOR: u64 = 1000;
 
 /// The most providers one `RemoveService` call may name.
@@ -28,6 +30,7 @@ pub struct DiscoveryGrpc {
     store: Store,
     directory: Arc<dyn ActorDirectory>,
     assertions: AssertionKey,
+    max_providers_per_actor: u64,
 }
 
 impl DiscoveryGrpc {
@@ -38,7 +41,20 @@ impl DiscoveryGrpc {
             store,
             directory,
             assertions,
+            max_providers_per_actor: MAX_PROVIDERS_PER_ACTOR,
         }
+    }
+
+    /// The same handlers letting one actor list at most `limit` providers instead of
+    /// [`MAX_PROVIDERS_PER_ACTOR`] (tests use small bounds).
+    pub fn with_max_providers_per_actor(mut self, limit: u64) -> Self {
+        self.max_providers_per_actor = limit;
+        self
+    }
+
+    /// The most providers one actor may list.
+    pub fn max_providers_per_actor(&self) -> u64 {
+        self.max_providers_per_actor
     }
 
     /// The store (for tests and tooling).
@@ -97,17 +113,14 @@ impl DiscoveryGrpc {
                 fid: fid.to_string(),
             });
         }
-        // A bound per actor (CONVENTIONS 17). Checked before the insert, so concurrent adds
-        // may pass it by a few: the bound holds within the number of concurrent requests.
-        if self.store.count(fid.as_str()).await? >= MAX_PROVIDERS_PER_ACTOR {
-            return Err(DiscoveryError::TooManyProviders {
-                limit: MAX_PROVIDERS_PER_ACTOR,
-            });
-        }
+        // A bound per actor (CONVENTIONS 17), taken in the insert's transaction: concurrent
+        // adds cannot pass it.
+        let limit = self.max_providers_per_actor;
         let added = self
             .store
-            .add(fid.as_str(), &service, &url, provider.primary)
-            .await?;
+            .add(fid.as_str(), &service, &url, provider.primary, limit)
+            .await?
+            .map_err(|AtLimit| DiscoveryError::TooManyProviders { limit })?;
         tracing::info!(fid = %fid, service = %service, url = %added.url, primary = added.primary, "added service provider");
         Ok(pb::AddServiceResponse {
             provider: Some(added.into()),

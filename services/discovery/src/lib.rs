@@ -7,7 +7,8 @@
 //!   gRPC health); `polyproto discovery` and `polyproto up` call these.
 //! - [`grpc`]: the `polyproto.discovery.v1.Discovery` handlers ([`DiscoveryGrpc`]).
 //! - [`model`]: service names (spec 8.2), provider URLs, limits. Pure.
-//! - [`store`]: the SQL table; the database enforces "one primary per (actor, service)".
+//! - [`store`]: the SQL tables; the database enforces "one primary per (actor, service)",
+//!   and the per-actor provider bound is taken in each insert's transaction.
 //! - [`directory`]: which actors are registered here, asked of the identity service.
 //! - [`error`]: [`DiscoveryError`] and its one mapping to gRPC status codes.
 

@@ -8,6 +8,15 @@
 //! a unique violation, which is retried or answered (409) here. PostgreSQL checks unique
 //! indexes row by row, so a change of primary demotes the old one and promotes the new one in
 //! two statements of one transaction, never in one `UPDATE`.
+//!
+//! The bound on an actor's providers is enforced the same way: `provider_counts` holds each
+//! actor's number of rows, and an add takes a unit of it (`n = n + 1 WHERE n < bound`, in
+//! one upsert) in the transaction of its insert, a removal gives its units back in its own.
+//! The counter row is locked by that statement until the transaction ends, so concurrent adds
+//! of one actor are serialised on PostgreSQL (SQLite serialises all writers) and can never
+//! overshoot the bound; every transaction takes the counter before any provider row, so adds
+//! and removals of one actor lock in one order. The bound itself is the caller's (a parameter
+//! of [`Store::add`]); the store only enforces it.
 
 use p2_runtime::storage::{Database, Migration};
 use sqlx::Row as _;
@@ -17,12 +26,13 @@ use crate::error::DiscoveryError;
 use crate::model::{Limit, Provider, ProviderUrl, ServiceName};
 
 /// The discovery schema, in order. Never edit a released migration; add a new one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "service providers",
-    // `url_key` is the provider's identity (normalised URL without trailing slashes), `url`
-    // what was registered (normalised). `added_at` (UNIX microseconds) orders promotions.
-    sql: "CREATE TABLE service_providers (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "service providers",
+        // `url_key` is the provider's identity (normalised URL without trailing slashes), `url`
+        // what was registered (normalised). `added_at` (UNIX microseconds) orders promotions.
+        sql: "CREATE TABLE service_providers (
         fid TEXT NOT NULL,
         service TEXT NOT NULL,
         url_key TEXT NOT NULL,
@@ -33,7 +43,21 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     );
     CREATE UNIQUE INDEX service_providers_one_primary
         ON service_providers (fid, service) WHERE is_primary;",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "provider counts per actor",
+        // `n` is the number of `service_providers` rows of `fid`, kept in the transaction of every
+        // insert and delete, so a per-actor bound is checked and taken in one statement (see
+        // `COUNT_UP`). Initialised from the rows already there.
+        sql: "CREATE TABLE provider_counts (
+        fid TEXT PRIMARY KEY,
+        n BIGINT NOT NULL CHECK (n >= 0)
+    );
+    INSERT INTO provider_counts (fid, n)
+        SELECT fid, COUNT(*) FROM service_providers GROUP BY fid;",
+    },
+];
 
 /// How often a write that lost a race (unique violation, deadlock, busy database) is tried.
 /// Each lost race means another request on the same (actor, service) won, so this bounds the
@@ -41,6 +65,18 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 const ATTEMPTS: usize = 16;
 
 const COUNT_OF_ACTOR: &str = "SELECT COUNT(*) FROM service_providers WHERE fid = $1";
+
+/// Takes one unit of the actor's bound `$2`: one row affected when taken, none when the actor
+/// already lists `$2` providers. (Callers never pass a bound of 0, which the insert branch
+/// would not check.)
+const COUNT_UP: &str = "INSERT INTO provider_counts (fid, n) VALUES ($1, 1)
+    ON CONFLICT (fid) DO UPDATE SET n = provider_counts.n + 1
+    WHERE provider_counts.n < $2";
+
+/// Gives back `$2` units; the transaction rolls back unless exactly that many rows went.
+const COUNT_DOWN: &str = "UPDATE provider_counts
+    SET n = CASE WHEN n > $2 THEN n - $2 ELSE 0 END
+    WHERE fid = $1";
 
 const EXISTS: &str =
     "SELECT 1 FROM service_providers WHERE fid = $1 AND service = $2 AND url_key = $3";
@@ -108,6 +144,10 @@ pub enum Refused {
     /// This provider is a primary, and the caller did not allow removing primaries.
     Primary(Provider),
 }
+
+/// [`Store::add`] found the actor at the bound it was given: nothing was added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtLimit;
 
 /// What a removal did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -184,50 +224,36 @@ impl Store {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// Adds a provider for `fid`. It becomes primary when the service has none; asking for
-    /// `primary` when the service has one is [`DiscoveryError::PrimaryExists`].
+    /// Adds a provider for `fid` unless `fid` already lists `max_per_actor` providers (all
+    /// services together), which is `Ok(Err(AtLimit))` with nothing changed. It becomes
+    /// primary when the service has none; asking for `primary` when the service has one is
+    /// [`DiscoveryError::PrimaryExists`]. The bound is checked and taken in the insert's
+    /// transaction: any number of concurrent adds leave at most `max_per_actor` providers.
     pub async fn add(
         &self,
         fid: &str,
         service: &ServiceName,
         url: &ProviderUrl,
         primary: bool,
-    ) -> Result<Provider, DiscoveryError> {
+        max_per_actor: u64,
+    ) -> Result<Result<Provider, AtLimit>, DiscoveryError> {
+        if max_per_actor == 0 {
+            return Ok(Err(AtLimit));
+        }
+        let bound = i64::try_from(max_per_actor).unwrap_or(i64::MAX);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let inserted = if primary {
-                sqlx::query(INSERT_PRIMARY)
-                    .bind(fid)
-                    .bind(service.as_str())
-                    .bind(url.key())
-                    .bind(url.as_str())
-                    .bind(micros_now())
-                    .execute(&self.db.pool)
-                    .await
-                    .map(|_| true)
-            } else {
-                match sqlx::query(INSERT_AUTO)
-                    .bind(fid)
-                    .bind(service.as_str())
-                    .bind(url.key())
-                    .bind(url.as_str())
-                    .bind(micros_now())
-                    .fetch_one(&self.db.pool)
-                    .await
-                {
-                    Ok(row) => flag(&row, 0),
-                    Err(error) => Err(error),
-                }
-            };
-            match inserted {
-                Ok(is_primary) => {
-                    return Ok(Provider {
+            match self.try_add(fid, service, url, primary, bound).await {
+                Ok(Ok(is_primary)) => {
+                    return Ok(Ok(Provider {
                         service: service.to_string(),
                         url: url.as_str().to_owned(),
                         primary: is_primary,
-                    });
+                    }));
                 }
+                Ok(Err(AtLimit)) => return Ok(Err(AtLimit)),
+                // The transaction is gone (rolled back with its counter update) by now.
                 Err(error) if is_unique_violation(&error) => {
                     if self.exists(fid, service, url).await? {
                         return Err(DiscoveryError::ProviderExists {
@@ -251,6 +277,51 @@ impl Store {
                 )));
             }
         }
+    }
+
+    /// One attempt of [`Store::add`]: the counter, then the row, in one transaction. Whether
+    /// the row became primary, or [`AtLimit`]. Returning early or failing drops the
+    /// transaction, which rolls the counter back.
+    async fn try_add(
+        &self,
+        fid: &str,
+        service: &ServiceName,
+        url: &ProviderUrl,
+        primary: bool,
+        bound: i64,
+    ) -> Result<Result<bool, AtLimit>, sqlx::Error> {
+        let mut tx = self.db.pool.begin().await?;
+        let taken = sqlx::query(COUNT_UP)
+            .bind(fid)
+            .bind(bound)
+            .execute(&mut *tx)
+            .await?;
+        if taken.rows_affected() == 0 {
+            return Ok(Err(AtLimit));
+        }
+        let is_primary = if primary {
+            sqlx::query(INSERT_PRIMARY)
+                .bind(fid)
+                .bind(service.as_str())
+                .bind(url.key())
+                .bind(url.as_str())
+                .bind(micros_now())
+                .execute(&mut *tx)
+                .await?;
+            true
+        } else {
+            let row = sqlx::query(INSERT_AUTO)
+                .bind(fid)
+                .bind(service.as_str())
+                .bind(url.key())
+                .bind(url.as_str())
+                .bind(micros_now())
+                .fetch_one(&mut *tx)
+                .await?;
+            flag(&row, 0)?
+        };
+        tx.commit().await?;
+        Ok(Ok(is_primary))
     }
 
     async fn exists(
@@ -303,6 +374,14 @@ impl Store {
         may_remove_primary: bool,
     ) -> Result<Result<Result<Removal, Refused>, DiscoveryError>, sqlx::Error> {
         let mut tx = self.db.pool.begin().await?;
+        // The counter first (the lock order of adds too). All or none: if any provider is
+        // missing, the transaction rolls back, so the units given back are exactly the rows
+        // deleted.
+        sqlx::query(COUNT_DOWN)
+            .bind(fid)
+            .bind(i64::try_from(providers.len()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
         let mut removal = Removal::default();
         for (service, url) in providers {
             let row = sqlx::query(DELETE_ONE)

@@ -602,9 +602,103 @@ async fn discover_reports_a_redirect(grpc: DiscoveryGrpc) {
 }
 
 async fn an_actor_may_list_a_bounded_number_of_providers(grpc: DiscoveryGrpc) {
-    let pool = &grpc.store().database().pool;
-    let mut tx = pool.begin().await.unwrap();
-    for i in 0..MAX_PROVIDERS_PER_ACTOR {
+    assert_eq!(grpc.max_providers_per_actor(), MAX_PROVIDERS_PER_ACTOR);
+    let grpc = grpc.with_max_providers_per_actor(SMALL_LIMIT);
+    for i in 0..SMALL_LIMIT {
+        // Across services: the bound is per actor.
+        add(
+            &grpc,
+            ALICE,
+            &format!("svc{}", i % 3),
+            &format!("https://p{i}.example"),
+            false,
+        )
+        .await
+        .unwrap();
+    }
+    let status = add(&grpc, ALICE, "chat", "https://one.example", false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status
+            .message()
+            .contains(&format!("at most {SMALL_LIMIT} service providers")),
+        "{}",
+        status.message()
+    );
+    // A duplicate at the bound is still the limit (nothing is inserted either way).
+    let status = add(&grpc, ALICE, "svc0", "https://p0.example", false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    add(&grpc, BOB, "chat", "https://one.example", false)
+        .await
+        .unwrap();
+    assert_eq!(grpc.store().count(ALICE).await.unwrap(), SMALL_LIMIT);
+}
+
+/// The per-actor bound of the limit tests.
+const SMALL_LIMIT: u64 = 20;
+
+/// Adds `n` providers of ALICE at once, each its own URL under `tag`; how many were stored.
+/// Every refusal must be the limit.
+async fn add_concurrently(grpc: &DiscoveryGrpc, tag: &str, n: usize) -> u64 {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let grpc = grpc.clone();
+        let url = format!("https://{tag}{i}.example");
+        let service = format!("svc{}", i % 4);
+        tasks.spawn(async move { add(&grpc, ALICE, &service, &url, false).await });
+    }
+    let mut stored = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(_) => stored += 1,
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    stored
+}
+
+async fn concurrent_adds_never_pass_the_limit_and_removals_free_capacity(grpc: DiscoveryGrpc) {
+    let grpc = grpc.with_max_providers_per_actor(SMALL_LIMIT);
+    assert_eq!(add_concurrently(&grpc, "a", 64).await, SMALL_LIMIT);
+    let listed = discover(&grpc, ALICE, None, None).await.unwrap().providers;
+    assert_eq!(listed.len() as u64, SMALL_LIMIT);
+    assert_eq!(grpc.store().count(ALICE).await.unwrap(), SMALL_LIMIT);
+    // Removing five (primaries among them, with the solution) frees exactly five places.
+    let gone: Vec<(String, String)> = listed
+        .iter()
+        .take(5)
+        .map(|p| (p.service.clone(), p.url.clone()))
+        .collect();
+    let keys: Vec<(&str, &str)> = gone.iter().map(|(s, u)| (s.as_str(), u.as_str())).collect();
+    assert_eq!(
+        remove(&grpc, ALICE, &keys, true)
+            .await
+            .unwrap()
+            .removed
+            .len(),
+        5
+    );
+    // A removal that fails (one unknown provider) gives nothing back.
+    let status = remove(&grpc, ALICE, &[("svc0", "https://nope.example")], true)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(add_concurrently(&grpc, "b", 64).await, 5);
+    assert_eq!(grpc.store().count(ALICE).await.unwrap(), SMALL_LIMIT);
+    assert_eq!(add_concurrently(&grpc, "c", 8).await, 0);
+}
+
+/// A database at migration 1 with `SMALL_LIMIT` providers of ALICE, then opened (and so
+/// upgraded) like the service does.
+async fn upgraded_with_providers(url: &str) -> DiscoveryGrpc {
+    let db = p2_runtime::storage::connect(url, "discovery", &MIGRATIONS[..1])
+        .await
+        .unwrap();
+    for i in 0..SMALL_LIMIT {
         sqlx::query(
             "INSERT INTO service_providers (fid, service, url_key, url, is_primary, added_at)
              VALUES ($1, 'bulk', $2, $2, FALSE, $3)",
@@ -612,18 +706,49 @@ async fn an_actor_may_list_a_bounded_number_of_providers(grpc: DiscoveryGrpc) {
         .bind(ALICE)
         .bind(format!("https://p{i}.example"))
         .bind(i64::try_from(i).unwrap())
-        .execute(&mut *tx)
+        .execute(&db.pool)
         .await
         .unwrap();
     }
-    tx.commit().await.unwrap();
+    db.pool.close().await;
+    open(url).await.with_max_providers_per_actor(SMALL_LIMIT)
+}
+
+async fn providers_stored_before_the_upgrade_count_against_the_limit(grpc: DiscoveryGrpc) {
     let status = add(&grpc, ALICE, "chat", "https://one.example", false)
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+    remove(&grpc, ALICE, &[("bulk", "https://p3.example")], true)
+        .await
+        .unwrap();
+    add(&grpc, ALICE, "chat", "https://one.example", false)
+        .await
+        .unwrap();
     add(&grpc, BOB, "chat", "https://one.example", false)
         .await
         .unwrap();
+}
+
+mod providers_stored_before_the_upgrade_count_against_the_limit {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = p2_runtime::storage::sqlite_url_in(dir.path(), "discovery");
+        super::providers_stored_before_the_upgrade_count_against_the_limit(
+            super::upgraded_with_providers(&url).await,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let url = super::postgres_url().await;
+        super::providers_stored_before_the_upgrade_count_against_the_limit(
+            super::upgraded_with_providers(&url).await,
+        )
+        .await;
+    }
 }
 
 async fn the_database_refuses_a_second_primary(grpc: DiscoveryGrpc) {
@@ -895,6 +1020,7 @@ on_both_backends!(
     discover_follows_the_limit_rules,
     discover_reports_a_redirect,
     an_actor_may_list_a_bounded_number_of_providers,
+    concurrent_adds_never_pass_the_limit_and_removals_free_capacity,
     the_database_refuses_a_second_primary,
     concurrent_first_adds_make_exactly_one_primary,
     concurrent_primary_requests_let_exactly_one_win,

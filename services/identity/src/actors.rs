@@ -9,6 +9,7 @@ use p2_model::{FederationId, IdCsr};
 
 use crate::keyring::Generation;
 use crate::store::{ActorRow, CertRow, IssueRefusal};
+use crate::throttle::Guess;
 use crate::{IdentityError, IdentityState, Registration, passwords};
 
 /// A cert that was just issued.
@@ -21,6 +22,10 @@ pub struct IssuedCert {
     /// The cert it replaced (a renewal), now revoked.
     pub replaced: Option<CertRow>,
 }
+
+/// The most certs one answer of [`IdentityState::certs_of`] (`GET idcert/actor/{fid}`) holds,
+/// newest first: an actor's history grows with every renewal, an answer must not.
+pub const MAX_CERTS_PER_ANSWER: u64 = 100;
 
 /// Which certs of an actor [`IdentityState::certs_of`] selects.
 #[derive(Debug, Clone, Default)]
@@ -100,21 +105,41 @@ impl IdentityState {
             .ok_or_else(|| IdentityError::UnknownActor(fid.to_string()))
     }
 
+    /// Runs `check` (a password verification) unless `guess` must wait, and records its
+    /// outcome: the throttle of [`crate::throttle`].
+    async fn throttled(
+        &self,
+        guess: &Guess,
+        check: impl std::future::Future<Output = Result<bool, crate::passwords::HashError>>,
+    ) -> Result<bool, IdentityError> {
+        if let Err(retry_after) = self.throttle().admit(guess).await? {
+            return Err(IdentityError::Throttled { retry_after });
+        }
+        let ok = check.await?;
+        self.throttle().record(guess, ok).await?;
+        Ok(ok)
+    }
+
     /// The sensitive-action check (spec 4.2) for `fid`: for password actors, the solution is
-    /// the password. Returns the actor.
+    /// the password; `client` is the client address the gateway saw, if any. Returns the actor.
     pub async fn check_sensitive_solution(
         &self,
         fid: &FederationId,
         solution: &str,
+        client: Option<&str>,
     ) -> Result<ActorRow, IdentityError> {
         if solution.is_empty() {
             return Err(IdentityError::SensitiveSolutionRequired);
         }
         let actor = self.actor(fid).await?;
-        let ok = self
+        if actor.disabled {
+            return Err(IdentityError::Disabled);
+        }
+        let guess = Guess::new(&actor.local_name, client);
+        let check = self
             .hasher()
-            .verify(solution.to_owned(), Some(actor.password_hash.clone()))
-            .await?;
+            .verify(solution.to_owned(), Some(actor.password_hash.clone()));
+        let ok = self.throttled(&guess, check).await?;
         if ok {
             Ok(actor)
         } else {
@@ -130,6 +155,7 @@ impl IdentityState {
         actor: &str,
         password: String,
         csr: &[u8],
+        client: Option<&str>,
     ) -> Result<IssuedCert, IdentityError> {
         // Anything that names no actor of ours takes the unknown-actor path (same timing).
         let local_name = self.local_name_or_fid(actor).ok();
@@ -137,14 +163,23 @@ impl IdentityState {
             Some(name) => self.store().actor(name).await?,
             None => None,
         };
-        let ok = self
+        // Unknown names are throttled like known ones: the answer must not tell them apart.
+        let guess = Guess::new(
+            local_name.as_deref().unwrap_or(&actor.to_lowercase()),
+            client,
+        );
+        let check = self
             .hasher()
-            .verify(password, row.as_ref().map(|a| a.password_hash.clone()))
-            .await?;
+            .verify(password, row.as_ref().map(|a| a.password_hash.clone()));
+        let ok = self.throttled(&guess, check).await?;
         let row = match row {
             Some(row) if ok => row,
             _ => return Err(IdentityError::BadCredentials),
         };
+        // Told only to who knows the password, so it reveals nothing to others.
+        if row.disabled {
+            return Err(IdentityError::Disabled);
+        }
         let fid = FederationId::new(&row.local_name, self.domain())?;
         let csr = IdCsr::parse(csr)?;
         self.issue(&fid, &csr, false).await
@@ -159,6 +194,7 @@ impl IdentityState {
         session_id: &p2_model::SessionId,
         csr: &[u8],
         solution: &str,
+        client: Option<&str>,
     ) -> Result<IssuedCert, IdentityError> {
         if solution.is_empty() {
             return Err(IdentityError::SensitiveSolutionRequired);
@@ -166,7 +202,7 @@ impl IdentityState {
         // The CSR is checked before the (deliberately slow) password: bad input costs no hash.
         let csr = IdCsr::parse(csr)?;
         csr.check_for(self.domain(), Some(&self.local_name_of(fid)?))?;
-        self.check_sensitive_solution(fid, solution).await?;
+        self.check_sensitive_solution(fid, solution, client).await?;
         let renew = csr.session_id() == session_id;
         self.issue(fid, &csr, renew).await
     }
@@ -189,9 +225,14 @@ impl IdentityState {
             .min(generation.cert.not_after());
         let issued = self
             .store()
-            .issue_cert(&local_name, &session_id, renew, to_i64(now), || {
-                build_row(&generation, csr, &local_name, &session_id, now, not_after)
-            })
+            .issue_cert(
+                &local_name,
+                &session_id,
+                renew,
+                self.max_sessions_per_actor(),
+                to_i64(now),
+                || build_row(&generation, csr, &local_name, &session_id, now, not_after),
+            )
             .await?;
         let issued = match issued {
             Ok(issued) => issued,
@@ -200,6 +241,11 @@ impl IdentityState {
             }
             Err(IssueRefusal::SessionIdInUse) => {
                 return Err(IdentityError::SessionIdInUse(session_id));
+            }
+            Err(IssueRefusal::TooManySessions) => {
+                return Err(IdentityError::TooManySessions {
+                    limit: self.max_sessions_per_actor(),
+                });
             }
         };
         if let Some(old) = &issued.revoked {
@@ -213,7 +259,8 @@ impl IdentityState {
         })
     }
 
-    /// Every cert of the actor `fid` that `query` selects, revoked ones included, oldest first.
+    /// The certs of the actor `fid` that `query` selects, revoked ones included, newest first,
+    /// at most [`MAX_CERTS_PER_ANSWER`]: older ones are reached with the time filters.
     pub async fn certs_of(
         &self,
         fid: &FederationId,
@@ -226,7 +273,10 @@ impl IdentityState {
             not_before: query.issued_from.map(to_i64),
             not_after: query.issued_until.map(to_i64),
         };
-        Ok(self.store().certs(&actor.local_name, &filter).await?)
+        Ok(self
+            .store()
+            .certs(&actor.local_name, &filter, MAX_CERTS_PER_ANSWER)
+            .await?)
     }
 
     /// Revokes the valid cert of `fid`'s session `session_id`.
@@ -255,12 +305,13 @@ impl IdentityState {
         &self,
         fid: &FederationId,
         solution: &str,
+        client: Option<&str>,
     ) -> Result<(std::sync::Arc<Generation>, u64), IdentityError> {
         // Rights first: a non-admin learns nothing about the password by trying.
         if !self.actor(fid).await?.admin {
             return Err(IdentityError::NotAdmin);
         }
-        self.check_sensitive_solution(fid, solution).await?;
+        self.check_sensitive_solution(fid, solution, client).await?;
         let rotated = self.rotate_now().await?;
         tracing::info!(caller = %fid, generation = rotated.0.generation, "server key rotated");
         Ok(rotated)

@@ -83,8 +83,13 @@ impl KeyCipher {
         Ok(format!("{PREFIX}{}", hex::encode(out)))
     }
 
-    /// Decrypts what [`KeyCipher::encrypt`] produced for the same `context`.
-    pub fn decrypt(&self, stored: &str, context: &str) -> anyhow::Result<Vec<u8>> {
+    /// Decrypts what [`KeyCipher::encrypt`] produced for the same `context`. The plaintext is
+    /// private key material: it is wiped from memory when the returned value is dropped.
+    pub fn decrypt(
+        &self,
+        stored: &str,
+        context: &str,
+    ) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
         let raw = stored
             .strip_prefix(PREFIX)
             .and_then(|h| hex::decode(h).ok())
@@ -100,6 +105,7 @@ impl KeyCipher {
                     aad: context.as_bytes(),
                 },
             )
+            .map(zeroize::Zeroizing::new)
             .map_err(|_| {
                 anyhow::anyhow!(
                     "cannot decrypt the server's private key: wrong key encryption key \
@@ -137,7 +143,7 @@ mod tests {
             .unwrap();
         assert!(!stored.contains(&hex::encode(b"secret seed bytes")));
         assert_eq!(
-            cipher.decrypt(&stored, "server-key:1").unwrap(),
+            cipher.decrypt(&stored, "server-key:1").unwrap().as_slice(),
             b"secret seed bytes"
         );
     }
@@ -169,7 +175,7 @@ mod tests {
         let first = KeyCipher::load_or_create_file(&path).unwrap();
         let stored = first.encrypt(b"x", "c").unwrap();
         let second = KeyCipher::load_or_create_file(&path).unwrap();
-        assert_eq!(second.decrypt(&stored, "c").unwrap(), b"x");
+        assert_eq!(second.decrypt(&stored, "c").unwrap().as_slice(), b"x");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

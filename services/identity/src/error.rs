@@ -37,6 +37,27 @@ pub enum IdentityError {
         "session ID {0:?} is in use by a valid ID-Cert; delete that session first or choose another session ID"
     )]
     SessionIdInUse(String),
+    /// An operator disabled the actor.
+    #[error("this actor was disabled by an administrator of this home server")]
+    Disabled,
+    /// Too many wrong passwords for this account or client address lately: wait.
+    #[error("too many wrong passwords; try again in {} s", .retry_after.as_secs().max(1))]
+    Throttled {
+        /// How long to wait.
+        retry_after: std::time::Duration,
+    },
+    /// Too many password checks are waiting: try again shortly.
+    #[error("the server is busy checking passwords; try again in a moment")]
+    Busy,
+    /// The actor holds the most sessions (valid ID-Certs) it may.
+    #[error(
+        "this actor already has {limit} sessions, the most it may have; delete one \
+         (or let one expire) first"
+    )]
+    TooManySessions {
+        /// The per-actor limit.
+        limit: u64,
+    },
     /// No valid ID-Cert for that session.
     #[error("{fid} has no valid ID-Cert for session {session_id:?}")]
     NoValidCert {
@@ -65,6 +86,18 @@ pub enum IdentityError {
     Internal(#[from] anyhow::Error),
 }
 
+/// How long a client refused by a full hashing queue is told to wait, in seconds.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
+
+impl From<crate::passwords::HashError> for IdentityError {
+    fn from(error: crate::passwords::HashError) -> Self {
+        match error {
+            crate::passwords::HashError::Busy => Self::Busy,
+            crate::passwords::HashError::Failed(error) => Self::Internal(error),
+        }
+    }
+}
+
 impl From<IdentityError> for tonic::Status {
     fn from(error: IdentityError) -> Self {
         match error {
@@ -75,6 +108,18 @@ impl From<IdentityError> for tonic::Status {
             }
             IdentityError::NameTaken(_) | IdentityError::SessionIdInUse(_) => {
                 tonic::Status::already_exists(error.to_string())
+            }
+            IdentityError::Disabled => tonic::Status::permission_denied(error.to_string()),
+            IdentityError::Throttled { retry_after } => p2_runtime::error::retry_after(
+                tonic::Status::resource_exhausted(error.to_string()),
+                retry_after.as_secs().max(1),
+            ),
+            IdentityError::Busy => p2_runtime::error::retry_after(
+                tonic::Status::unavailable(error.to_string()),
+                BUSY_RETRY_AFTER_SECS,
+            ),
+            IdentityError::TooManySessions { .. } => {
+                tonic::Status::failed_precondition(error.to_string())
             }
             IdentityError::RegistrationClosed => {
                 tonic::Status::permission_denied(error.to_string())
@@ -156,6 +201,18 @@ mod tests {
                 tonic::Code::PermissionDenied,
             ),
             (IdentityError::NotAdmin, tonic::Code::PermissionDenied),
+            (IdentityError::Busy, tonic::Code::Unavailable),
+            (IdentityError::Disabled, tonic::Code::PermissionDenied),
+            (
+                IdentityError::Throttled {
+                    retry_after: std::time::Duration::from_secs(4),
+                },
+                tonic::Code::ResourceExhausted,
+            ),
+            (
+                IdentityError::TooManySessions { limit: 2 },
+                tonic::Code::FailedPrecondition,
+            ),
             (
                 IdentityError::Model(ModelError::Encoding("x".into())),
                 tonic::Code::Internal,

@@ -18,6 +18,18 @@ pub struct IdentityGrpc {
     state: IdentityState,
 }
 
+/// Metadata key of the client address the gateway saw (relayed by session for logins).
+pub const CLIENT_ADDRESS_KEY: &str = "x-p2-client-address";
+
+/// The client address a call carries, when it is a plausible IP address.
+fn client_address<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get(CLIENT_ADDRESS_KEY)?.to_str().ok()?;
+    value
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| ip.to_string())
+}
+
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -150,12 +162,16 @@ impl pb::identity_server::Identity for IdentityGrpc {
         &self,
         request: Request<pb::RotateServerKeyRequest>,
     ) -> Result<Response<pb::RotateServerKeyResponse>, Status> {
+        let client = client_address(&request);
         let pb::RotateServerKeyRequest {
             caller,
             sensitive_solution,
         } = request.into_inner();
         let (fid, _) = self.asserted(caller.as_ref())?;
-        let (generation, now) = self.state.rotate_for(&fid, &sensitive_solution).await?;
+        let (generation, now) = self
+            .state
+            .rotate_for(&fid, &sensitive_solution, client.as_deref())
+            .await?;
         Ok(Response::new(pb::RotateServerKeyResponse {
             cert: Some(self.root_cacheable(&generation, now)),
             previous_invalid_since: now,
@@ -185,9 +201,12 @@ impl pb::identity_server::Identity for IdentityGrpc {
         &self,
         request: Request<pb::VerifySensitiveSolutionRequest>,
     ) -> Result<Response<pb::VerifySensitiveSolutionResponse>, Status> {
+        let client = client_address(&request);
         let pb::VerifySensitiveSolutionRequest { caller, solution } = request.into_inner();
         let (fid, _) = self.asserted(caller.as_ref())?;
-        self.state.check_sensitive_solution(&fid, &solution).await?;
+        self.state
+            .check_sensitive_solution(&fid, &solution, client.as_deref())
+            .await?;
         Ok(Response::new(pb::VerifySensitiveSolutionResponse {}))
     }
 
@@ -209,12 +228,16 @@ impl pb::identity_server::Identity for IdentityGrpc {
         &self,
         request: Request<pb::IssueLoginCertRequest>,
     ) -> Result<Response<pb::IssuedCert>, Status> {
+        let client = client_address(&request);
         let pb::IssueLoginCertRequest {
             actor,
             password,
             csr,
         } = request.into_inner();
-        let issued = self.state.issue_login_cert(&actor, password, &csr).await?;
+        let issued = self
+            .state
+            .issue_login_cert(&actor, password, &csr, client.as_deref())
+            .await?;
         Ok(Response::new(self.issued(&issued)?))
     }
 
@@ -223,6 +246,7 @@ impl pb::identity_server::Identity for IdentityGrpc {
         &self,
         request: Request<pb::SignCsrRequest>,
     ) -> Result<Response<pb::IssuedCert>, Status> {
+        let client = client_address(&request);
         let pb::SignCsrRequest {
             caller,
             csr,
@@ -231,7 +255,13 @@ impl pb::identity_server::Identity for IdentityGrpc {
         let (fid, session_id) = self.asserted(caller.as_ref())?;
         let issued = self
             .state
-            .sign_for(&fid, &session_id, &csr, &sensitive_solution)
+            .sign_for(
+                &fid,
+                &session_id,
+                &csr,
+                &sensitive_solution,
+                client.as_deref(),
+            )
             .await?;
         Ok(Response::new(self.issued(&issued)?))
     }

@@ -219,13 +219,15 @@ impl Keyring {
             &row.private_key_enc,
             &key_context(row.generation, &row.serial),
         )?;
-        let seed: [u8; 32] = seed.try_into().map_err(|_| {
-            anyhow::anyhow!(
-                "stored private key of generation {} has a wrong length",
-                row.generation
-            )
-        })?;
-        let signing_key = SigningKey::from_bytes(&seed);
+        anyhow::ensure!(
+            seed.len() == 32,
+            "stored private key of generation {} has a wrong length",
+            row.generation
+        );
+        // Copied into a buffer that is wiped on drop; the SigningKey wipes itself too.
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(&seed);
+        let signing_key = SigningKey::from_bytes(&bytes);
         let public = cert.public_key().map_err(anyhow::Error::new)?;
         anyhow::ensure!(
             signing_key.verifying_key() == public,

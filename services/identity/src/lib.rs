@@ -5,6 +5,8 @@
 //! - [`IdentityConfig`]: the component's flags (`polyproto identity --help`).
 //! - [`cipher`]: encryption of private keys at rest (`P2_KEY_ENCRYPTION_KEY`).
 //! - [`passwords`]: Argon2id hashing off the async workers, with constant-time misses.
+//! - [`throttle`]: password guesses throttled per account and client address, with backoff
+//!   (Redis in production, in process in embedded mode).
 //! - [`store`]: SQL storage (SQLite or PostgreSQL through one portable implementation).
 //! - [`keyring`]: the server's key generations in memory, refreshed from storage, with
 //!   memoised cache signatures.
@@ -36,6 +38,7 @@ pub mod grpc;
 pub mod keyring;
 pub mod passwords;
 pub mod store;
+pub mod throttle;
 
 pub use error::IdentityError;
 
@@ -102,6 +105,13 @@ pub struct IdentityConfig {
     /// Database URL: `sqlite:PATH` or `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long = "database-url", env = "P2_DATABASE_URL")]
     pub database_url: String,
+    /// Redis URL for the password-guess throttle, shared by every identity replica (e.g.
+    /// `redis://redis:6379/`); unset keeps it in process memory (embedded mode, one replica).
+    #[arg(long = "redis-url", env = "P2_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of the throttle's Redis keys: deployments sharing one Redis need their own.
+    #[arg(long = "redis-prefix", env = "P2_REDIS_PREFIX", default_value = throttle::REDIS_PREFIX)]
+    pub redis_prefix: String,
     /// What the home server is and issues (shared with `polyproto up`).
     #[command(flatten)]
     pub options: IdentityOptions,
@@ -145,7 +155,14 @@ pub struct IdentityOptions {
     /// (only `polyproto admin create-actor`).
     #[arg(long = "registration", env = "P2_REGISTRATION", value_enum, default_value_t = Registration::Open)]
     pub registration: Registration,
+    /// The most sessions (valid ID-Certs) one actor may hold at once; a login or new ID-Cert
+    /// beyond it is refused (409) until one is deleted or expires. Renewals always pass.
+    #[arg(long = "max-sessions-per-actor", env = "P2_MAX_SESSIONS_PER_ACTOR", default_value_t = DEFAULT_MAX_SESSIONS_PER_ACTOR)]
+    pub max_sessions_per_actor: u64,
 }
+
+/// Default of `--max-sessions-per-actor`.
+pub const DEFAULT_MAX_SESSIONS_PER_ACTOR: u64 = 256;
 
 /// Default domain of a home server.
 pub const DEFAULT_DOMAIN: &str = "localhost";
@@ -160,6 +177,7 @@ impl IdentityOptions {
             root_validity_days: DEFAULT_ROOT_VALIDITY_DAYS,
             actor_cert_validity_days: DEFAULT_ACTOR_CERT_VALIDITY_DAYS,
             registration: Registration::Open,
+            max_sessions_per_actor: DEFAULT_MAX_SESSIONS_PER_ACTOR,
         }
     }
 }
@@ -201,11 +219,13 @@ struct Inner {
     internal_key: p2_runtime::internal::InternalKey,
     assertion_key: p2_runtime::internal::AssertionKey,
     store: store::Store,
+    throttle: throttle::Throttle,
     keyring: keyring::Keyring,
     hasher: passwords::PasswordHasher,
     domain: String,
     actor_cert_validity_secs: u64,
     registration: Registration,
+    max_sessions_per_actor: u64,
 }
 
 impl IdentityState {
@@ -220,9 +240,20 @@ impl IdentityState {
         let db = p2_runtime::storage::connect(&config.database_url, "identity", store::MIGRATIONS)
             .await?;
         let store = store::Store::new(db);
+        let failures: Arc<dyn throttle::FailureStore> = match &config.redis_url {
+            Some(url) => Arc::new(throttle::RedisFailureStore::new(
+                p2_runtime::kv::connect(url, "identity").await?,
+                &config.redis_prefix,
+            )),
+            None => Arc::new(throttle::MemoryFailureStore::default()),
+        };
         anyhow::ensure!(
             (1..=60).contains(&options.actor_cert_validity_days),
             "--actor-cert-validity-days must be between 1 and 60 (spec 6.1)"
+        );
+        anyhow::ensure!(
+            options.max_sessions_per_actor >= 1,
+            "--max-sessions-per-actor (P2_MAX_SESSIONS_PER_ACTOR) must be at least 1"
         );
         let keyring = keyring::Keyring::open(
             store.clone(),
@@ -236,11 +267,13 @@ impl IdentityState {
                 assertion_key: internal_key.assertion_key(),
                 internal_key,
                 store,
+                throttle: throttle::Throttle::new(failures),
                 keyring,
                 hasher: passwords::PasswordHasher::new().await?,
                 domain,
                 actor_cert_validity_secs: options.actor_cert_validity_days * 86_400,
                 registration: options.registration,
+                max_sessions_per_actor: options.max_sessions_per_actor,
             }),
         })
     }
@@ -270,6 +303,11 @@ impl IdentityState {
         &self.inner.domain
     }
 
+    /// The password-guess throttle.
+    pub fn throttle(&self) -> &throttle::Throttle {
+        &self.inner.throttle
+    }
+
     /// The password hasher.
     pub fn hasher(&self) -> &passwords::PasswordHasher {
         &self.inner.hasher
@@ -278,6 +316,11 @@ impl IdentityState {
     /// Validity of new actor certs, in seconds.
     pub fn actor_cert_validity_secs(&self) -> u64 {
         self.inner.actor_cert_validity_secs
+    }
+
+    /// The most valid certs (sessions) one actor may hold.
+    pub fn max_sessions_per_actor(&self) -> u64 {
+        self.inner.max_sessions_per_actor
     }
 
     /// The registration policy.

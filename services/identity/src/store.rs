@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
     );
     CREATE INDEX id_certs_by_session ON id_certs (local_name, session_id);",
     },
+    Migration {
+        version: 3,
+        description: "disabled actors",
+        sql: "ALTER TABLE actors ADD COLUMN disabled BIGINT NOT NULL DEFAULT 0",
+    },
 ];
 
 /// One stored key generation of the home server.
@@ -150,6 +155,8 @@ pub struct ActorRow {
     pub admin: bool,
     /// Migration redirect target (spec 7.1), if set.
     pub redirect_to: Option<String>,
+    /// Disabled by an operator: no logins, no new certs, no sensitive actions.
+    pub disabled: bool,
 }
 
 /// An issued actor ID-Cert.
@@ -212,6 +219,8 @@ pub enum IssueRefusal {
     UnknownActor,
     /// A valid cert holds the session ID and this is not a renewal.
     SessionIdInUse,
+    /// The actor already holds the most valid certs (sessions) it may.
+    TooManySessions,
 }
 
 /// What issuing did.
@@ -246,10 +255,55 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Grants or withdraws administrator rights; `false` when there is no such actor. Takes
+    /// effect at once: every admin-only action reads the flag when it is used.
+    pub async fn set_admin(&self, local_name: &str, admin: bool) -> anyhow::Result<bool> {
+        let result = sqlx::query("UPDATE actors SET admin = $2 WHERE local_name = $1")
+            .bind(local_name)
+            .bind(i64::from(admin))
+            .execute(&self.db.pool)
+            .await
+            .context("changing an actor's admin flag")?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Disables (`true`) or re-enables an actor; `false` when there is no such actor.
+    pub async fn set_disabled(&self, local_name: &str, disabled: bool) -> anyhow::Result<bool> {
+        let result = sqlx::query("UPDATE actors SET disabled = $2 WHERE local_name = $1")
+            .bind(local_name)
+            .bind(i64::from(disabled))
+            .execute(&self.db.pool)
+            .await
+            .context("changing whether an actor is disabled")?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Revokes every valid cert of `local_name`; returns the revoked rows.
+    pub async fn revoke_all_certs(
+        &self,
+        local_name: &str,
+        now: i64,
+    ) -> anyhow::Result<Vec<CertRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE id_certs SET invalidated_at = $2 WHERE local_name = $1 \
+             AND invalidated_at IS NULL AND not_after > $2 RETURNING {CERT_COLUMNS}"
+        )))
+        .bind(local_name)
+        .bind(now)
+        .fetch_all(&self.db.pool)
+        .await
+        .context("revoking an actor's certs")?;
+        rows.iter()
+            .map(cert_row)
+            .collect::<Result<_, _>>()
+            .context("decoding certs")
+    }
+
     /// Looks an actor up by local name.
     pub async fn actor(&self, local_name: &str) -> anyhow::Result<Option<ActorRow>> {
         let row = sqlx::query(
-            "SELECT local_name, password_hash, admin, redirect_to FROM actors WHERE local_name = $1",
+            "SELECT local_name, password_hash, admin, redirect_to, disabled FROM actors \
+             WHERE local_name = $1",
         )
         .bind(local_name)
         .fetch_optional(&self.db.pool)
@@ -262,6 +316,7 @@ impl Store {
                 // Booleans are BIGINT 0/1: the Any driver cannot decode SQLite's BOOLEAN.
                 admin: row.try_get::<i64, _>(2)? != 0,
                 redirect_to: row.try_get(3)?,
+                disabled: row.try_get::<i64, _>(4)? != 0,
             })
         })
         .transpose()
@@ -277,6 +332,7 @@ impl Store {
         local_name: &str,
         session_id: &str,
         renew: bool,
+        max_valid: u64,
         now: i64,
         build: impl FnOnce() -> anyhow::Result<CertRow>,
     ) -> anyhow::Result<Result<Issued, IssueRefusal>> {
@@ -320,7 +376,23 @@ impl Store {
                 old.invalidated_at = Some(now);
                 Some(old)
             }
-            None => None,
+            None => {
+                // A new session: bounded per actor, counted under the actor's lock, so
+                // concurrent issuances cannot pass the bound together.
+                let (valid,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM id_certs WHERE local_name = $1 \
+                     AND invalidated_at IS NULL AND not_after > $2",
+                )
+                .bind(local_name)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .context("counting valid certs")?;
+                if u64::try_from(valid).unwrap_or(0) >= max_valid {
+                    return Ok(Err(IssueRefusal::TooManySessions));
+                }
+                None
+            }
         };
         let cert = build()?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -342,11 +414,12 @@ impl Store {
         Ok(Ok(Issued { cert, revoked }))
     }
 
-    /// The certs of an actor matching `filter`, oldest first.
+    /// The certs of an actor matching `filter`, newest first, at most `limit`.
     pub async fn certs(
         &self,
         local_name: &str,
         filter: &CertFilter,
+        limit: u64,
     ) -> anyhow::Result<Vec<CertRow>> {
         // Fixed SQL with NULL-able parameters: one prepared statement for every filter mix.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -355,13 +428,14 @@ impl Store {
              AND ($3 IS NULL OR session_id = $3) \
              AND ($4 IS NULL OR not_before >= $4) \
              AND ($5 IS NULL OR not_before <= $5) \
-             ORDER BY issued_at, serial"
+             ORDER BY issued_at DESC, serial DESC LIMIT $6"
         )))
         .bind(local_name)
         .bind(filter.valid_at)
         .bind(filter.session_id.as_deref())
         .bind(filter.not_before)
         .bind(filter.not_after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.db.pool)
         .await
         .context("loading certs")?;

@@ -153,6 +153,8 @@ async fn grpc_answers_server_certs_by_time(url: String) {
     let dir = tempfile::tempdir().unwrap();
     let config = p2_identity::IdentityConfig {
         listen: ([127, 0, 0, 1], 0).into(),
+        redis_url: None,
+        redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
         database_url: url,
         options: p2_identity::IdentityOptions {
             key_encryption_key: Some(KEK.to_owned().into()),
@@ -277,7 +279,7 @@ async fn grpc_answers_server_certs_by_time(url: String) {
     assert!(
         state
             .store()
-            .certs("alice", &p2_identity::store::CertFilter::default())
+            .certs("alice", &p2_identity::store::CertFilter::default(), 10)
             .await
             .unwrap()
             .is_empty()
@@ -320,7 +322,131 @@ macro_rules! on_both_databases {
     };
 }
 
+/// Per-actor bounds (CONVENTIONS 17): concurrent sessions, and the size of one cert answer.
+async fn sessions_per_actor_are_bounded_atomically_and_answers_are_capped(url: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = p2_identity::IdentityConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        redis_url: None,
+        redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
+        database_url: url,
+        options: p2_identity::IdentityOptions {
+            key_encryption_key: Some(KEK.to_owned().into()),
+            key_encryption_key_file: Some(dir.path().join("unused")),
+            max_sessions_per_actor: 3,
+            ..p2_identity::IdentityOptions::for_domain("bounds.example")
+        },
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
+    };
+    let state = p2_identity::IdentityState::open(&config).await.unwrap();
+    let alice = state
+        .register("alice", "alice password 1".into(), Registrant::Public)
+        .await
+        .unwrap();
+    let csr = |session: &str| {
+        let key = p2_model::generate_signing_key();
+        let session = p2_model::SessionId::parse(session).unwrap();
+        p2_model::build_csr(&key, &alice, &session)
+            .unwrap()
+            .into_bytes()
+    };
+    // Eight logins of new sessions at once: exactly three get a cert.
+    let logins: Vec<_> = (0..8)
+        .map(|i| {
+            let state = state.clone();
+            let csr = csr(&format!("s{i}"));
+            tokio::spawn(async move {
+                state
+                    .issue_login_cert("alice", "alice password 1".into(), &csr, None)
+                    .await
+            })
+        })
+        .collect();
+    let mut issued = 0;
+    for login in logins {
+        match login.await.unwrap() {
+            Ok(_) => issued += 1,
+            Err(error) => {
+                let status = tonic::Status::from(error);
+                assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+            }
+        }
+    }
+    assert_eq!(issued, 3, "the bound must hold under concurrency");
+    // Renewing a held session still works at the bound; revoking one frees a place.
+    let held = state
+        .certs_of(&alice, p2_identity::actors::CertQuery::default())
+        .await
+        .unwrap();
+    let session = p2_model::SessionId::parse(&held[0].session_id).unwrap();
+    state
+        .sign_for(
+            &alice,
+            &session,
+            &csr(session.as_str()),
+            "alice password 1",
+            None,
+        )
+        .await
+        .unwrap();
+    state.revoke(&alice, &session).await.unwrap();
+    state
+        .issue_login_cert("alice", "alice password 1".into(), &csr("fresh"), None)
+        .await
+        .unwrap();
+
+    // One answer holds at most MAX_CERTS_PER_ANSWER certs, newest first.
+    let generation = state.keyring().current().unwrap();
+    let now = p2_runtime::unix_now();
+    for i in 0..(p2_identity::actors::MAX_CERTS_PER_ANSWER + 5) {
+        let row = p2_identity::store::CertRow {
+            serial: format!("9{i:08}"),
+            local_name: "alice".into(),
+            session_id: "history".into(),
+            generation: generation.generation,
+            not_before: i64::try_from(now).unwrap(),
+            not_after: i64::try_from(now + 3600).unwrap(),
+            cert_pem: generation.cert_pem.clone(),
+            issued_at: i64::try_from(now + i).unwrap(),
+            invalidated_at: Some(i64::try_from(now).unwrap()),
+        };
+        state
+            .store()
+            .issue_cert(
+                "alice",
+                "history",
+                true,
+                1000,
+                i64::try_from(now).unwrap(),
+                || Ok(row),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let answer = state
+        .certs_of(
+            &alice,
+            p2_identity::actors::CertQuery {
+                session_id: Some(p2_model::SessionId::parse("history").unwrap()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.len() as u64,
+        p2_identity::actors::MAX_CERTS_PER_ANSWER
+    );
+    assert!(
+        answer.windows(2).all(|w| w[0].issued_at >= w[1].issued_at),
+        "newest first"
+    );
+}
+
 on_both_databases!(
+    sessions_per_actor_are_bounded_atomically_and_answers_are_capped,
     first_start_creates_one_generation_and_restarts_reuse_it,
     rotation_keeps_every_generation_retrievable_by_time,
     replicas_starting_together_agree_on_one_first_key,
@@ -339,6 +465,8 @@ async fn shutdown_reports_not_serving_through_the_grace_period_then_closes() {
     let dir = tempfile::tempdir().unwrap();
     let config = p2_identity::IdentityConfig {
         listen: ([127, 0, 0, 1], 0).into(),
+        redis_url: None,
+        redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
         database_url: sqlite_url(&dir).await,
         options: p2_identity::IdentityOptions {
             key_encryption_key: Some(KEK.to_owned().into()),

@@ -12,6 +12,28 @@ pub fn internal(error: &anyhow::Error) -> tonic::Status {
     tonic::Status::internal(INTERNAL_MESSAGE)
 }
 
+/// Metadata key of a retry hint in seconds (the gateway answers it as `Retry-After`).
+pub const RETRY_AFTER_KEY: &str = "x-p2-retry-after";
+
+/// `status` with a hint to retry after `secs` seconds.
+pub fn retry_after(mut status: tonic::Status, secs: u64) -> tonic::Status {
+    if let Ok(value) = tonic::metadata::AsciiMetadataValue::try_from(secs.to_string()) {
+        status.metadata_mut().insert(RETRY_AFTER_KEY, value);
+    }
+    status
+}
+
+/// The retry hint `status` carries, in seconds.
+pub fn retry_after_of(status: &tonic::Status) -> Option<u64> {
+    status
+        .metadata()
+        .get(RETRY_AFTER_KEY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// Metadata key of a machine-readable refusal reason, for the few refusals whose public wording
 /// the gateway owns (it names HTTP headers; services do not speak HTTP).
 pub const REASON_KEY: &str = "x-p2-reason";

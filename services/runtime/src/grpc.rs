@@ -24,6 +24,14 @@ impl tonic::service::Interceptor for OutboundInterceptor {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let mut request = TraceContextInterceptor.call(request)?;
         self.credential.apply(request.metadata_mut());
+        // Relay the HTTP client's address when the call is made for one.
+        if let Some(address) = crate::internal::client_address()
+            && let Ok(value) = tonic::metadata::AsciiMetadataValue::try_from(address.as_ref())
+        {
+            request
+                .metadata_mut()
+                .insert(crate::internal::CLIENT_ADDRESS_HEADER, value);
+        }
         Ok(request)
     }
 }
@@ -31,6 +39,13 @@ impl tonic::service::Interceptor for OutboundInterceptor {
 /// A gRPC client channel that carries the caller's component credential and trace context.
 pub type TracedChannel =
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, OutboundInterceptor>;
+
+/// Deadline of every internal gRPC call made through [`channel`]: the time from sending a
+/// request to receiving its response headers (a streaming response's body is not bounded by
+/// it). A call past it fails with `CANCELLED`/`DEADLINE_EXCEEDED`-like transport errors, so no
+/// caller waits forever on a stuck dependency. 10 s is far above any call's normal latency
+/// (Argon2id logins included) and below the gateway's 30 s request timeout.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens a lazily connecting channel to `url` (e.g. `http://identity:50051`) whose calls carry
 /// `credential` and the trace context. Lazy, so a component starts even while a dependency is
@@ -40,6 +55,7 @@ pub fn channel(url: &str, credential: &ComponentCredential) -> anyhow::Result<Tr
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid service URL {url:?}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(CALL_TIMEOUT)
         .tcp_nodelay(true);
     Ok(tonic::service::interceptor::InterceptedService::new(
         endpoint.connect_lazy(),

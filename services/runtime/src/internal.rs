@@ -373,7 +373,13 @@ where
                 if let Some(component) = component {
                     request.extensions_mut().insert(CallingComponent(component));
                 }
-                Box::pin(self.inner.call(request))
+                // Only from an authenticated component, and only a well-formed IP address.
+                let address = component
+                    .and_then(|_| request.headers().get(CLIENT_ADDRESS_HEADER))
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+                    .map(|ip| Arc::<str>::from(ip.to_string()));
+                Box::pin(with_client_address(address, self.inner.call(request)))
             }
             Err(status) => {
                 tracing::warn!(
@@ -385,6 +391,28 @@ where
             }
         }
     }
+}
+
+/// Metadata key carrying the address of the HTTP client a call is made for: set by the
+/// gateway, relayed by every service to the calls it makes, read by the password throttle.
+pub const CLIENT_ADDRESS_HEADER: &str = "x-p2-client-address";
+
+tokio::task_local! {
+    static CLIENT_ADDRESS: Option<Arc<str>>;
+}
+
+/// The client address of the request being handled, if the gateway told it.
+pub fn client_address() -> Option<Arc<str>> {
+    CLIENT_ADDRESS.try_with(Clone::clone).ok().flatten()
+}
+
+/// Runs `future` with `address` as the client address its outgoing calls carry. Spawned
+/// tasks do not inherit it: wrap them in this too.
+pub async fn with_client_address<F: std::future::Future>(
+    address: Option<Arc<str>>,
+    future: F,
+) -> F::Output {
+    CLIENT_ADDRESS.scope(address, future).await
 }
 
 /// Why a caller assertion was refused.

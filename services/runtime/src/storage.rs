@@ -112,6 +112,11 @@ pub async fn connect(
         pool.execute("PRAGMA journal_mode = WAL;")
             .await
             .with_context(what)?;
+        // The files hold password hashes and encrypted keys: owner only. SQLite gives later
+        // -wal/-shm files the main file's mode.
+        if let Some(path) = sqlite_path(&url) {
+            restrict_sqlite_files(&path).with_context(what)?;
+        }
     }
 
     let mut migrator = Migrator::with_migrations(
@@ -147,6 +152,49 @@ pub async fn connect(
         }
     }
     Ok(Database { pool, backend })
+}
+
+/// The file a `sqlite:` URL names (`sqlite://PATH?...` or `sqlite:PATH`), if any.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
+/// Makes the database file and its WAL companions readable by the owner only (0600).
+fn restrict_sqlite_files(path: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = std::path::PathBuf::from(file);
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot restrict {}", file.display()))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) if missing and makes it the owner's alone (0700): a data
+/// directory holds the databases and the key encryption key.
+pub fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict the data directory {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The SQLite URL of `component`'s database file inside `data_dir`.
@@ -213,6 +261,32 @@ mod tests {
             .to_string();
         assert!(err.contains("sqlite:"), "{err}");
         assert!(!err.contains("pw"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_files_and_data_directories_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        create_private_dir(&data).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        let url = sqlite_url_in(&data, "modes");
+        let db = connect(&url, "modes", &[]).await.unwrap();
+        sqlx::query("CREATE TABLE t (x BIGINT)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let file = sqlite_path(&url).unwrap();
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = file.as_os_str().to_owned();
+            companion.push(suffix);
+            let companion = std::path::PathBuf::from(companion);
+            if companion.exists() {
+                assert_eq!(mode(&companion), 0o600, "{}", companion.display());
+            }
+        }
     }
 
     #[tokio::test]

@@ -7,6 +7,16 @@
 //! takes it out of the store first, so a challenge is consumed by its first use whatever the
 //! outcome: a reused, expired, foreign or badly signed challenge never succeeds later.
 //!
+//! Bounds (CONVENTIONS 17): a session holds at most `--max-challenges-per-session`
+//! ([`DEFAULT_MAX_CHALLENGES_PER_SESSION`]) unused, unexpired challenges; beyond that its
+//! requests answer RESOURCE_EXHAUSTED ([`SessionError::TooManyChallenges`], HTTP 429) until
+//! it uses one or one expires. Nothing pending is dropped to make room: a flooding session
+//! locks out only itself, and a challenge handed out stays solvable for its whole lifetime.
+//! All sessions together hold at most `--max-pending-challenges`
+//! ([`DEFAULT_MAX_PENDING_CHALLENGES`]), beyond which everyone gets RESOURCE_EXHAUSTED
+//! ([`SessionError::Busy`]); that bound protects the store's memory, the per-session one keeps
+//! one session from reaching it alone.
+//!
 //! [`SessionGrpc::check_challenge_solution`] is the one check behind both the
 //! `VerifyChallengeSolution` RPC and the gateway's `X-P2-Challenge-String-Solution` header.
 
@@ -25,6 +35,12 @@ use crate::error::SessionError;
 pub const CHALLENGE_KEY_PREFIX: &str = "challenge:";
 /// Default lifetime of a challenge, in seconds (5 minutes).
 pub const DEFAULT_CHALLENGE_TTL_SECS: u64 = 300;
+/// Default bound on the unused, unexpired challenges of one session: far more than a client
+/// solving challenges one after another has pending, and small enough that
+/// [`DEFAULT_MAX_PENDING_CHALLENGES`] takes over 1500 sessions to fill.
+pub const DEFAULT_MAX_CHALLENGES_PER_SESSION: usize = 64;
+/// Default bound on pending challenges of all sessions together (in process or in Redis).
+pub const DEFAULT_MAX_PENDING_CHALLENGES: usize = crate::storage::DEFAULT_CAPACITY;
 /// The longest challenge string the spec allows; longer input is rejected without a lookup.
 pub const MAX_CHALLENGE_LEN: usize = 256;
 /// How many fresh challenges to draw when one collides with a pending one. A collision of 64
@@ -51,6 +67,15 @@ fn store_key(challenge: &str) -> String {
 /// The stored value binding a challenge to `caller`'s session.
 fn binding(caller: &Caller) -> String {
     format!("{}\n{}", caller.fid, caller.session_id)
+}
+
+/// The store owner whose bound is the session's challenge cap: the binding under a
+/// `challenge:` namespace, so later kinds of entries (key trials) get bounds of their own.
+fn owner(binding: &str) -> String {
+    let mut owner = String::with_capacity(CHALLENGE_KEY_PREFIX.len() + binding.len());
+    owner.push_str(CHALLENGE_KEY_PREFIX);
+    owner.push_str(binding);
+    owner
 }
 
 fn is_bound_to(value: &str, caller: &Caller) -> bool {
@@ -97,15 +122,20 @@ pub fn verify_solution(
 
 impl SessionGrpc {
     /// Issues a challenge bound to `caller`'s session, alive for the configured TTL.
+    /// [`SessionError::TooManyChallenges`] when the session already holds
+    /// [`max_challenges_per_session`](Self::max_challenges_per_session) pending ones,
+    /// [`SessionError::Busy`] when the server holds its maximum for all sessions.
     pub async fn issue_challenge(&self, caller: &Caller) -> Result<IssuedChallenge, SessionError> {
         let ttl = self.challenge_ttl();
+        let limit = self.max_challenges_per_session();
         let value = binding(caller);
+        let owner = owner(&value);
         for _ in 0..MAX_ISSUE_ATTEMPTS {
             let challenge = p2_model::generate_challenge();
             let expires = p2_runtime::unix_now().saturating_add(ttl.as_secs());
             if self
                 .challenges()
-                .put_if_absent(&store_key(&challenge), &value, ttl)
+                .put_if_absent(&store_key(&challenge), &value, &owner, limit, ttl)
                 .await?
             {
                 tracing::debug!(fid = %caller.fid, session_id = %caller.session_id, expires, "issued a challenge");

@@ -56,9 +56,20 @@ pub enum SessionError {
     /// The challenge signature is malformed or does not verify with the session's key.
     #[error("the challenge solution was rejected: {0}")]
     BadSolution(p2_model::ModelError),
-    /// Too many challenges are pending in the in-process store.
+    /// Too many challenges are pending on this server, all sessions together
+    /// (`--max-pending-challenges`).
     #[error("too many challenges are pending on this server; try again in a few minutes")]
     Busy,
+    /// This session already holds its maximum of unused, unexpired challenges
+    /// (`--max-challenges-per-session`); other sessions are not affected.
+    #[error(
+        "this session already has {limit} pending challenges; solve one of them or wait for \
+         one to expire"
+    )]
+    TooManyChallenges {
+        /// The per-session bound.
+        limit: usize,
+    },
     /// A service this one depends on did not answer.
     #[error("the {0} service is unavailable; try again shortly")]
     Unavailable(&'static str),
@@ -72,6 +83,9 @@ impl From<StoreError> for SessionError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Full { .. } => Self::Busy,
+            // The store's only owners are sessions holding challenges (key trials will name
+            // their own variant when they arrive).
+            StoreError::OwnerFull { limit } => Self::TooManyChallenges { limit },
             StoreError::Backend(error) => Self::Internal(error),
         }
     }
@@ -108,7 +122,9 @@ impl From<SessionError> for tonic::Status {
             | SessionError::NoValidIdCert
             | SessionError::BadSolution(_) => Status::permission_denied(error.to_string()),
             SessionError::SessionNotFound { .. } => Status::not_found(error.to_string()),
-            SessionError::Busy => Status::resource_exhausted(error.to_string()),
+            SessionError::Busy | SessionError::TooManyChallenges { .. } => {
+                Status::resource_exhausted(error.to_string())
+            }
             SessionError::Unavailable(_) => Status::unavailable(error.to_string()),
             SessionError::Internal(error) => p2_runtime::error::internal(&error),
         }
@@ -187,6 +203,11 @@ mod tests {
             ),
             (SessionError::Busy, Code::ResourceExhausted, "try again"),
             (
+                SessionError::TooManyChallenges { limit: 64 },
+                Code::ResourceExhausted,
+                "this session already has 64 pending challenges",
+            ),
+            (
                 SessionError::Unavailable("identity"),
                 Code::Unavailable,
                 "identity",
@@ -211,9 +232,14 @@ mod tests {
     }
 
     #[test]
-    fn store_errors_become_busy_or_internal() {
+    fn store_errors_become_busy_too_many_or_internal() {
         let full = SessionError::from(StoreError::Full { capacity: 3 });
         assert!(matches!(full, SessionError::Busy));
+        let mine = SessionError::from(StoreError::OwnerFull { limit: 5 });
+        assert!(
+            matches!(mine, SessionError::TooManyChallenges { limit: 5 }),
+            "{mine:?}"
+        );
         let backend = SessionError::from(StoreError::Backend(anyhow::anyhow!("connection reset")));
         let status = tonic::Status::from(backend);
         assert_eq!(status.code(), Code::Internal);

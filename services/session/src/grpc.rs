@@ -30,7 +30,9 @@ fn parse_session_id(field: &str, value: &str) -> Result<SessionId, SessionError>
 pub async fn to_completion<T: Send + 'static>(
     operation: impl Future<Output = Result<T, SessionError>> + Send + 'static,
 ) -> Result<T, SessionError> {
-    tokio::spawn(operation.in_current_span())
+    // The task keeps the request's client address, so identity's throttle sees it.
+    let client = p2_runtime::internal::client_address();
+    tokio::spawn(p2_runtime::internal::with_client_address(client, operation).in_current_span())
         .await
         .map_err(|e| {
             SessionError::Internal(anyhow::Error::new(e).context("operation task failed"))

@@ -51,7 +51,9 @@ pub mod storage;
 pub mod token;
 
 pub use caller::Caller;
-pub use challenge::DEFAULT_CHALLENGE_TTL_SECS;
+pub use challenge::{
+    DEFAULT_CHALLENGE_TTL_SECS, DEFAULT_MAX_CHALLENGES_PER_SESSION, DEFAULT_MAX_PENDING_CHALLENGES,
+};
 pub use error::SessionError;
 pub use storage::MIGRATIONS;
 
@@ -122,7 +124,7 @@ pub struct SessionConfig {
         default_value = "http://127.0.0.1:50051"
     )]
     pub identity_url: String,
-    /// Lifetimes (shared with `polyproto up`).
+    /// Lifetimes and challenge bounds (shared with `polyproto up`).
     #[command(flatten)]
     pub options: SessionOptions,
     /// How the server shuts down.
@@ -145,6 +147,16 @@ pub struct SessionOptions {
     /// service does not re-check the session.
     #[arg(long = "assertion-ttl-ms", env = "P2_ASSERTION_TTL_MS", default_value_t = p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS)]
     pub assertion_ttl_ms: u64,
+    /// Most unused, unexpired challenges one session may hold (at least 1). At the bound that
+    /// session's challenge requests answer RESOURCE_EXHAUSTED (HTTP 429) until it uses one or
+    /// one expires; pending challenges are never dropped, and other sessions are unaffected.
+    #[arg(long = "max-challenges-per-session", env = "P2_MAX_CHALLENGES_PER_SESSION", default_value_t = DEFAULT_MAX_CHALLENGES_PER_SESSION)]
+    pub max_challenges_per_session: usize,
+    /// Most unused, unexpired challenges of all sessions together, in Redis or in process
+    /// memory (at least 1; each costs a few hundred bytes). At the bound every challenge request
+    /// answers RESOURCE_EXHAUSTED (HTTP 429) until challenges are used or expire.
+    #[arg(long = "max-pending-challenges", env = "P2_MAX_PENDING_CHALLENGES", default_value_t = DEFAULT_MAX_PENDING_CHALLENGES)]
+    pub max_pending_challenges: usize,
 }
 
 impl Default for SessionOptions {
@@ -152,6 +164,8 @@ impl Default for SessionOptions {
         Self {
             challenge_ttl_secs: DEFAULT_CHALLENGE_TTL_SECS,
             assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
+            max_challenges_per_session: DEFAULT_MAX_CHALLENGES_PER_SESSION,
+            max_pending_challenges: DEFAULT_MAX_PENDING_CHALLENGES,
         }
     }
 }
@@ -174,6 +188,9 @@ struct Inner {
     challenges: Arc<dyn ChallengeStore>,
     identity: IdentityClient<TracedChannel>,
     challenge_ttl: Duration,
+    /// Set once by [`SessionGrpc::with_max_challenges_per_session`] before the handlers are
+    /// shared (an atomic like `assertion_ttl_ms`, so the builder needs no `&mut`).
+    max_challenges_per_session: std::sync::atomic::AtomicUsize,
 }
 
 impl SessionGrpc {
@@ -190,6 +207,16 @@ impl SessionGrpc {
                 "--assertion-ttl-ms (P2_ASSERTION_TTL_MS) must be between 1000 and 600000"
             );
         }
+        if options.max_challenges_per_session == 0 {
+            anyhow::bail!(
+                "--max-challenges-per-session (P2_MAX_CHALLENGES_PER_SESSION) must be at least 1"
+            );
+        }
+        if options.max_pending_challenges == 0 {
+            anyhow::bail!(
+                "--max-pending-challenges (P2_MAX_PENDING_CHALLENGES) must be at least 1"
+            );
+        }
         let internal_key = config.internal.load()?;
         let identity = IdentityClient::new(p2_runtime::grpc::channel(
             &config.identity_url,
@@ -197,11 +224,16 @@ impl SessionGrpc {
         )?);
         let db = p2_runtime::storage::connect(&config.database_url, "session", MIGRATIONS).await?;
         let challenges: Arc<dyn ChallengeStore> = match &config.redis_url {
-            Some(url) => Arc::new(storage::RedisChallengeStore::new(
-                p2_runtime::kv::connect(url, "session").await?,
-                storage::redis::DEFAULT_PREFIX,
+            Some(url) => Arc::new(
+                storage::RedisChallengeStore::new(
+                    p2_runtime::kv::connect(url, "session").await?,
+                    storage::redis::DEFAULT_PREFIX,
+                )
+                .with_capacity(options.max_pending_challenges),
+            ),
+            None => Arc::new(storage::MemoryChallengeStore::new(
+                options.max_pending_challenges,
             )),
-            None => Arc::new(storage::MemoryChallengeStore::default()),
         };
         // Embedded mode (SQLite, no Redis) is one process by definition: it may keep the
         // token index in memory, so token checks need no database round trip.
@@ -219,7 +251,8 @@ impl SessionGrpc {
             identity,
             Duration::from_secs(options.challenge_ttl_secs),
         )
-        .with_assertion_ttl_ms(options.assertion_ttl_ms))
+        .with_assertion_ttl_ms(options.assertion_ttl_ms)
+        .with_max_challenges_per_session(options.max_challenges_per_session))
     }
 
     /// Handlers over ready parts: the deployment's internal key, the sessions table, a
@@ -243,6 +276,9 @@ impl SessionGrpc {
                 challenges,
                 identity,
                 challenge_ttl,
+                max_challenges_per_session: std::sync::atomic::AtomicUsize::new(
+                    DEFAULT_MAX_CHALLENGES_PER_SESSION,
+                ),
             }),
         }
     }
@@ -253,6 +289,22 @@ impl SessionGrpc {
             .assertion_ttl_ms
             .store(ttl_ms, std::sync::atomic::Ordering::Relaxed);
         self
+    }
+
+    /// The same handlers (and every clone of them) letting one session hold at most `limit`
+    /// pending challenges ([`DEFAULT_MAX_CHALLENGES_PER_SESSION`] unless set).
+    pub fn with_max_challenges_per_session(self, limit: usize) -> Self {
+        self.inner
+            .max_challenges_per_session
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// The most pending challenges one session may hold.
+    pub fn max_challenges_per_session(&self) -> usize {
+        self.inner
+            .max_challenges_per_session
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Mints and verifies caller assertions.

@@ -20,6 +20,9 @@ use crate::events;
 use crate::storage::SessionRow;
 use crate::token::{SessionToken, TokenHash};
 
+/// The longest an actor ID-Cert may be valid (spec 6.1), and so a token.
+pub const MAX_CERT_VALIDITY_SECS: u64 = 60 * 86_400;
+
 /// What a successful login or new ID-Cert hands the client.
 #[derive(Debug)]
 pub struct LoginOutcome {
@@ -54,6 +57,11 @@ impl SessionGrpc {
             .find_by_token(&hash)
             .await?
             .ok_or(SessionError::UnknownToken)?;
+        // A token lives no longer than its session's ID-Cert; renewing the cert extends it.
+        let now = p2_runtime::unix_now();
+        if session.expires_at <= now {
+            return Err(SessionError::UnknownToken);
+        }
         let expires_ms =
             p2_runtime::internal::unix_now_ms().saturating_add(self.assertion_ttl_ms());
         let assertion = self
@@ -78,12 +86,25 @@ impl SessionGrpc {
         }
     }
 
-    /// Issues a new token for the session (fid, session_id), replacing the session's previous
-    /// token if it had one (renewal: the old token dies at once).
+    /// Issues a new token for the session (fid, session_id) valid for the longest an actor
+    /// cert may live (60 days, spec 6.1); see [`Self::issue_token_until`].
     pub async fn issue_token(
         &self,
         fid: &FederationId,
         session_id: &SessionId,
+    ) -> Result<SessionToken, SessionError> {
+        let until = p2_runtime::unix_now().saturating_add(MAX_CERT_VALIDITY_SECS);
+        self.issue_token_until(fid, session_id, until).await
+    }
+
+    /// Issues a new token for the session (fid, session_id) that expires at UNIX time
+    /// `expires_at` (the `notAfter` of the session's ID-Cert), replacing the session's previous
+    /// token if it had one (renewal: the old token dies at once).
+    pub async fn issue_token_until(
+        &self,
+        fid: &FederationId,
+        session_id: &SessionId,
+        expires_at: u64,
     ) -> Result<SessionToken, SessionError> {
         let token = SessionToken::generate();
         self.sessions()
@@ -92,9 +113,10 @@ impl SessionGrpc {
                 session_id.as_str(),
                 token.hash(),
                 p2_runtime::unix_now(),
+                expires_at,
             )
             .await?;
-        tracing::info!(fid = %fid, session_id = %session_id, "issued a session token");
+        tracing::info!(fid = %fid, session_id = %session_id, expires_at, "issued a session token");
         Ok(token)
     }
 
@@ -119,6 +141,14 @@ impl SessionGrpc {
                 Code::Unauthenticated => SessionError::WrongPassword(status.message().to_owned()),
                 Code::InvalidArgument => SessionError::InvalidArgument(status.message().to_owned()),
                 Code::AlreadyExists => SessionError::SessionIdInUse(status.message().to_owned()),
+                // A disabled actor, a full session quota, a busy password queue: identity's
+                // answer (and its retry hint) is passed on as it is.
+                Code::PermissionDenied | Code::FailedPrecondition | Code::ResourceExhausted => {
+                    SessionError::Refused(status)
+                }
+                Code::Unavailable if p2_runtime::error::retry_after_of(&status).is_some() => {
+                    SessionError::Refused(status)
+                }
                 _ => SessionError::from_identity(status, "issuing a login's ID-Cert"),
             })?
             .into_inner();
@@ -147,7 +177,12 @@ impl SessionGrpc {
                 Code::InvalidArgument
                 | Code::AlreadyExists
                 | Code::PermissionDenied
+                | Code::FailedPrecondition
+                | Code::ResourceExhausted
                 | Code::Unauthenticated => SessionError::Refused(status),
+                Code::Unavailable if p2_runtime::error::retry_after_of(&status).is_some() => {
+                    SessionError::Refused(status)
+                }
                 _ => SessionError::from_identity(status, "signing an ID-CSR"),
             })?
             .into_inner();
@@ -162,8 +197,8 @@ impl SessionGrpc {
             .get(caller.fid.as_str(), caller.session_id.as_str())
             .await?
         {
-            Some(_) => Ok(()),
-            None => Err(SessionError::UnknownToken),
+            Some(row) if row.expires_at > p2_runtime::unix_now() => Ok(()),
+            _ => Err(SessionError::UnknownToken),
         }
     }
 
@@ -182,9 +217,20 @@ impl SessionGrpc {
                 "identity's answer carries no certificate"
             )));
         };
+        // The token expires with the cert. A cert identity cannot have made is a broken
+        // contract: undo it rather than hand out a token without a known end.
+        let not_after = match p2_model::IdCert::from_pem(&cert.id_cert_pem) {
+            Ok(parsed) => parsed.not_after(),
+            Err(error) => {
+                self.compensate_issuance(&fid, &session_id).await;
+                return Err(SessionError::Internal(
+                    anyhow::Error::new(error).context("identity issued an unparsable ID-Cert"),
+                ));
+            }
+        };
         // A stale row of the same session (its cert expired, was revoked or renewed) is
         // replaced, so its old token dies in the same statement.
-        match self.issue_token(&fid, &session_id).await {
+        match self.issue_token_until(&fid, &session_id, not_after).await {
             Ok(token) => {
                 tracing::info!(fid = %fid, session_id = %session_id, serial = %issued.serial, "{what}");
                 if let Some(replaced) = &issued.replaced {
@@ -260,7 +306,12 @@ impl SessionGrpc {
                 })
                 .await
                 .map_err(|status| match status.code() {
-                    Code::PermissionDenied | Code::Unauthenticated => SessionError::Refused(status),
+                    Code::PermissionDenied | Code::Unauthenticated | Code::ResourceExhausted => {
+                        SessionError::Refused(status)
+                    }
+                    Code::Unavailable if p2_runtime::error::retry_after_of(&status).is_some() => {
+                        SessionError::Refused(status)
+                    }
                     _ => SessionError::from_identity(status, "checking a sensitive solution"),
                 })?;
         }

@@ -26,14 +26,26 @@ pub use sql::{MIGRATIONS, SessionRow, SessionStore};
 /// chosen at start (`Arc<dyn ChallengeStore>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Default bound on live entries of a store, all owners together: far above what one server
+/// hands out within a challenge's lifetime, and small enough (a few tens of MB, in process or
+/// in Redis) that a flood cannot exhaust memory.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
 /// Why a [`ChallengeStore`] operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The in-process store holds its maximum number of live entries.
-    #[error("the in-process store already holds its maximum of {capacity} live entries")]
+    /// The store holds its maximum number of live entries, all owners together.
+    #[error("the challenge store already holds its maximum of {capacity} live entries")]
     Full {
         /// The configured bound.
         capacity: usize,
+    },
+    /// The owner named in the put already holds the most live entries it may hold. Only this
+    /// owner is refused; everyone else's puts go on.
+    #[error("this owner already holds its maximum of {limit} live entries")]
+    OwnerFull {
+        /// The bound the caller gave.
+        limit: usize,
     },
     /// The backend failed (Redis unreachable, protocol error...).
     #[error(transparent)]
@@ -44,23 +56,38 @@ pub enum StoreError {
 /// and, later, key trials. Keys are logical; an implementation may prefix them (Redis stores
 /// `p2:challenge:<challenge>`).
 ///
+/// Every value has an *owner* (for challenges: the session it was issued to), and the store
+/// bounds both the live entries of one owner (a limit given with each put, so the rule stays
+/// with the caller) and all live entries together (a capacity given at construction). At
+/// either bound a put is refused ([`StoreError::OwnerFull`], [`StoreError::Full`]); nothing
+/// already stored is evicted, so one owner filling its share cannot push out anyone else's.
+///
 /// Contract (checked by the conformance suite):
 /// - [`put_if_absent`](Self::put_if_absent) stores only when no live value has the key, and the
-///   value lives for `ttl` (rounded up to whole seconds by Redis);
+///   value lives for `ttl` (rounded up to whole milliseconds by Redis);
+/// - a put beyond the owner's limit or the store's capacity is refused and changes nothing;
 /// - [`take`](Self::take) returns a live value and removes it in the same atomic step, so of
-///   any number of concurrent takes of one key exactly one gets the value;
-/// - an expired value behaves as absent.
+///   any number of concurrent takes of one key exactly one gets the value, and its owner's
+///   slot is free again at once;
+/// - an expired value behaves as absent and no longer counts against any bound; the
+///   bookkeeping of expired values is pruned, so memory stays bounded by live values.
 pub trait ChallengeStore: Send + Sync + 'static {
-    /// Stores `value` under `key` for `ttl` unless a live value already has that key.
-    /// `Ok(true)` when stored, `Ok(false)` when the key was taken (nothing changed).
+    /// Stores `value` under `key` for `ttl`, owned by `owner`, unless a live value already has
+    /// that key. `Ok(true)` when stored, `Ok(false)` when the key was taken (nothing changed);
+    /// [`StoreError::OwnerFull`] when `owner` already holds `owner_limit` live values,
+    /// [`StoreError::Full`] when the store is at capacity (nothing changed either way). The
+    /// check and the write are one atomic step: concurrent puts of one owner never exceed
+    /// `owner_limit`.
     fn put_if_absent<'a>(
         &'a self,
         key: &'a str,
         value: &'a str,
+        owner: &'a str,
+        owner_limit: usize,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Removes and returns the live value under `key`; `Ok(None)` when there is none (never
-    /// stored, already taken, or expired).
+    /// Removes and returns the live value under `key`, freeing its owner's slot; `Ok(None)`
+    /// when there is none (never stored, already taken, or expired).
     fn take<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
 }

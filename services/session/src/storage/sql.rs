@@ -12,10 +12,11 @@ use crate::token::TokenHash;
 ///
 /// `admin` is a leftover of version 1, always written 0 and never read: admin rights are
 /// decided by the identity service, which owns them, at the moment they are used.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "sessions",
-    sql: "CREATE TABLE sessions (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "sessions",
+        sql: "CREATE TABLE sessions (
         token_hash TEXT PRIMARY KEY,
         fid TEXT NOT NULL,
         session_id TEXT NOT NULL,
@@ -23,7 +24,16 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         created_at BIGINT NOT NULL,
         UNIQUE (fid, session_id)
     )",
-}];
+    },
+    // Tokens expire with their session's ID-Cert. Sessions from before this version get the
+    // longest an actor cert may live (60 days, spec 6.1) from their creation.
+    Migration {
+        version: 2,
+        description: "session expiry",
+        sql: "ALTER TABLE sessions ADD COLUMN expires_at BIGINT;
+    UPDATE sessions SET expires_at = created_at + 5184000 WHERE expires_at IS NULL;",
+    },
+];
 
 /// One live session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +44,8 @@ pub struct SessionRow {
     pub session_id: String,
     /// UNIX seconds when the session's current token was issued.
     pub created_at: u64,
+    /// UNIX seconds from which the token is refused: the `notAfter` of the session's ID-Cert.
+    pub expires_at: u64,
 }
 
 /// Handle on the `sessions` table; cheap to clone.
@@ -44,9 +56,9 @@ pub struct SessionStore {
 }
 
 /// A write-through copy of the table in memory, for the embedded single-process mode: token
-/// checks then need no database round trip. Only valid while this process is the table's
-/// only writer (SQLite under `polyproto up`), so it is opt-in
-/// ([`SessionStore::with_memory_index`]).
+/// checks then need no database round trip. Exact while this process is the table's only
+/// writer (SQLite under `polyproto up`); changes by another process (`polyproto admin`) show
+/// after at most [`INDEX_REFRESH_INTERVAL`]. Opt-in ([`SessionStore::with_memory_index`]).
 #[derive(Debug, Default)]
 struct MemoryIndex {
     by_token: std::sync::RwLock<std::collections::HashMap<String, SessionRow>>,
@@ -69,6 +81,32 @@ impl MemoryIndex {
     }
 }
 
+/// How often the embedded mode's in-memory index is reloaded from the table.
+pub const INDEX_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// (Re)loads every session row into `index`, under its write lock so that no write of this
+/// process interleaves.
+async fn load_index(db: &Database, index: &MemoryIndex) -> anyhow::Result<()> {
+    let _write = index.writes.lock().await;
+    let rows =
+        sqlx::query("SELECT token_hash, fid, session_id, created_at, expires_at FROM sessions")
+            .fetch_all(&db.pool)
+            .await
+            .context("loading sessions")?;
+    let mut fresh = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let hash: String = row.try_get(0).context("reading a session row")?;
+        fresh.insert(
+            hash,
+            SessionStore::decode(row, 1).context("reading a session row")?,
+        );
+    }
+    if let Ok(mut map) = index.by_token.write() {
+        *map = fresh;
+    }
+    Ok(())
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -84,22 +122,31 @@ impl SessionStore {
     }
 
     /// Like [`SessionStore::new`], plus an in-memory copy of every session that answers
-    /// token lookups. Only for a database this process alone writes (embedded SQLite).
+    /// token lookups, reloaded every [`INDEX_REFRESH_INTERVAL`]. Only for a database this
+    /// process writes (embedded SQLite) and operators change rarely.
     pub async fn with_memory_index(db: Database) -> anyhow::Result<Self> {
-        let rows = sqlx::query("SELECT token_hash, fid, session_id, created_at FROM sessions")
-            .fetch_all(&db.pool)
-            .await
-            .context("loading sessions")?;
-        let index = MemoryIndex::default();
-        if let Ok(mut map) = index.by_token.write() {
-            for row in &rows {
-                let hash: String = row.try_get(0).context("reading a session row")?;
-                map.insert(hash, Self::decode(row, 1).context("reading a session row")?);
+        let index = std::sync::Arc::new(MemoryIndex::default());
+        load_index(&db, &index).await?;
+        // Another process may change the table: `polyproto admin` revoking sessions beside a
+        // running `polyproto up`. Picked up within INDEX_REFRESH_INTERVAL; the task ends with
+        // the store.
+        let weak = std::sync::Arc::downgrade(&index);
+        let refresh_db = db.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(INDEX_REFRESH_INTERVAL).await;
+                let Some(index) = weak.upgrade() else { break };
+                if let Err(error) = load_index(&refresh_db, &index).await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "refreshing the session index failed"
+                    );
+                }
             }
-        }
+        });
         Ok(Self {
             db,
-            index: Some(std::sync::Arc::new(index)),
+            index: Some(index),
         })
     }
 
@@ -117,21 +164,24 @@ impl SessionStore {
         session_id: &str,
         token_hash: &TokenHash,
         created_at: u64,
+        expires_at: u64,
     ) -> anyhow::Result<()> {
         let _write = match &self.index {
             Some(index) => Some(index.writes.lock().await),
             None => None,
         };
         sqlx::query(
-            "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at) \
-             VALUES ($1, $2, $3, 0, $4) \
+            "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at, expires_at) \
+             VALUES ($1, $2, $3, 0, $4, $5) \
              ON CONFLICT (fid, session_id) DO UPDATE SET \
-             token_hash = excluded.token_hash, created_at = excluded.created_at",
+             token_hash = excluded.token_hash, created_at = excluded.created_at, \
+             expires_at = excluded.expires_at",
         )
         .bind(token_hash.as_str())
         .bind(fid)
         .bind(session_id)
         .bind(to_i64(created_at))
+        .bind(to_i64(expires_at))
         .execute(&self.db.pool)
         .await
         .context("storing a session")?;
@@ -142,6 +192,7 @@ impl SessionStore {
                     fid: fid.to_owned(),
                     session_id: session_id.to_owned(),
                     created_at,
+                    expires_at,
                 },
             );
         }
@@ -165,7 +216,7 @@ impl SessionStore {
                 .map(|(_, row)| row.clone()));
         }
         let row = sqlx::query(
-            "SELECT token_hash, fid, session_id, created_at FROM sessions \
+            "SELECT token_hash, fid, session_id, created_at, expires_at FROM sessions \
              WHERE token_hash = $1",
         )
         .bind(token_hash.as_str())
@@ -187,7 +238,7 @@ impl SessionStore {
     /// The session (fid, session_id), if it exists.
     pub async fn get(&self, fid: &str, session_id: &str) -> anyhow::Result<Option<SessionRow>> {
         let row = sqlx::query(
-            "SELECT fid, session_id, created_at FROM sessions \
+            "SELECT fid, session_id, created_at, expires_at FROM sessions \
              WHERE fid = $1 AND session_id = $2",
         )
         .bind(fid)
@@ -222,7 +273,7 @@ impl SessionStore {
     /// Every session of `fid`, ordered by session ID.
     pub async fn list(&self, fid: &str) -> anyhow::Result<Vec<SessionRow>> {
         let rows = sqlx::query(
-            "SELECT fid, session_id, created_at FROM sessions \
+            "SELECT fid, session_id, created_at, expires_at FROM sessions \
              WHERE fid = $1 ORDER BY session_id",
         )
         .bind(fid)
@@ -235,12 +286,14 @@ impl SessionStore {
             .context("reading a session row")
     }
 
-    /// Decodes (fid, session_id, created_at) starting at column `first`.
+    /// Decodes (fid, session_id, created_at, expires_at) starting at column `first`.
     fn decode(row: &sqlx::any::AnyRow, first: usize) -> Result<SessionRow, sqlx::Error> {
         Ok(SessionRow {
             fid: row.try_get(first)?,
             session_id: row.try_get(first + 1)?,
             created_at: to_u64(row.try_get(first + 2)?),
+            // NULL only if written by an older version after migration 2 ran: treat as expired.
+            expires_at: row.try_get::<Option<i64>, _>(first + 3)?.map_or(0, to_u64),
         })
     }
 }

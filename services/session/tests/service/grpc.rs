@@ -292,9 +292,10 @@ async fn assertions_naming_invalid_fids_or_session_ids_are_refused() {
 #[tokio::test]
 async fn challenges_have_64_characters_of_every_class_and_are_unique() {
     let (grpc, _dir) = service_without_identity().await;
-    let who = caller(&grpc, ALICE, "laptop");
     let mut seen = HashSet::new();
-    for _ in 0..1000 {
+    for i in 0..1000 {
+        // Spread over sessions: one session may hold only so many pending challenges.
+        let who = caller(&grpc, ALICE, &format!("laptop {}", i / 50));
         let c = challenge(&grpc, &who).await.challenge;
         assert_eq!(c.len(), 64);
         assert!(c.bytes().all(|b| b.is_ascii_alphanumeric()), "{c}");
@@ -303,6 +304,88 @@ async fn challenges_have_64_characters_of_every_class_and_are_unique() {
         assert!(c.bytes().any(|b| b.is_ascii_digit()), "{c}");
         assert!(seen.insert(c));
     }
+}
+
+#[tokio::test]
+async fn a_session_at_its_challenge_cap_is_refused_while_other_sessions_still_get_challenges() {
+    let (grpc, _dir) = service_without_identity().await;
+    let grpc = grpc.with_max_challenges_per_session(4);
+    let flooder = caller(&grpc, ALICE, "laptop");
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        pending.push(challenge(&grpc, &flooder).await.challenge);
+    }
+    for _ in 0..3 {
+        let status = grpc
+            .create_challenge(Request::new(pb::CreateChallengeRequest {
+                caller: Some(flooder.clone()),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .contains("this session already has 4 pending challenges"),
+            "{}",
+            status.message()
+        );
+    }
+    // Another actor, and another session of the same actor, are not locked out.
+    for other in [
+        caller(&grpc, "bob@example.com", "laptop"),
+        caller(&grpc, ALICE, "phone"),
+    ] {
+        for _ in 0..4 {
+            challenge(&grpc, &other).await;
+        }
+    }
+    // Using a challenge (whatever the outcome: identity is unreachable here) frees its slot.
+    let used = verify(&grpc, &flooder, &pending[0], "00")
+        .await
+        .unwrap_err();
+    assert_eq!(used.code(), Code::Unavailable, "{used:?}");
+    challenge(&grpc, &flooder).await;
+    let status = grpc
+        .create_challenge(Request::new(pb::CreateChallengeRequest {
+            caller: Some(flooder.clone()),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    // The challenges pending before the refusals are still valid: nothing was dropped.
+    let status = verify(&grpc, &flooder, &pending[3], "00")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test]
+async fn expired_challenges_free_their_sessions_slots() {
+    let (grpc, _dir) = service_with_identity(
+        InternalKey::generate(),
+        crate::common::DEAD_IDENTITY_URL,
+        Duration::from_secs(60),
+    )
+    .await;
+    let grpc = grpc.with_max_challenges_per_session(2);
+    let who = caller(&grpc, ALICE, "laptop");
+    challenge(&grpc, &who).await;
+    challenge(&grpc, &who).await;
+    let request = || {
+        Request::new(pb::CreateChallengeRequest {
+            caller: Some(who.clone()),
+        })
+    };
+    let status = grpc.create_challenge(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    // The challenge path touches no SQL, so time can be paused safely from here.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    challenge(&grpc, &who).await;
+    challenge(&grpc, &who).await;
+    let status = grpc.create_challenge(request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
 }
 
 #[tokio::test]
@@ -1119,6 +1202,10 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
     let grpc = p2_session::SessionGrpc::open(&config).await.unwrap();
     assert_eq!(grpc.challenge_ttl(), Duration::from_secs(300));
     assert_eq!(
+        grpc.max_challenges_per_session(),
+        p2_session::DEFAULT_MAX_CHALLENGES_PER_SESSION
+    );
+    assert_eq!(
         grpc.assertion_ttl_ms(),
         p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS
     );
@@ -1164,6 +1251,26 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
                 ..config.clone()
             },
             "P2_ASSERTION_TTL_MS",
+        ),
+        (
+            p2_session::SessionConfig {
+                options: p2_session::SessionOptions {
+                    max_challenges_per_session: 0,
+                    ..p2_session::SessionOptions::default()
+                },
+                ..config.clone()
+            },
+            "P2_MAX_CHALLENGES_PER_SESSION",
+        ),
+        (
+            p2_session::SessionConfig {
+                options: p2_session::SessionOptions {
+                    max_pending_challenges: 0,
+                    ..p2_session::SessionOptions::default()
+                },
+                ..config.clone()
+            },
+            "P2_MAX_PENDING_CHALLENGES",
         ),
         (
             p2_session::SessionConfig {

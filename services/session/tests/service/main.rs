@@ -6,6 +6,7 @@
 
 mod challenge_store;
 mod common;
+mod expiry;
 mod fake_identity;
 mod grpc;
 mod session_store;

@@ -13,13 +13,25 @@ fn row(fid: &str, session_id: &str, created_at: u64) -> SessionRow {
         fid: fid.into(),
         session_id: session_id.into(),
         created_at,
+        expires_at: expiry(created_at),
     }
+}
+
+/// When the test's tokens expire: a day after their creation (saturating, as storage does).
+fn expiry(created_at: u64) -> u64 {
+    created_at.saturating_add(86_400).min(i64::MAX as u64)
 }
 
 async fn stored_sessions_are_found_by_their_token_only(store: SessionStore) {
     let token = SessionToken::generate();
     store
-        .put(ALICE, "laptop", token.hash(), 1_700_000_000)
+        .put(
+            ALICE,
+            "laptop",
+            token.hash(),
+            1_700_000_000,
+            expiry(1_700_000_000),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -39,7 +51,7 @@ async fn odd_session_ids_and_large_times_round_trip(store: SessionStore) {
     let token = SessionToken::generate();
     let far = i64::MAX as u64;
     store
-        .put(ALICE, "Laptop #2 (work)", token.hash(), far)
+        .put(ALICE, "Laptop #2 (work)", token.hash(), far, expiry(far))
         .await
         .unwrap();
     assert_eq!(
@@ -59,8 +71,14 @@ async fn odd_session_ids_and_large_times_round_trip(store: SessionStore) {
 async fn replacing_a_session_kills_its_old_token(store: SessionStore) {
     let old = SessionToken::generate();
     let new = SessionToken::generate();
-    store.put(ALICE, "laptop", old.hash(), 1).await.unwrap();
-    store.put(ALICE, "laptop", new.hash(), 2).await.unwrap();
+    store
+        .put(ALICE, "laptop", old.hash(), 1, expiry(1))
+        .await
+        .unwrap();
+    store
+        .put(ALICE, "laptop", new.hash(), 2, expiry(2))
+        .await
+        .unwrap();
     assert_eq!(store.find_by_token(old.hash()).await.unwrap(), None);
     assert_eq!(
         store.find_by_token(new.hash()).await.unwrap(),
@@ -71,7 +89,10 @@ async fn replacing_a_session_kills_its_old_token(store: SessionStore) {
 
 async fn deleting_a_session_kills_its_token_and_reports_whether_it_existed(store: SessionStore) {
     let token = SessionToken::generate();
-    store.put(ALICE, "laptop", token.hash(), 1).await.unwrap();
+    store
+        .put(ALICE, "laptop", token.hash(), 1, expiry(1))
+        .await
+        .unwrap();
     assert!(store.delete(ALICE, "laptop").await.unwrap());
     assert_eq!(store.find_by_token(token.hash()).await.unwrap(), None);
     assert!(!store.delete(ALICE, "laptop").await.unwrap());
@@ -81,8 +102,14 @@ async fn deleting_a_session_kills_its_token_and_reports_whether_it_existed(store
 async fn one_session_id_of_two_actors_names_two_sessions(store: SessionStore) {
     let alice = SessionToken::generate();
     let bob = SessionToken::generate();
-    store.put(ALICE, "laptop", alice.hash(), 1).await.unwrap();
-    store.put(BOB, "laptop", bob.hash(), 1).await.unwrap();
+    store
+        .put(ALICE, "laptop", alice.hash(), 1, expiry(1))
+        .await
+        .unwrap();
+    store
+        .put(BOB, "laptop", bob.hash(), 1, expiry(1))
+        .await
+        .unwrap();
     assert!(store.delete(BOB, "laptop").await.unwrap());
     assert_eq!(
         store.find_by_token(alice.hash()).await.unwrap(),
@@ -91,13 +118,19 @@ async fn one_session_id_of_two_actors_names_two_sessions(store: SessionStore) {
     assert_eq!(store.find_by_token(bob.hash()).await.unwrap(), None);
     // Session IDs compare exactly (case-sensitive).
     let upper = SessionToken::generate();
-    store.put(ALICE, "LAPTOP", upper.hash(), 1).await.unwrap();
+    store
+        .put(ALICE, "LAPTOP", upper.hash(), 1, expiry(1))
+        .await
+        .unwrap();
     assert_eq!(store.list(ALICE).await.unwrap().len(), 2);
 }
 
 async fn only_the_hash_of_a_token_is_stored(store: SessionStore) {
     let token = SessionToken::generate();
-    store.put(ALICE, "laptop", token.hash(), 1).await.unwrap();
+    store
+        .put(ALICE, "laptop", token.hash(), 1, expiry(1))
+        .await
+        .unwrap();
     let rows = sqlx::query("SELECT token_hash, fid, session_id FROM sessions")
         .fetch_all(&store.database().pool)
         .await
@@ -120,7 +153,11 @@ async fn concurrent_replacements_of_one_session_leave_exactly_one_live_token(sto
     let writes = tokens.iter().enumerate().map(|(i, token)| {
         let store = store.clone();
         let hash = *token.hash();
-        async move { store.put(ALICE, "laptop", &hash, i as u64).await }
+        async move {
+            store
+                .put(ALICE, "laptop", &hash, i as u64, expiry(i as u64))
+                .await
+        }
     });
     for result in futures_join_all(writes).await {
         result.unwrap();
@@ -196,7 +233,7 @@ async fn the_memory_index_is_rebuilt_from_the_table_at_start() {
     let (store, dir) = crate::common::sqlite_indexed_store().await;
     let token = SessionToken::generate();
     store
-        .put("alice@x.test", "s1", token.hash(), 1)
+        .put("alice@x.test", "s1", token.hash(), 1, expiry(1))
         .await
         .unwrap();
     drop(store);
