@@ -135,6 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway(config) => {
             let listener = bind(config.listen).await?;
             let state = p2_gateway::AppState::new(&config, listener.local_addr()?)?;
+            state.check_backends().await?;
             p2_gateway::serve(state, listener, shutdown).await
         }
         Command::Identity(config) => {

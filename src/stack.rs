@@ -126,17 +126,14 @@ impl Drop for Stack {
     }
 }
 
-/// The throttle's Redis key prefix for a stack: one Redis may serve several in-process stacks
-/// (the tests, the bench), each its own deployment, told apart by its identity database.
-fn throttle_prefix(identity_database_url: &str) -> String {
+/// A tag that keeps a stack's Redis keys (throttle, rate limits) apart from other stacks':
+/// one Redis may serve several in-process stacks (the tests, the bench), each its own
+/// deployment, told apart by its identity database.
+fn deployment_tag(identity_database_url: &str) -> String {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     identity_database_url.hash(&mut hasher);
-    format!(
-        "{}{:016x}:",
-        p2_identity::throttle::REDIS_PREFIX,
-        hasher.finish()
-    )
+    format!("{:016x}:", hasher.finish())
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -201,9 +198,10 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let internal_key = p2_runtime::internal::InternalKey::generate();
     let internal = p2_runtime::internal::InternalKeyConfig::with_key(&internal_key);
 
+    let tag = deployment_tag(&identity_db);
     let identity_config = p2_identity::IdentityConfig {
         listen: grpc_addrs[0],
-        redis_prefix: throttle_prefix(&identity_db),
+        redis_prefix: format!("{}{tag}", p2_identity::throttle::REDIS_PREFIX),
         database_url: identity_db,
         redis_url: redis_url.clone(),
         options: p2_identity::IdentityOptions {
@@ -232,7 +230,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     };
     let events_config = p2_events::EventsConfig {
         listen: grpc_addrs[3],
-        redis_url,
+        redis_url: redis_url.clone(),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),
     };
@@ -246,6 +244,9 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         token_cache_ms: config.token_cache_ms,
         internal,
         component_credential: None,
+        // Rate-limit counters shared like the rest of the external state.
+        redis_prefix: format!("{}{tag}", p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX),
+        redis_url: redis_url.clone(),
     };
 
     // Open every backend before serving anything, so a bad URL fails start-up as a whole.

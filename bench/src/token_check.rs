@@ -133,6 +133,8 @@ pub async fn measure(
         token_cache_ms: polyproto_server::stack::DEFAULT_UP_TOKEN_CACHE_MS,
         internal: p2_runtime::internal::InternalKeyConfig::with_key(internal_key),
         component_credential: None,
+        redis_url: None,
+        redis_prefix: p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.into(),
     };
     let gateway_state = p2_gateway::AppState::new(&gateway_config, ([127, 0, 0, 1], 1).into())?;
     let gateway = time_calls(calls, || {

@@ -38,6 +38,7 @@ pub mod body;
 pub mod cache;
 pub mod error;
 pub mod params;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 
@@ -119,6 +120,13 @@ pub struct GatewayConfig {
         hide_env_values = true
     )]
     pub component_credential: Option<secrecy::SecretString>,
+    /// Redis URL for the rate-limit counters, shared by every gateway replica (e.g.
+    /// `redis://redis:6379/`); unset keeps them in process (one gateway).
+    #[arg(long = "redis-url", env = "P2_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of the rate limiter's Redis keys: deployments sharing one Redis need their own.
+    #[arg(long = "redis-prefix", env = "P2_REDIS_PREFIX", default_value = ratelimit::DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
 }
 
 /// The gateway settings that `polyproto gateway` and `polyproto up` share: one declaration,
@@ -173,6 +181,9 @@ pub struct GatewayOptions {
     /// (at least 1); connections beyond are closed at once, before anything is read.
     #[arg(long = "max-connections-per-ip", env = "P2_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections_per_ip: usize,
+    /// Requests per client address and route class.
+    #[command(flatten)]
+    pub rate_limits: ratelimit::RateLimitOptions,
 }
 
 impl Default for GatewayOptions {
@@ -190,6 +201,7 @@ impl Default for GatewayOptions {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            rate_limits: ratelimit::RateLimitOptions::default(),
         }
     }
 }
@@ -226,6 +238,8 @@ pub struct AppState {
 
 struct Inner {
     public_url: String,
+    rate_limiter: ratelimit::RateLimiter,
+    redis_url: Option<String>,
     oidc_issuer: Option<String>,
     max_body_bytes: usize,
     limits: server::Limits,
@@ -250,6 +264,14 @@ impl AppState {
             .trim_end_matches('/')
             .to_owned();
         let credential = config.credential()?;
+        let rate_limiter = match &config.redis_url {
+            Some(url) => ratelimit::RateLimiter::redis(
+                options.rate_limits.clone(),
+                url,
+                &config.redis_prefix,
+            )?,
+            None => ratelimit::RateLimiter::in_process(options.rate_limits.clone()),
+        };
         let identity = p2_runtime::grpc::channel(&config.identity_url, &credential)?;
         let session = p2_runtime::grpc::channel(&config.session_url, &credential)?;
         let discovery = p2_runtime::grpc::channel(&config.discovery_url, &credential)?;
@@ -257,6 +279,8 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(Inner {
                 public_url,
+                rate_limiter,
+                redis_url: config.redis_url.clone(),
                 oidc_issuer: options.oidc_issuer.clone(),
                 max_body_bytes: options.max_body_bytes,
                 limits: server::Limits::from_options(options),
@@ -281,6 +305,20 @@ impl AppState {
                 ],
             }),
         })
+    }
+
+    /// The request rate limiter.
+    pub fn rate_limiter(&self) -> &ratelimit::RateLimiter {
+        &self.inner.rate_limiter
+    }
+
+    /// Connects what must answer before serving (the rate limiter's Redis, when configured):
+    /// a clear start-up error instead of a limiter that fails open.
+    pub async fn check_backends(&self) -> anyhow::Result<()> {
+        self.inner
+            .rate_limiter
+            .check_backend(self.inner.redis_url.as_deref())
+            .await
     }
 
     /// Public base URL, without a trailing slash.
@@ -352,6 +390,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(routes::request_span))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit_requests,
+        ))
         .layer(axum::middleware::from_fn(routes::client_address_scope))
         .with_state(state)
 }

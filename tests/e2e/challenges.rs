@@ -28,6 +28,8 @@ fn gateway_state(stack: &TestStack) -> p2_gateway::AppState {
             &stack.stack.as_ref().unwrap().internal_key,
         ),
         component_credential: None,
+        redis_url: None,
+        redis_prefix: p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.into(),
     };
     p2_gateway::AppState::new(&config, ([127, 0, 0, 1], 1).into()).unwrap()
 }

@@ -53,6 +53,8 @@ async fn own_gateway(
         token_cache_ms: 0,
         internal: p2_runtime::internal::InternalKeyConfig::with_key(&running.internal_key),
         component_credential: None,
+        redis_url: None,
+        redis_prefix: p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.into(),
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await

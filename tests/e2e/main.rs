@@ -13,5 +13,6 @@ mod contract;
 mod discovery;
 mod gateway_hardening;
 mod interop;
+mod rate_limits;
 mod sdk_pki;
 mod server_identity;

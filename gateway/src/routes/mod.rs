@@ -232,6 +232,8 @@ mod tests {
             token_cache_ms: 60_000,
             internal: p2_runtime::internal::InternalKeyConfig::with_key(&key),
             component_credential: None,
+            redis_url: None,
+            redis_prefix: crate::ratelimit::DEFAULT_REDIS_PREFIX.into(),
         };
         AppState::new(&config, ([127, 0, 0, 1], 1).into()).unwrap()
     }

@@ -1,0 +1,134 @@
+//! Request rate limits per client address and route class: 429 problem+json with
+//! `Retry-After`, classes counted apart, and one count across gateway replicas sharing Redis.
+
+use crate::helpers::{Backend, TEST_PASSWORD, TestStack, expect_problem, register, spawn_stack};
+
+/// A gateway of our own in front of `stack`'s services with `limits`, counting in `redis`
+/// under `prefix` (or in process); returns its base URL.
+async fn gateway_with(
+    stack: &TestStack,
+    limits: p2_gateway::ratelimit::RateLimitOptions,
+    redis: Option<(String, String)>,
+) -> String {
+    let running = stack.stack.as_ref().unwrap();
+    let grpc = running.grpc_addrs;
+    let url = |i: usize| format!("http://{}", grpc[i]);
+    let (redis_url, redis_prefix) = match redis {
+        Some((url, prefix)) => (Some(url), prefix),
+        None => (None, p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.to_owned()),
+    };
+    let config = p2_gateway::GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        options: p2_gateway::GatewayOptions {
+            rate_limits: limits,
+            ..p2_gateway::GatewayOptions::default()
+        },
+        identity_url: url(0),
+        session_url: url(1),
+        discovery_url: url(2),
+        events_url: url(3),
+        token_cache_ms: 0,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(&running.internal_key),
+        component_credential: None,
+        redis_url,
+        redis_prefix,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = p2_gateway::AppState::new(&config, addr).unwrap();
+    state.check_backends().await.unwrap();
+    tokio::spawn(p2_gateway::serve(state, listener, running.shutdown_token()));
+    format!("http://{addr}")
+}
+
+/// Long windows: a test never straddles two.
+fn limits(public: u64, bearer: u64, password: u64) -> p2_gateway::ratelimit::RateLimitOptions {
+    p2_gateway::ratelimit::RateLimitOptions {
+        window_ms: 3_600_000,
+        public,
+        bearer,
+        password,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_route_class_has_its_own_limit_answered_with_429_and_retry_after() {
+    let stack = spawn_stack(Backend::Sqlite).await;
+    let base = gateway_with(&stack, limits(5, 0, 2), None).await;
+    let limited = TestStack {
+        base: base.clone(),
+        stack: None,
+        http: reqwest::Client::new(),
+        storage: stack.storage.clone(),
+        _dir: None,
+    };
+    // Password routes: 2 per window, then 429 with a Retry-After inside the window.
+    for name in ["one", "two"] {
+        assert_eq!(register(&limited, name, TEST_PASSWORD).await.status(), 201);
+    }
+    let refused = register(&limited, "three", TEST_PASSWORD).await;
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    let detail = expect_problem(refused, 429).await;
+    assert!(detail.contains("password"), "{detail}");
+    // Public reads are counted apart: 5 pass, the 6th is refused.
+    let read = || {
+        limited
+            .http
+            .get(limited.url("/.p2/core/v1/idcert/server"))
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(read().await.unwrap().status(), 200);
+    }
+    expect_problem(read().await.unwrap(), 429).await;
+    // Operator endpoints are never limited.
+    let ready = limited
+        .http
+        .get(limited.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // The stack's own gateway (its own counters) is untouched.
+    let own = stack
+        .http
+        .get(stack.url("/.p2/core/v1/idcert/server"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_replicas_sharing_redis_share_one_count() {
+    let stack = spawn_stack(Backend::Postgres).await;
+    let prefix = format!("p2test:ratelimit:{}:", p2_runtime::internal::unix_now_ms());
+    let redis = Some((crate::helpers::redis_url(), prefix));
+    let a = gateway_with(&stack, limits(10, 0, 0), redis.clone()).await;
+    let b = gateway_with(&stack, limits(10, 0, 0), redis).await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..14 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        let response = http
+            .get(format!("{base}/.p2/core/v1/idcert/server"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (admitted, refused),
+        (10, 4),
+        "one limit across both replicas: {statuses:?}"
+    );
+}
