@@ -288,3 +288,30 @@ async fn one_address_guessing_many_accounts_is_throttled(stack: TestStack) {
 }
 
 on_both_backends!(one_address_guessing_many_accounts_is_throttled);
+
+/// A token whose session's cert has ended is 401 on every Bearer route (the expiry is set in
+/// the past in the session database, as time would; embedded mode picks the change up within
+/// its index refresh).
+async fn an_expired_token_gets_401(stack: TestStack) {
+    let alice = register_and_login(&stack, "alice").await;
+    let db = crate::cancellation::session_db(&stack).await;
+    sqlx::query("UPDATE sessions SET expires_at = $1 WHERE fid = $2 AND session_id = $3")
+        .bind(i64::try_from(now()).unwrap() - 1)
+        .bind(&alice.fid)
+        .bind(&alice.session_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    token_dies(&stack, &alice.token).await;
+    let response = stack
+        .http
+        .get(stack.url("/.p2/core/v1/challenge"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    let detail = expect_problem(response, 401).await;
+    assert!(detail.contains("unknown session token"), "{detail}");
+}
+
+on_both_backends!(an_expired_token_gets_401);
