@@ -5,10 +5,14 @@
 //! the size of `GET /.p2/core/v1/idcert/server` (the baseline), sets up an actor with a session
 //! and discoverable services, then drives the routes with `wrk` and prints a table of
 //! requests/s, p50, p99 and the ratio to the baseline, the token-check latency
-//! (`session.Authenticate` over loopback gRPC), and cert reads while logins run. Figures are
-//! printed next to their targets, not asserted: the exit status is non-zero only when a
-//! measurement itself failed. See `bench/README.md`; run it through `scripts/bench.sh`.
+//! (`session.Authenticate` over loopback gRPC), cert reads while logins run and during a flood
+//! of wrong-password logins, and the process's resident memory around distinct public reads
+//! that each make a new cache key. Figures are printed next to their targets, not asserted:
+//! the exit status is non-zero only when a measurement itself failed. See `bench/README.md`;
+//! run it through `scripts/bench.sh`.
 
+mod flood;
+mod memory;
 mod report;
 mod setup;
 mod token_check;
@@ -21,6 +25,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use polyproto_server::stack::{self, StackConfig};
 
+use crate::flood::{FloodPlan, LoginFlood};
 use crate::report::{Outcome, Report, WrkRow};
 use crate::setup::{BASELINE_PATH, Gateway, LoginLoad};
 use crate::wrk::{WrkSettings, WrkStats};
@@ -33,6 +38,12 @@ const PASSWORD: &str = "bench password 4 load";
 const ACTOR: &str = "bench";
 /// The actor that logs in repeatedly during the logins-under-load measurement.
 const LOGIN_ACTOR: &str = "loadbench";
+/// Prefix of the accounts the login flood guesses at (`flood0`, `flood1`, ...).
+const FLOOD_ACTOR_PREFIX: &str = "flood";
+/// Password requests per client address and minute the bench's gateway allows.
+const BENCH_PASSWORD_LIMIT_PER_MINUTE: u64 = 600;
+/// Prefix of the accounts of the flood's legitimate users (`legit0`, ...).
+const LEGIT_ACTOR_PREFIX: &str = "legit";
 
 /// Load benchmark of the polyproto home server (needs `wrk` on PATH; see scripts/bench.sh).
 #[derive(Debug, Parser)]
@@ -59,6 +70,27 @@ struct Args {
     /// Discoverable services of the benchmark actor.
     #[arg(long, default_value_t = 50)]
     services: u32,
+    /// Distinct public reads (each a new cache key) of the gateway memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    distinct_reads: u64,
+    /// Distinct reads in flight at a time.
+    #[arg(long, default_value_t = 16)]
+    read_concurrency: usize,
+    /// Public read cache budget of the memory measurement's gateway, in bytes.
+    #[arg(long, default_value_t = memory::DEFAULT_BUDGET_BYTES)]
+    memory_cache_max_bytes: u64,
+    /// Attacking tasks of the login flood (each loops wrong-password logins).
+    #[arg(long, default_value_t = 32)]
+    flood_tasks: u32,
+    /// Accounts the login flood guesses at.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    flood_accounts: u32,
+    /// Client addresses of the login flood (127.0.1.1 onwards).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=254))]
+    flood_addresses: u8,
+    /// Legitimate users logging in rightly during the flood (each its own account).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=16))]
+    legit_users: u32,
     /// The wrk executable.
     #[arg(long, default_value = "wrk")]
     wrk: String,
@@ -173,7 +205,19 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 
     progress("starting the stack (embedded storage in a temporary directory)");
     let data_dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let config = StackConfig::embedded(([127, 0, 0, 1], 0).into(), DOMAIN, data_dir.path());
+    let mut config = StackConfig::embedded(([127, 0, 0, 1], 0).into(), DOMAIN, data_dir.path());
+    // Every load generator here is one loopback address, far over the per-address limits of
+    // a real client: keep the limiter counting (its cost is measured) but out of reach for
+    // reads. Password routes keep a limit (10/s per address, above what the legitimate login
+    // loads here send from their addresses), so the flood meets the layer that turns it away
+    // in the gateway, as it would in production (default 60 per minute).
+    config.gateway.rate_limits = p2_gateway::ratelimit::RateLimitOptions {
+        public: u64::MAX,
+        bearer: u64::MAX,
+        password: BENCH_PASSWORD_LIMIT_PER_MINUTE,
+        window_ms: 60_000,
+    };
+    let gateway_options = config.gateway.clone();
     let stack = stack::start(config).await?;
     let gateway = Gateway::new(stack.addr, DOMAIN)?;
 
@@ -191,6 +235,21 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let session = gateway.login(ACTOR, PASSWORD, "bench-main").await?;
     gateway.register(LOGIN_ACTOR, PASSWORD).await?;
     let actor_path = format!("/.p2/core/v1/idcert/actor/{}", session.fid);
+    let flood_plan = FloodPlan {
+        tasks: args.flood_tasks,
+        accounts: (0..args.flood_accounts)
+            .map(|i| format!("{FLOOD_ACTOR_PREFIX}{i}"))
+            .collect(),
+        addresses: args.flood_addresses,
+        legit_accounts: (0..args.legit_users)
+            .map(|i| format!("{LEGIT_ACTOR_PREFIX}{i}"))
+            .collect(),
+        password: PASSWORD.to_owned(),
+    };
+    for account in flood_plan.accounts.iter().chain(&flood_plan.legit_accounts) {
+        gateway.register(account, PASSWORD).await?;
+    }
+    report.flood_plan = Some(flood_plan.clone());
 
     progress(&format!("adding {} discoverable services", args.services));
     let discover_path = match gateway.add_services(&session, args.services).await {
@@ -200,6 +259,28 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             progress(&format!("discovery skipped: {reason}"));
             Err(reason)
         }
+    };
+
+    progress(&format!(
+        "gateway memory: {} distinct public reads, {} at a time, cache budget {} bytes",
+        args.distinct_reads, args.read_concurrency, args.memory_cache_max_bytes
+    ));
+    report.distinct_reads = args.distinct_reads;
+    report.memory = match memory::measure(
+        memory::Target {
+            grpc_addrs: stack.grpc_addrs,
+            internal_key: &stack.internal_key,
+            options: gateway_options,
+            fid: &session.fid,
+        },
+        args.distinct_reads,
+        args.read_concurrency,
+        args.memory_cache_max_bytes,
+    )
+    .await
+    {
+        Ok(check) => Outcome::Measured(check),
+        Err(error) => Outcome::Failed(format!("{error:#}")),
     };
 
     progress(&format!(
@@ -278,6 +359,29 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         (other, _) => other,
     };
     report.logins = Some(logins);
+
+    progress(&format!(
+        "wrk: GET {server_path} during a login flood ({} tasks, wrong passwords)",
+        args.flood_tasks
+    ));
+    report.with_flood = match LoginFlood::start(&gateway, flood_plan) {
+        Ok(flood) => {
+            let during = measure_route(&settings, &gateway, server_path, None).await;
+            let stats = flood.stop().await?;
+            let answered = stats.flood.unauthorized + stats.flood.throttled + stats.flood.busy;
+            let outcome = match during {
+                Outcome::Measured(_) if answered == 0 => Outcome::Failed(format!(
+                    "no flood request was answered 401, 429 or 503 ({} sent; first other: {})",
+                    stats.flood.sent,
+                    stats.flood.first_other.as_deref().unwrap_or("?")
+                )),
+                other => other,
+            };
+            report.flood = Some(stats);
+            outcome
+        }
+        Err(error) => Outcome::Failed(format!("{error:#}")),
+    };
 
     progress("stopping");
     baseline.abort();

@@ -1,8 +1,10 @@
 //! The printed report: machine facts, settings, the wrk table, the token check, logins under
-//! load, and the targets with PASS/MISS.
+//! load, the login flood, gateway memory under distinct reads, and the targets with PASS/MISS.
 
 use std::time::Duration;
 
+use crate::flood::{Answers, FloodPlan, FloodStats, LEGIT_PAUSE};
+use crate::memory::{CACHE_TTL, MemoryCheck, SLACK_BYTES};
 use crate::setup::LoginStats;
 use crate::token_check::{TokenCheck, percentile};
 use crate::wrk::{WrkSettings, WrkStats};
@@ -13,6 +15,8 @@ pub const CERT_READ_TARGET: f64 = 0.50;
 pub const TOKEN_CHECK_TARGET: Duration = Duration::from_micros(200);
 /// Cert reads while logins run: at least this share of the figure without (issue 3).
 pub const WITH_LOGINS_TARGET: f64 = 0.80;
+/// Cert reads during a login flood: at least this share of the figure without.
+pub const WITH_FLOOD_TARGET: f64 = 0.80;
 
 /// The result of one measurement.
 #[derive(Debug, Clone)]
@@ -91,6 +95,16 @@ pub struct Report {
     pub with_logins: Outcome<WrkStats>,
     /// What the login load did.
     pub logins: Option<LoginStats>,
+    /// `idcert/server` during the login flood.
+    pub with_flood: Outcome<WrkStats>,
+    /// How the flood was made up (set before it runs).
+    pub flood_plan: Option<FloodPlan>,
+    /// What the flood did.
+    pub flood: Option<FloodStats>,
+    /// Gateway memory under distinct public reads.
+    pub memory: Outcome<MemoryCheck>,
+    /// Distinct reads the memory measurement makes (for its heading when it failed).
+    pub distinct_reads: u64,
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -148,6 +162,26 @@ fn ms(duration: Duration) -> String {
     format!("{:.3} ms", duration.as_secs_f64() * 1e3)
 }
 
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn signed_mib(bytes: i128) -> String {
+    format!("{:+.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `401 n, 429 n, 503 n, other n` (and the first other answer).
+fn answer_counts(answers: &Answers) -> String {
+    let mut line = format!(
+        "401 {}, 429 {}, 503 {}, other {}",
+        answers.unauthorized, answers.throttled, answers.busy, answers.other
+    );
+    if let Some(first) = &answers.first_other {
+        line.push_str(&format!(" (first other: {first})"));
+    }
+    line
+}
+
 fn percent(ratio: f64) -> String {
     format!("{:.1} %", ratio * 100.0)
 }
@@ -177,6 +211,11 @@ impl Report {
             token_check: Outcome::Failed("not run".to_owned()),
             with_logins: Outcome::Failed("not run".to_owned()),
             logins: None,
+            with_flood: Outcome::Failed("not run".to_owned()),
+            flood_plan: None,
+            flood: None,
+            memory: Outcome::Failed("not run".to_owned()),
+            distinct_reads: 0,
         }
     }
 
@@ -212,6 +251,15 @@ impl Report {
         }
         if let Outcome::Failed(why) = &self.with_logins {
             failures.push(("idcert/server with logins".to_owned(), why.clone()));
+        }
+        if let Outcome::Failed(why) = &self.with_flood {
+            failures.push((
+                "idcert/server during the login flood".to_owned(),
+                why.clone(),
+            ));
+        }
+        if let Outcome::Failed(why) = &self.memory {
+            failures.push(("gateway memory".to_owned(), why.clone()));
         }
         failures
     }
@@ -284,6 +332,10 @@ impl Report {
             "  {:<12} wrk and the server share the machine's CPUs; loopback TCP, HTTP/1.1 keep-alive",
             "note"
         );
+        println!(
+            "  {:<12} the gateway's per-address rate limits count every request; reads and Bearer routes are set out of reach (u64::MAX: each load generator here is one loopback address), password routes keep 600 per minute per address (production default: 60)",
+            "rate limits"
+        );
 
         println!();
         println!("Throughput and latency (wrk)");
@@ -314,6 +366,12 @@ impl Report {
         }
         let label = format!("GET idcert/server + {} logins/s", self.logins_per_sec);
         self.print_row(&label, &self.with_logins, baseline_rps, "see below");
+        self.print_row(
+            "GET idcert/server + login flood",
+            &self.with_flood,
+            baseline_rps,
+            "see below",
+        );
         for (label, stats) in self
             .rows
             .iter()
@@ -323,6 +381,11 @@ impl Report {
                 self.with_logins
                     .measured()
                     .map(|s| ("idcert/server + logins", s)),
+            )
+            .chain(
+                self.with_flood
+                    .measured()
+                    .map(|s| ("idcert/server + login flood", s)),
             )
         {
             if stats.socket_errors.any() {
@@ -422,6 +485,9 @@ impl Report {
             );
         }
 
+        self.print_flood();
+        self.print_memory();
+
         println!();
         println!("Targets (figures, not assertions: a MISS does not fail the run)");
         for line in self.target_lines() {
@@ -448,6 +514,127 @@ impl Report {
             );
         } else {
             println!("{} measurement(s) failed: exit status 1.", failures.len());
+        }
+    }
+
+    fn print_flood(&self) {
+        println!();
+        match &self.flood_plan {
+            Some(plan) => println!(
+                "Login flood: GET idcert/server while {} tasks loop logins with wrong passwords ({} accounts, {} client addresses 127.0.1.x, no pause) and {} users log in rightly (own accounts, address {}, every {} ms)",
+                plan.tasks,
+                plan.accounts.len(),
+                plan.addresses,
+                plan.legit_accounts.len(),
+                crate::flood::LEGIT_ADDRESS,
+                LEGIT_PAUSE.as_millis()
+            ),
+            None => {
+                println!("Login flood: GET idcert/server while logins with wrong passwords run")
+            }
+        }
+        let without = self.server_row();
+        match without {
+            Some(stats) => println!("  without flood   {:>10.0} req/s", stats.requests_per_sec),
+            None => println!("  without flood   not measured"),
+        }
+        match (&self.with_flood, without) {
+            (Outcome::Measured(with), Some(without)) => {
+                let ratio = with.requests_per_sec / without.requests_per_sec;
+                println!(
+                    "  with flood      {:>10.0} req/s  = {} of without   target >= {:.0} %  {}",
+                    with.requests_per_sec,
+                    percent(ratio),
+                    WITH_FLOOD_TARGET * 100.0,
+                    verdict(ratio >= WITH_FLOOD_TARGET)
+                );
+            }
+            (Outcome::Measured(with), None) => println!(
+                "  with flood      {:>10.0} req/s  (no figure without to compare)",
+                with.requests_per_sec
+            ),
+            (Outcome::Skipped(why), _) => println!("  with flood      skipped: {why}"),
+            (Outcome::Failed(why), _) => println!("  with flood      FAILED: {why}"),
+        }
+        if let Some(flood) = &self.flood {
+            println!(
+                "  flood           {} requests in {:.1} s ({:.0}/s): {}",
+                flood.flood.sent,
+                flood.elapsed.as_secs_f64(),
+                flood.flood_rate(),
+                answer_counts(&flood.flood)
+            );
+            let legit = &flood.legit;
+            let mut latencies = legit.created_latencies.clone();
+            latencies.sort_unstable();
+            let latency = if latencies.is_empty() {
+                "no login succeeded".to_owned()
+            } else {
+                format!(
+                    "login latency p50 {}, p99 {}",
+                    ms(percentile(&latencies, 0.50)),
+                    ms(percentile(&latencies, 0.99))
+                )
+            };
+            println!(
+                "  legitimate      {} logins: {} ok (201), {}; {latency}",
+                legit.sent,
+                legit.created,
+                answer_counts(legit)
+            );
+        }
+    }
+
+    fn print_memory(&self) {
+        println!();
+        match &self.memory {
+            Outcome::Measured(m) => {
+                println!(
+                    "Gateway memory: {} distinct public reads (GET idcert/actor/{{fid}}?timestamp=<distinct>, each a new cache key), {} at a time",
+                    m.reads, m.concurrency
+                );
+                println!(
+                    "  gateway      a second gateway the bench serves (p2_gateway::serve, the stack's options, cache budget {}, TTL {} s) in front of the stack's services: the stack does not expose its gateway's cache",
+                    mib(m.budget),
+                    CACHE_TTL.as_secs()
+                );
+                println!(
+                    "  reads        {} in {:.1} s ({:.0}/s), all 200 with the cert; {} of bodies offered to the cache",
+                    m.reads,
+                    m.elapsed.as_secs_f64(),
+                    m.reads as f64 / m.elapsed.as_secs_f64().max(1e-9),
+                    mib(m.body_bytes)
+                );
+                println!(
+                    "  VmRSS        before {}, after {}: growth {}   target <= budget + {} = {}  {}   (whole process, /proc/self/status)",
+                    mib(m.rss_before),
+                    mib(m.rss_after),
+                    signed_mib(m.growth()),
+                    mib(SLACK_BYTES),
+                    mib(m.allowed()),
+                    verdict(m.pass())
+                );
+                println!(
+                    "  cache        weighs {} in {} entries after the reads (AppState::cache_weighted_bytes; budget {})",
+                    mib(m.weighed),
+                    m.entries,
+                    mib(m.budget)
+                );
+            }
+            Outcome::Skipped(why) => {
+                println!(
+                    "Gateway memory: {} distinct public reads",
+                    self.distinct_reads
+                );
+                println!("  skipped: {why}");
+            }
+            Outcome::Failed(why) => {
+                println!(
+                    "Gateway memory: {} distinct public reads",
+                    self.distinct_reads
+                );
+                println!("  FAILED: {why}");
+            }
         }
     }
 
@@ -526,6 +713,38 @@ impl Report {
                 )
             }
             _ => format!("n/a   {goal}: not measured"),
+        });
+        let goal = format!(
+            "idcert/server during a login flood ({} tasks, wrong passwords) >= {:.0} % of without",
+            self.flood_plan.as_ref().map_or(0, |p| p.tasks),
+            WITH_FLOOD_TARGET * 100.0
+        );
+        lines.push(match (self.with_flood.measured(), self.server_row()) {
+            (Some(with), Some(without)) => {
+                let ratio = with.requests_per_sec / without.requests_per_sec;
+                format!(
+                    "{}  {goal}: {}",
+                    verdict(ratio >= WITH_FLOOD_TARGET),
+                    percent(ratio)
+                )
+            }
+            _ => format!("n/a   {goal}: not measured"),
+        });
+        lines.push(match self.memory.measured() {
+            Some(m) => format!(
+                "{}  gateway RSS growth over {} distinct reads <= cache budget {} + {}: {} (cache weighs {})",
+                verdict(m.pass()),
+                m.reads,
+                mib(m.budget),
+                mib(SLACK_BYTES),
+                signed_mib(m.growth()),
+                mib(m.weighed)
+            ),
+            None => format!(
+                "n/a   gateway RSS growth over {} distinct reads <= cache budget + {}: not measured",
+                self.distinct_reads,
+                mib(SLACK_BYTES)
+            ),
         });
         lines
     }

@@ -1,7 +1,7 @@
 //! What the measurements run against: the bare baseline server, actors, sessions, services,
 //! and the background login load.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -43,6 +43,31 @@ pub async fn start_baseline(
     Ok((addr, handle))
 }
 
+/// The configuration of a gateway in front of the stack's services at `grpc_addrs` (identity,
+/// session, discovery, events), as `polyproto_server::stack::start` builds its own: in-memory
+/// internal key, no Redis.
+pub fn gateway_config(
+    grpc_addrs: [SocketAddr; 4],
+    internal_key: &p2_runtime::internal::InternalKey,
+    options: p2_gateway::GatewayOptions,
+    token_cache_ms: u64,
+) -> p2_gateway::GatewayConfig {
+    let url = |addr: SocketAddr| format!("http://{addr}");
+    p2_gateway::GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        options,
+        identity_url: url(grpc_addrs[0]),
+        session_url: url(grpc_addrs[1]),
+        discovery_url: url(grpc_addrs[2]),
+        events_url: url(grpc_addrs[3]),
+        token_cache_ms,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(internal_key),
+        component_credential: None,
+        redis_url: None,
+        redis_prefix: p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.to_owned(),
+    }
+}
+
 /// An HTTP client of the gateway.
 #[derive(Clone)]
 pub struct Gateway {
@@ -71,6 +96,21 @@ impl Gateway {
         Ok(Self {
             base: format!("http://{addr}"),
             domain: domain.to_owned(),
+            http,
+        })
+    }
+
+    /// The same gateway through a client whose connections leave from `local` (a loopback
+    /// address such as `127.0.1.1`: the gateway then sees a client address of its own).
+    pub fn bound_to(&self, local: IpAddr) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .local_address(local)
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self {
+            base: self.base.clone(),
+            domain: self.domain.clone(),
             http,
         })
     }
@@ -153,6 +193,38 @@ impl Gateway {
             .as_str()
             .map(str::to_owned)
             .with_context(|| format!("register answered without a fid: {answer}"))
+    }
+
+    /// An ID-CSR for a session `session_id` of `local_name`, with a fresh key.
+    pub fn csr(&self, local_name: &str, session_id: &str) -> anyhow::Result<String> {
+        let key = p2_model::generate_signing_key();
+        let fid = p2_model::FederationId::new(local_name, &self.domain)?;
+        let sid = p2_model::SessionId::parse(session_id)?;
+        Ok(p2_model::build_csr(&key, &fid, &sid)?)
+    }
+
+    /// One `POST /.p2/auth/v1/session` attempt; returns the status (the body is read and
+    /// dropped). An error means no answer (transport, timeout).
+    pub async fn login_status(
+        &self,
+        local_name: &str,
+        password: &str,
+        csr: &str,
+    ) -> anyhow::Result<reqwest::StatusCode> {
+        let body = json!({ "local_name": local_name, "password": password, "csr": csr });
+        let response = self
+            .http
+            .post(self.url("/.p2/auth/v1/session"))
+            .json(&body)
+            .send()
+            .await
+            .context("POST /.p2/auth/v1/session")?;
+        let status = response.status();
+        response
+            .bytes()
+            .await
+            .context("POST /.p2/auth/v1/session: body")?;
+        Ok(status)
     }
 
     /// `POST /.p2/auth/v1/session` with a fresh key and a CSR for `session_id`.

@@ -122,20 +122,12 @@ pub async fn measure(
     })
     .await?;
 
-    let url = |addr: SocketAddr| format!("http://{addr}");
-    let gateway_config = p2_gateway::GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        options: p2_gateway::GatewayOptions::default(),
-        identity_url: url(grpc_addrs[0]),
-        session_url: url(grpc_addrs[1]),
-        discovery_url: url(grpc_addrs[2]),
-        events_url: url(grpc_addrs[3]),
-        token_cache_ms: polyproto_server::stack::DEFAULT_UP_TOKEN_CACHE_MS,
-        internal: p2_runtime::internal::InternalKeyConfig::with_key(internal_key),
-        component_credential: None,
-        redis_url: None,
-        redis_prefix: p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.into(),
-    };
+    let gateway_config = crate::setup::gateway_config(
+        grpc_addrs,
+        internal_key,
+        p2_gateway::GatewayOptions::default(),
+        polyproto_server::stack::DEFAULT_UP_TOKEN_CACHE_MS,
+    );
     let gateway_state = p2_gateway::AppState::new(&gateway_config, ([127, 0, 0, 1], 1).into())?;
     let gateway = time_calls(calls, || {
         let state = gateway_state.clone();

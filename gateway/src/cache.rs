@@ -50,8 +50,10 @@ pub const DEFAULT_TOKEN_CACHE_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Default largest cached response body (`--cache-max-entry-bytes`): 64 KiB. A server cert is
 /// about 1.2 KiB; a discovery answer listing hundreds of providers is not worth its memory.
 pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: usize = 64 * 1024;
-/// Bytes counted per entry on top of its key and value: moka's node, the `Arc`, timers.
-pub const ENTRY_OVERHEAD_BYTES: usize = 192;
+/// Bytes counted per entry on top of its key and value: moka's node and timer-wheel entry,
+/// the hash-map slot, the `Arc`s, and the allocator's own rounding (measured: the process
+/// grows by about this much more per entry than key and value account for).
+pub const ENTRY_OVERHEAD_BYTES: usize = 512;
 /// The discovery service's per-actor maximum of providers (`p2_discovery::grpc::
 /// MAX_PROVIDERS_PER_ACTOR`; the gateway links no service): a `limit` at or above it answers
 /// what no limit answers, so it is dropped from keys and requests.
@@ -409,10 +411,12 @@ impl ResponseCache {
             )
             .into_response();
         };
+        // An exact-size copy: the buffer the body was built in may be much larger than its
+        // length, and the cache must hold what it weighs.
         let entry = CachedResponse {
             status: parts.status,
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
-            body: body.clone(),
+            body: Bytes::copy_from_slice(&body),
         };
         self.cache.insert(miss, entry, ttl);
         Response::from_parts(parts, axum::body::Body::from(body))

@@ -17,7 +17,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -72,7 +73,7 @@ impl Default for RateLimitOptions {
 }
 
 /// A route class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {
     /// Public reads.
     Public,
@@ -112,14 +113,48 @@ impl Class {
     }
 }
 
+/// One counter: the window it counts and the count so far. Atomics, so the hot path takes
+/// only a shared lock of its shard.
+#[derive(Debug, Default)]
+struct Counter {
+    window: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Counter {
+    /// Counts one request in window `index`; returns the count in that window.
+    fn hit(&self, index: u64) -> u64 {
+        let seen = self.window.load(Ordering::Acquire);
+        if seen != index
+            && self
+                .window
+                .compare_exchange(seen, index, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // A new window: this request is its first (a request racing the reset may be
+            // counted in either window, which a limit can afford).
+            self.count.store(1, Ordering::Release);
+            return 1;
+        }
+        self.count.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+const SHARDS: usize = 16;
+
+type Shard = RwLock<HashMap<(Class, IpAddr), Arc<Counter>>>;
+
 /// Where the counters live.
 enum Counters {
-    Memory(Mutex<HashMap<String, (u64, u64)>>),
-    Redis {
-        client: redis::Client,
-        conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
-        prefix: String,
-    },
+    Memory(Box<[Shard; SHARDS]>),
+    Redis(Box<RedisCounters>),
+}
+
+/// The Redis side of [`Counters`].
+struct RedisCounters {
+    client: redis::Client,
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    prefix: String,
 }
 
 /// The limiter.
@@ -142,7 +177,9 @@ impl RateLimiter {
     pub fn in_process(options: RateLimitOptions) -> Self {
         Self {
             options,
-            counters: Counters::Memory(Mutex::new(HashMap::new())),
+            counters: Counters::Memory(Box::new(std::array::from_fn(|_| {
+                RwLock::new(HashMap::new())
+            }))),
         }
     }
 
@@ -155,19 +192,19 @@ impl RateLimiter {
         })?;
         Ok(Self {
             options,
-            counters: Counters::Redis {
+            counters: Counters::Redis(Box::new(RedisCounters {
                 client,
                 conn: tokio::sync::OnceCell::new(),
                 prefix: prefix.to_owned(),
-            },
+            })),
         })
     }
 
     /// Connects to Redis when configured (start-up: a clear error instead of failing open).
     pub async fn check_backend(&self, url: Option<&str>) -> anyhow::Result<()> {
-        if let (Counters::Redis { conn, .. }, Some(url)) = (&self.counters, url) {
+        if let (Counters::Redis(redis), Some(url)) = (&self.counters, url) {
             let manager = p2_runtime::kv::connect(url, "gateway").await?;
-            let _ = conn.set(manager);
+            let _ = redis.conn.set(manager);
         }
         Ok(())
     }
@@ -189,36 +226,25 @@ impl RateLimiter {
         let window = self.options.window_ms.max(1);
         let index = now_ms / window;
         let left = Duration::from_millis((index + 1) * window - now_ms);
-        let key = format!("{}:{}:{index}", class.name(), address.to_canonical());
+        let address = address.to_canonical();
         let count = match &self.counters {
-            Counters::Memory(map) => {
-                let Ok(mut map) = map.lock() else {
-                    return Verdict::Admit;
-                };
-                if map.len() >= MAX_MEMORY_COUNTERS && !map.contains_key(&key) {
-                    map.retain(|_, (window_index, _)| *window_index >= index);
-                    if map.len() >= MAX_MEMORY_COUNTERS {
+            Counters::Memory(shards) => match memory_hit(shards, class, address, index) {
+                Some(count) => count,
+                None => return Verdict::Admit,
+            },
+            Counters::Redis(redis) => {
+                let key = format!("{}{}:{address}:{index}", redis.prefix, class.name());
+                match redis_count(&redis.client, &redis.conn, &key, window).await {
+                    Ok(count) => count,
+                    Err(error) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "rate limiter unavailable; admitting"
+                        );
                         return Verdict::Admit;
                     }
                 }
-                let entry = map.entry(key).or_insert((index, 0));
-                entry.1 += 1;
-                entry.1
             }
-            Counters::Redis {
-                client,
-                conn,
-                prefix,
-            } => match redis_count(client, conn, &format!("{prefix}{key}"), window).await {
-                Ok(count) => count,
-                Err(error) => {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        "rate limiter unavailable; admitting"
-                    );
-                    return Verdict::Admit;
-                }
-            },
         };
         if count > limit {
             Verdict::Refuse(left)
@@ -226,6 +252,47 @@ impl RateLimiter {
             Verdict::Admit
         }
     }
+}
+
+/// Counts one request in the in-process store; `None` when it is full of live counters (the
+/// limiter then fails open for new addresses).
+fn memory_hit(shards: &[Shard; SHARDS], class: Class, address: IpAddr, index: u64) -> Option<u64> {
+    let shard = &shards[shard_of(address)];
+    let key = (class, address);
+    if let Ok(map) = shard.read()
+        && let Some(counter) = map.get(&key)
+    {
+        return Some(counter.hit(index));
+    }
+    let mut map = shard.write().ok()?;
+    if map.len() >= MAX_MEMORY_COUNTERS / SHARDS && !map.contains_key(&key) {
+        // Drop counters of finished windows; still full: admit uncounted.
+        map.retain(|_, counter| counter.window.load(Ordering::Acquire) >= index);
+        if map.len() >= MAX_MEMORY_COUNTERS / SHARDS {
+            return None;
+        }
+    }
+    let counter = map
+        .entry(key)
+        .or_insert_with(|| {
+            Arc::new(Counter {
+                window: AtomicU64::new(index),
+                count: AtomicU64::new(0),
+            })
+        })
+        .clone();
+    drop(map);
+    Some(counter.hit(index))
+}
+
+/// The shard of an address: stable per address (not secret; an attacker choosing addresses to
+/// share a shard only slows itself down).
+fn shard_of(address: IpAddr) -> usize {
+    let last = match address {
+        IpAddr::V4(v4) => usize::from(v4.octets()[3]) ^ usize::from(v4.octets()[2]),
+        IpAddr::V6(v6) => usize::from(v6.octets()[7]) ^ usize::from(v6.octets()[15]),
+    };
+    last % SHARDS
 }
 
 /// INCR of the window's counter, expiring with the window (plus a second of slack).

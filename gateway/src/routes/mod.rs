@@ -132,7 +132,7 @@ pub async fn client_address_scope(request: Request, next: Next) -> Response {
     let address = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| std::sync::Arc::<str>::from(info.0.ip().to_canonical().to_string()));
+        .map(|info| info.0.ip().to_canonical());
     p2_runtime::internal::with_client_address(address, next.run(request)).await
 }
 

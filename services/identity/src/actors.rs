@@ -112,11 +112,19 @@ impl IdentityState {
         guess: &Guess,
         check: impl std::future::Future<Output = Result<bool, crate::passwords::HashError>>,
     ) -> Result<bool, IdentityError> {
-        if let Err(retry_after) = self.throttle().admit(guess).await? {
-            return Err(IdentityError::Throttled { retry_after });
-        }
-        let ok = check.await?;
-        self.throttle().record(guess, ok).await?;
+        let admission = match self.throttle().admit(guess).await? {
+            Ok(admission) => admission,
+            Err(retry_after) => return Err(IdentityError::Throttled { retry_after }),
+        };
+        let ok = match check.await {
+            Ok(ok) => ok,
+            Err(error) => {
+                // Not a guess that was judged: just end its running mark.
+                self.throttle().abandon(guess, admission).await?;
+                return Err(error.into());
+            }
+        };
+        self.throttle().record(guess, admission, ok).await?;
         Ok(ok)
     }
 

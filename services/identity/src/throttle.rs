@@ -9,7 +9,10 @@
 //! `Retry-After` over HTTP). Failures are forgotten [`FAILURE_MEMORY`] after the latest one; a
 //! correct password clears its account's failures (not its address's). Refusals are not
 //! failures: a locked-out guesser cannot extend the lock of the account it attacks, and the
-//! owner gets in as soon as the backoff ends.
+//! owner gets in as soon as the backoff ends. Once an account has failures, one check of it
+//! runs at a time (a running mark, lapsing after [`RUNNING_MARK_TTL`]): guesses arriving
+//! meanwhile wait [`BUSY_RETRY`], so a burst in flight cannot slip through together when a
+//! backoff ends. An account without failures is checked in parallel (its owner's devices).
 //!
 //! State lives in Redis in production (shared by every identity replica, so a guesser gains
 //! nothing by spreading over replicas) or in process in embedded mode. The in-process map is
@@ -33,6 +36,10 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(2);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How long failures are remembered after the latest one.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(60 * 60);
+/// How long a running mark lasts if its check never records (a cancelled request).
+pub const RUNNING_MARK_TTL: Duration = Duration::from_secs(10);
+/// What a guess arriving while another check of its account runs is told to wait.
+pub const BUSY_RETRY: Duration = Duration::from_secs(1);
 /// Most keys the in-process store keeps.
 pub const MAX_MEMORY_KEYS: usize = 100_000;
 
@@ -55,12 +62,18 @@ pub trait FailureStore: Send + Sync + 'static {
     fn record<'a>(&'a self, key: &'a str, now_ms: u64) -> BoxFuture<'a, anyhow::Result<Failures>>;
     /// Forgets `key`'s failures.
     fn clear<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Marks a check of `key` as running, unless one already is; the mark lapses after `ttl`
+    /// if [`FailureStore::end`] never comes (a cancelled check).
+    fn try_begin<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, anyhow::Result<bool>>;
+    /// Clears the mark of [`FailureStore::try_begin`].
+    fn end<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 /// The in-process store (embedded mode, one replica).
 #[derive(Debug, Default)]
 pub struct MemoryFailureStore {
     map: Mutex<HashMap<String, Failures>>,
+    running: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 fn forgotten(failures: &Failures, now_ms: u64) -> bool {
@@ -119,6 +132,36 @@ impl FailureStore for MemoryFailureStore {
             self.map
                 .lock()
                 .map_err(|_| anyhow::anyhow!("failure map poisoned"))?
+                .remove(key);
+            Ok(())
+        })
+    }
+
+    fn try_begin<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let now = std::time::Instant::now();
+            let mut running = self
+                .running
+                .lock()
+                .map_err(|_| anyhow::anyhow!("running map poisoned"))?;
+            if running.len() >= MAX_MEMORY_KEYS {
+                running.retain(|_, until| *until > now);
+            }
+            match running.get(key) {
+                Some(until) if *until > now => Ok(false),
+                _ => {
+                    running.insert(key.to_owned(), now + ttl);
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    fn end<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.running
+                .lock()
+                .map_err(|_| anyhow::anyhow!("running map poisoned"))?
                 .remove(key);
             Ok(())
         })
@@ -206,6 +249,34 @@ impl FailureStore for RedisFailureStore {
             Ok(())
         })
     }
+
+    fn try_begin<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let set: Option<String> = redis::cmd("SET")
+                .arg(self.key(&format!("running:{key}")))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(duration_ms(ttl))
+                .query_async(&mut conn)
+                .await
+                .context("marking a password check in Redis")?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn end<'a>(&'a self, key: &'a str) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let _: i64 = redis::cmd("DEL")
+                .arg(self.key(&format!("running:{key}")))
+                .query_async(&mut conn)
+                .await
+                .context("clearing a password check mark in Redis")?;
+            Ok(())
+        })
+    }
 }
 
 /// The backoff after `failures` of a key allowed `free` of them.
@@ -223,6 +294,13 @@ pub fn backoff(failures: u32, free: u32) -> Duration {
 #[derive(Clone)]
 pub struct Throttle {
     store: std::sync::Arc<dyn FailureStore>,
+}
+
+/// An admitted guess: whether it holds its account's running mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an admitted guess must be recorded or abandoned"]
+pub struct Admission {
+    marked: bool,
 }
 
 /// The keys one password check counts against.
@@ -250,24 +328,65 @@ impl Throttle {
         Self { store }
     }
 
-    /// `Ok(())` when `guess` may be checked now, else how long to wait.
-    pub async fn admit(&self, guess: &Guess) -> anyhow::Result<Result<(), Duration>> {
+    /// `Ok(())` when `guess` may be checked now (it is then marked running: one check per
+    /// account at a time, so guesses in flight cannot all slip through when a backoff ends),
+    /// else how long to wait. Every admitted guess must be [`Throttle::record`]ed.
+    pub async fn admit(&self, guess: &Guess) -> anyhow::Result<Result<Admission, Duration>> {
         let now = p2_runtime::internal::unix_now_ms();
         let mut wait = Duration::ZERO;
+        let mut account_failed = false;
         let keys = std::iter::once((&guess.account, FREE_ACCOUNT_FAILURES))
             .chain(guess.address.as_ref().map(|a| (a, FREE_ADDRESS_FAILURES)));
         for (key, free) in keys {
             let failures = self.store.get(key).await?;
+            if key == &guess.account {
+                account_failed = failures.count > 0;
+            }
             let until = failures
                 .latest_ms
                 .saturating_add(duration_ms(backoff(failures.count, free)));
             wait = wait.max(Duration::from_millis(until.saturating_sub(now)));
         }
-        Ok(if wait.is_zero() { Ok(()) } else { Err(wait) })
+        if !wait.is_zero() {
+            return Ok(Err(wait));
+        }
+        // An account under attack is checked one guess at a time; one without failures (its
+        // owner on several devices) is not held up.
+        if account_failed {
+            if !self
+                .store
+                .try_begin(&guess.account, RUNNING_MARK_TTL)
+                .await?
+            {
+                return Ok(Err(BUSY_RETRY));
+            }
+            return Ok(Ok(Admission { marked: true }));
+        }
+        Ok(Ok(Admission { marked: false }))
     }
 
-    /// Records the outcome of a check that ran.
-    pub async fn record(&self, guess: &Guess, correct: bool) -> anyhow::Result<()> {
+    /// Records the outcome of a check that ran, and ends its running mark.
+    pub async fn record(
+        &self,
+        guess: &Guess,
+        admission: Admission,
+        correct: bool,
+    ) -> anyhow::Result<()> {
+        let outcome = self.count(guess, correct).await;
+        self.abandon(guess, admission).await?;
+        outcome
+    }
+
+    /// Ends the running mark of an admitted guess (also one that was not judged because its
+    /// check failed).
+    pub async fn abandon(&self, guess: &Guess, admission: Admission) -> anyhow::Result<()> {
+        if admission.marked {
+            self.store.end(&guess.account).await?;
+        }
+        Ok(())
+    }
+
+    async fn count(&self, guess: &Guess, correct: bool) -> anyhow::Result<()> {
         if correct {
             return self.store.clear(&guess.account).await;
         }

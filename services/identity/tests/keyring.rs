@@ -351,29 +351,63 @@ async fn sessions_per_actor_are_bounded_atomically_and_answers_are_capped(url: S
             .unwrap()
             .into_bytes()
     };
-    // Eight logins of new sessions at once: exactly three get a cert.
-    let logins: Vec<_> = (0..8)
+    // Eight issuances of new sessions at once (the store's transaction, where the bound is
+    // counted; logins of one account are serialised by the password throttle anyway):
+    // exactly three get a cert.
+    let generation = state.keyring().current().unwrap();
+    let now = p2_runtime::unix_now();
+    let issuances: Vec<_> = (0..8)
         .map(|i| {
             let state = state.clone();
-            let csr = csr(&format!("s{i}"));
+            let cert_pem = generation.cert_pem.clone();
+            let number = generation.generation;
             tokio::spawn(async move {
+                let session = format!("s{i}");
+                let row = p2_identity::store::CertRow {
+                    serial: format!("8{i:08}"),
+                    local_name: "alice".into(),
+                    session_id: session.clone(),
+                    generation: number,
+                    not_before: i64::try_from(now).unwrap(),
+                    not_after: i64::try_from(now + 3600).unwrap(),
+                    cert_pem,
+                    issued_at: i64::try_from(now).unwrap(),
+                    invalidated_at: None,
+                };
                 state
-                    .issue_login_cert("alice", "alice password 1".into(), &csr, None)
+                    .store()
+                    .issue_cert(
+                        "alice",
+                        &session,
+                        false,
+                        3,
+                        i64::try_from(now).unwrap(),
+                        || Ok(row),
+                    )
                     .await
+                    .unwrap()
             })
         })
         .collect();
     let mut issued = 0;
-    for login in logins {
-        match login.await.unwrap() {
+    for issuance in issuances {
+        match issuance.await.unwrap() {
             Ok(_) => issued += 1,
-            Err(error) => {
-                let status = tonic::Status::from(error);
-                assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
-            }
+            Err(refusal) => assert!(
+                matches!(refusal, p2_identity::store::IssueRefusal::TooManySessions),
+                "{refusal:?}"
+            ),
         }
     }
     assert_eq!(issued, 3, "the bound must hold under concurrency");
+    // Through the login path, the fourth session is refused with a clear answer.
+    let status = tonic::Status::from(
+        state
+            .issue_login_cert("alice", "alice password 1".into(), &csr("fourth"), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     // Renewing a held session still works at the bound; revoking one frees a place.
     let held = state
         .certs_of(&alice, p2_identity::actors::CertQuery::default())

@@ -126,7 +126,7 @@ async fn an_address_guessing_many_accounts_is_throttled(store: std::sync::Arc<dy
     for i in 0..100 {
         let guess = Guess::new(&format!("victim{run}-{i}"), Some(&address));
         match throttle.admit(&guess).await.unwrap() {
-            Ok(()) => throttle.record(&guess, false).await.unwrap(),
+            Ok(admission) => throttle.record(&guess, admission, false).await.unwrap(),
             Err(wait) => {
                 refused = Some((i, wait));
                 break;
@@ -139,6 +139,51 @@ async fn an_address_guessing_many_accounts_is_throttled(store: std::sync::Arc<dy
     // The same accounts from nowhere in particular are still admitted.
     let guess = Guess::new(&format!("victim{run}-0"), None);
     assert!(throttle.admit(&guess).await.unwrap().is_ok());
+}
+
+/// Once an account has failures, guesses in flight together are checked one at a time: the
+/// others are told to retry, so a burst cannot slip through when a backoff ends.
+async fn an_account_under_attack_is_checked_one_guess_at_a_time(
+    store: std::sync::Arc<dyn FailureStore>,
+) {
+    let throttle = Throttle::new(store);
+    let account = format!("burst{}", p2_runtime::internal::unix_now_ms());
+    let guess = Guess::new(&account, None);
+    // No failures yet: parallel checks are admitted (the owner's devices).
+    let a = throttle.admit(&guess).await.unwrap().unwrap();
+    let b = throttle.admit(&guess).await.unwrap().unwrap();
+    throttle.record(&guess, a, true).await.unwrap();
+    throttle.record(&guess, b, true).await.unwrap();
+    // One failure: from now on one check at a time.
+    let first = throttle.admit(&guess).await.unwrap().unwrap();
+    throttle.record(&guess, first, false).await.unwrap();
+    let running = throttle.admit(&guess).await.unwrap().unwrap();
+    assert_eq!(
+        throttle.admit(&guess).await.unwrap(),
+        Err(p2_identity::throttle::BUSY_RETRY),
+        "a second guess while one runs"
+    );
+    throttle.record(&guess, running, false).await.unwrap();
+    // Its end frees the account for the next (when no backoff applies yet).
+    let next = throttle.admit(&guess).await.unwrap().unwrap();
+    throttle.abandon(&guess, next).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_guesses_at_an_attacked_account_run_one_at_a_time() {
+    an_account_under_attack_is_checked_one_guess_at_a_time(std::sync::Arc::new(
+        MemoryFailureStore::default(),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_guesses_at_an_attacked_account_run_one_at_a_time() {
+    let conn = p2_runtime::kv::connect(&redis_url(), "test").await.unwrap();
+    an_account_under_attack_is_checked_one_guess_at_a_time(std::sync::Arc::new(
+        RedisFailureStore::new(conn, "p2test:throttle:"),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

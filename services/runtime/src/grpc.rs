@@ -26,7 +26,7 @@ impl tonic::service::Interceptor for OutboundInterceptor {
         self.credential.apply(request.metadata_mut());
         // Relay the HTTP client's address when the call is made for one.
         if let Some(address) = crate::internal::client_address()
-            && let Ok(value) = tonic::metadata::AsciiMetadataValue::try_from(address.as_ref())
+            && let Ok(value) = tonic::metadata::AsciiMetadataValue::try_from(address.to_string())
         {
             request
                 .metadata_mut()

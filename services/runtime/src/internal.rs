@@ -377,8 +377,7 @@ where
                 let address = component
                     .and_then(|_| request.headers().get(CLIENT_ADDRESS_HEADER))
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<std::net::IpAddr>().ok())
-                    .map(|ip| Arc::<str>::from(ip.to_string()));
+                    .and_then(|v| v.parse::<std::net::IpAddr>().ok());
                 Box::pin(with_client_address(address, self.inner.call(request)))
             }
             Err(status) => {
@@ -398,18 +397,18 @@ where
 pub const CLIENT_ADDRESS_HEADER: &str = "x-p2-client-address";
 
 tokio::task_local! {
-    static CLIENT_ADDRESS: Option<Arc<str>>;
+    static CLIENT_ADDRESS: Option<std::net::IpAddr>;
 }
 
 /// The client address of the request being handled, if the gateway told it.
-pub fn client_address() -> Option<Arc<str>> {
-    CLIENT_ADDRESS.try_with(Clone::clone).ok().flatten()
+pub fn client_address() -> Option<std::net::IpAddr> {
+    CLIENT_ADDRESS.try_with(|a| *a).ok().flatten()
 }
 
-/// Runs `future` with `address` as the client address its outgoing calls carry. Spawned
-/// tasks do not inherit it: wrap them in this too.
+/// Runs `future` with `address` as the client address its outgoing calls carry (formatted
+/// only when a call is made). Spawned tasks do not inherit it: wrap them in this too.
 pub async fn with_client_address<F: std::future::Future>(
-    address: Option<Arc<str>>,
+    address: Option<std::net::IpAddr>,
     future: F,
 ) -> F::Output {
     CLIENT_ADDRESS.scope(address, future).await
