@@ -38,6 +38,8 @@ pub const LEGIT_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1));
 pub struct FloodPlan {
     /// Attacking tasks, each looping wrong-password logins.
     pub tasks: u32,
+    /// Logins per second of the whole flood (0: no pause).
+    pub rate: u32,
     /// The attacked accounts (registered), spread over the tasks.
     pub accounts: Vec<String>,
     /// Attacker client addresses, spread over the tasks.
@@ -166,9 +168,20 @@ impl LoginFlood {
             let account = plan.accounts[t % plan.accounts.len()].clone();
             let csr = csrs[t % csrs.len()].clone();
             let stop = stop.clone();
+            // Each task's share of the rate, as a fixed tick (late ticks are not caught up).
+            let period = (plan.rate > 0)
+                .then(|| Duration::from_secs_f64(f64::from(plan.tasks) / f64::from(plan.rate)));
             tasks.spawn(async move {
                 let mut answers = Answers::default();
+                let mut tick = period.map(|p| {
+                    let mut tick = tokio::time::interval(p);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    tick
+                });
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(tick) = tick.as_mut() {
+                        tick.tick().await;
+                    }
                     let begin = Instant::now();
                     let outcome = client.login_status(&account, WRONG_PASSWORD, &csr).await;
                     answers.count(outcome, begin.elapsed());

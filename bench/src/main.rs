@@ -82,6 +82,10 @@ struct Args {
     /// Attacking tasks of the login flood (each loops wrong-password logins).
     #[arg(long, default_value_t = 32)]
     flood_tasks: u32,
+    /// Wrong-password logins per second the whole flood sends (0: as fast as it can; the
+    /// flood's client then competes with the server and wrk for the same cores).
+    #[arg(long, default_value_t = 1000)]
+    flood_rate: u32,
     /// Accounts the login flood guesses at.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     flood_accounts: u32,
@@ -237,6 +241,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let actor_path = format!("/.p2/core/v1/idcert/actor/{}", session.fid);
     let flood_plan = FloodPlan {
         tasks: args.flood_tasks,
+        rate: args.flood_rate,
         accounts: (0..args.flood_accounts)
             .map(|i| format!("{FLOOD_ACTOR_PREFIX}{i}"))
             .collect(),

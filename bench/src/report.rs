@@ -521,8 +521,13 @@ impl Report {
         println!();
         match &self.flood_plan {
             Some(plan) => println!(
-                "Login flood: GET idcert/server while {} tasks loop logins with wrong passwords ({} accounts, {} client addresses 127.0.1.x, no pause) and {} users log in rightly (own accounts, address {}, every {} ms)",
+                "Login flood: GET idcert/server while {} tasks loop logins with wrong passwords ({}; {} accounts, {} client addresses 127.0.1.x) and {} users log in rightly (own accounts, address {}, every {} ms)",
                 plan.tasks,
+                if plan.rate == 0 {
+                    "no pause".to_owned()
+                } else {
+                    format!("{} logins/s in all", plan.rate)
+                },
                 plan.accounts.len(),
                 plan.addresses,
                 plan.legit_accounts.len(),

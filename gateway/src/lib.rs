@@ -307,6 +307,11 @@ impl AppState {
         })
     }
 
+    /// Largest accepted request body, in bytes.
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+
     /// The request rate limiter.
     pub fn rate_limiter(&self) -> &ratelimit::RateLimiter {
         &self.inner.rate_limiter
@@ -383,18 +388,12 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
-        .layer(axum::middleware::from_fn(routes::problem_json_everywhere))
         .layer(axum::middleware::from_fn_with_state(
-            limit,
-            routes::reject_large_bodies,
+            state.clone(),
+            routes::edge,
         ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(routes::request_span))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ratelimit::limit_requests,
-        ))
-        .layer(axum::middleware::from_fn(routes::client_address_scope))
         .with_state(state)
 }
 

@@ -21,9 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use clap::Args;
 
@@ -317,25 +316,18 @@ async fn redis_count(
     Ok(count)
 }
 
-/// The layer: counts the request against its class and client address, refuses with 429.
-pub async fn limit_requests(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(class) = Class::of(&request) else {
-        return next.run(request).await;
-    };
-    let address = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
-    let Some(address) = address else {
-        return next.run(request).await;
-    };
+/// Counts a request of `class` (see [`Class::of`]) against its client `address`; the 429
+/// answer when it is over the limit. Called by the gateway's edge layer (`routes::edge`).
+pub async fn refusal(
+    state: &AppState,
+    class: Option<Class>,
+    address: Option<IpAddr>,
+) -> Option<Response> {
+    let class = class?;
+    let address = address?;
     let now = p2_runtime::internal::unix_now_ms();
     match state.rate_limiter().check(class, address, now).await {
-        Verdict::Admit => next.run(request).await,
+        Verdict::Admit => None,
         Verdict::Refuse(left) => {
             let mut error = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -346,7 +338,7 @@ pub async fn limit_requests(
                 ),
             );
             error.retry_after = Some(left.as_secs().max(1));
-            error.into_response()
+            Some(error.into_response())
         }
     }
 }

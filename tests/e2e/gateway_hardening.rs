@@ -34,36 +34,13 @@ async fn stack_with(gateway: p2_gateway::GatewayOptions) -> TestStack {
     }
 }
 
-/// A second gateway of our own in front of `stack`'s services, served over HTTP on a free
-/// port, so the test can look at its cache. Returns its state and base URL.
+/// A second gateway of our own in front of `stack`'s services, so the test can look at its
+/// cache. Returns its state and base URL.
 async fn own_gateway(
     stack: &TestStack,
     options: p2_gateway::GatewayOptions,
 ) -> (p2_gateway::AppState, String) {
-    let running = stack.stack.as_ref().unwrap();
-    let grpc = running.grpc_addrs;
-    let url = |i: usize| format!("http://{}", grpc[i]);
-    let config = p2_gateway::GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        options,
-        identity_url: url(0),
-        session_url: url(1),
-        discovery_url: url(2),
-        events_url: url(3),
-        token_cache_ms: 0,
-        internal: p2_runtime::internal::InternalKeyConfig::with_key(&running.internal_key),
-        component_credential: None,
-        redis_url: None,
-        redis_prefix: p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.into(),
-    };
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = p2_gateway::AppState::new(&config, addr).unwrap();
-    let token = running.shutdown_token();
-    tokio::spawn(p2_gateway::serve(state.clone(), listener, token));
-    (state, format!("http://{addr}"))
+    crate::helpers::own_gateway(stack, options, None).await
 }
 
 async fn add_providers(

@@ -264,3 +264,45 @@ pub fn admin_storage(stack: &TestStack) -> polyproto_server::admin::AdminStorage
         },
     }
 }
+
+/// A further gateway of our own in front of `stack`'s services (as a replica would be), with
+/// `options`, counting rate limits in `redis` = (URL, key prefix) or in process, served on a
+/// free port until the stack stops. Returns its state and base URL.
+pub async fn own_gateway(
+    stack: &TestStack,
+    options: p2_gateway::GatewayOptions,
+    redis: Option<(String, String)>,
+) -> (p2_gateway::AppState, String) {
+    let running = stack.stack.as_ref().expect("a running stack");
+    let grpc = running.grpc_addrs;
+    let url = |i: usize| format!("http://{}", grpc[i]);
+    let (redis_url, redis_prefix) = match redis {
+        Some((url, prefix)) => (Some(url), prefix),
+        None => (None, p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.to_owned()),
+    };
+    let config = p2_gateway::GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        options,
+        identity_url: url(0),
+        session_url: url(1),
+        discovery_url: url(2),
+        events_url: url(3),
+        token_cache_ms: 0,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(&running.internal_key),
+        component_credential: None,
+        redis_url,
+        redis_prefix,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = p2_gateway::AppState::new(&config, addr).unwrap();
+    state.check_backends().await.unwrap();
+    tokio::spawn(p2_gateway::serve(
+        state.clone(),
+        listener,
+        running.shutdown_token(),
+    ));
+    (state, format!("http://{addr}"))
+}

@@ -3,44 +3,17 @@
 
 use crate::helpers::{Backend, TEST_PASSWORD, TestStack, expect_problem, register, spawn_stack};
 
-/// A gateway of our own in front of `stack`'s services with `limits`, counting in `redis`
-/// under `prefix` (or in process); returns its base URL.
+/// A gateway of our own with `limits`.
 async fn gateway_with(
     stack: &TestStack,
     limits: p2_gateway::ratelimit::RateLimitOptions,
     redis: Option<(String, String)>,
 ) -> String {
-    let running = stack.stack.as_ref().unwrap();
-    let grpc = running.grpc_addrs;
-    let url = |i: usize| format!("http://{}", grpc[i]);
-    let (redis_url, redis_prefix) = match redis {
-        Some((url, prefix)) => (Some(url), prefix),
-        None => (None, p2_gateway::ratelimit::DEFAULT_REDIS_PREFIX.to_owned()),
+    let options = p2_gateway::GatewayOptions {
+        rate_limits: limits,
+        ..p2_gateway::GatewayOptions::default()
     };
-    let config = p2_gateway::GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        options: p2_gateway::GatewayOptions {
-            rate_limits: limits,
-            ..p2_gateway::GatewayOptions::default()
-        },
-        identity_url: url(0),
-        session_url: url(1),
-        discovery_url: url(2),
-        events_url: url(3),
-        token_cache_ms: 0,
-        internal: p2_runtime::internal::InternalKeyConfig::with_key(&running.internal_key),
-        component_credential: None,
-        redis_url,
-        redis_prefix,
-    };
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = p2_gateway::AppState::new(&config, addr).unwrap();
-    state.check_backends().await.unwrap();
-    tokio::spawn(p2_gateway::serve(state, listener, running.shutdown_token()));
-    format!("http://{addr}")
+    crate::helpers::own_gateway(stack, options, redis).await.1
 }
 
 /// Long windows: a test never straddles two.

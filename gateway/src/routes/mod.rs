@@ -126,21 +126,39 @@ fn invalidate(state: &AppState, invalidation: &crate::cache::Invalidation) {
     }
 }
 
-/// Makes the client's address (from the connection) the one every gRPC call of this request
-/// carries (`x-p2-client-address`), so the services can throttle password guesses per address.
-pub async fn client_address_scope(request: Request, next: Next) -> Response {
+/// The gateway's edge, one layer for what every request goes through first (one layer, not
+/// four: each middleware layer costs a boxed future per request on the hot path):
+/// - a body whose declared length is over `--max-body-bytes` is refused (413) before it is read;
+/// - the request is counted against its class and client address ([`crate::ratelimit`]);
+/// - the client's address becomes the one every gRPC call of this request carries
+///   (`x-p2-client-address`), so the services can throttle password guesses per address;
+/// - an error answer that is not problem+json yet (axum's own rejections of paths, queries and
+///   bodies answer `text/plain`) is turned into RFC 9457 problem details with the same status
+///   and message, so clients see one error shape everywhere.
+pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.max_body_bytes();
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return ApiError::too_large(limit).into_response();
+    }
     let address = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip().to_canonical());
-    p2_runtime::internal::with_client_address(address, next.run(request)).await
+    let class = crate::ratelimit::Class::of(&request);
+    if let Some(refused) = crate::ratelimit::refusal(&state, class, address).await {
+        return refused;
+    }
+    let response = p2_runtime::internal::with_client_address(address, next.run(request)).await;
+    problem_json(response).await
 }
 
-/// Turns every error response that is not problem+json yet (axum's own rejections of paths,
-/// queries and bodies answer `text/plain`) into RFC 9457 problem details with the same status
-/// and message, so clients see one error shape everywhere.
-pub async fn problem_json_everywhere(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// `response`, as problem+json if it is an error answer in another shape.
+async fn problem_json(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -174,23 +192,6 @@ pub async fn problem_json_everywhere(request: Request, next: Next) -> Response {
         }
     }
     problem
-}
-
-/// Answers 413 problem+json before reading a body whose declared length is over the limit.
-pub async fn reject_large_bodies(
-    State(limit): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return ApiError::too_large(limit).into_response();
-    }
-    next.run(request).await
 }
 
 /// One span per HTTP request, joined to the client's trace context when it sent one. At DEBUG
