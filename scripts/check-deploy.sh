@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of the deployment files (no Docker engine, no cluster needed):
-#   - docker-compose.yml: `docker-compose config -q` (apt docker-compose v1) and the compose-spec
+#   - docker-compose.yml: `docker-compose config -q` (apt docker-compose v1; it must render with
+#     P2_INTERNAL_KEY set and refuse without it) and the compose-spec
 #     JSON schema (check-jsonschema --builtin-schema vendor.compose-spec)
 #   - deploy/k8s: `kubectl kustomize` rendered and checked with `kubernetes-validate --strict`
 #     (also against an older Kubernetes version), plus secret.example.yaml on its own, and every
@@ -58,7 +59,15 @@ check() {
 rendered=$(mktemp)
 trap 'rm -f "$rendered"' EXIT
 
-compose_config() { docker-compose -f docker-compose.yml config -q; }
+# With the internal key it must render; without it, it must refuse (no published default key).
+compose_config() {
+    P2_INTERNAL_KEY=0000000000000000000000000000000000000000000000000000000000000000 \
+        docker-compose -f docker-compose.yml config -q || return 1
+    if env -u P2_INTERNAL_KEY docker-compose -f docker-compose.yml config -q 2>/dev/null; then
+        echo "docker-compose.yml renders without P2_INTERNAL_KEY: it must refuse" >&2
+        return 1
+    fi
+}
 compose_schema() { check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml; }
 kustomize_build() { kubectl kustomize deploy/k8s >"$rendered"; }
 k8s_validate() {
