@@ -151,19 +151,13 @@ async fn cache_signatures_are_reused_within_a_window(url: String) {
 
 async fn grpc_answers_server_certs_by_time(url: String) {
     let dir = tempfile::tempdir().unwrap();
-    let config = p2_identity::IdentityConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        redis_url: None,
-        redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
-        database_url: url,
-        options: p2_identity::IdentityOptions {
-            key_encryption_key: Some(KEK.to_owned().into()),
+    let config = service_config(
+        url,
+        p2_identity::IdentityOptions {
             key_encryption_key_file: Some(dir.path().join("unused")),
-            ..p2_identity::IdentityOptions::for_domain("grpc.example")
+            ..options_for("grpc.example")
         },
-        internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
-        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
-    };
+    );
     let state = p2_identity::IdentityState::open(&config).await.unwrap();
     let grpc = p2_identity::grpc::IdentityGrpc::new(state.clone());
     let cert = grpc
@@ -294,6 +288,31 @@ async fn grpc_answers_server_certs_by_time(url: String) {
 
 static KEY: std::sync::LazyLock<InternalKey> = std::sync::LazyLock::new(InternalKey::generate);
 
+/// The options of a test server for `domain`, with the test key encryption key.
+fn options_for(domain: &str) -> p2_identity::IdentityOptions {
+    p2_identity::IdentityOptions {
+        key_encryption_key: Some(KEK.to_owned().into()),
+        ..p2_identity::IdentityOptions::for_domain(domain)
+    }
+}
+
+/// A whole service configuration on `database_url` with `options` (in-process throttle, the
+/// test deployment key, no shutdown grace).
+fn service_config(
+    database_url: String,
+    options: p2_identity::IdentityOptions,
+) -> p2_identity::IdentityConfig {
+    p2_identity::IdentityConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        database_url,
+        redis_url: None,
+        redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
+        options,
+        internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
+        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
+    }
+}
+
 /// An assertion for `fid` (session "s1"), valid for a minute, minted with `key`.
 fn assert_with(key: &InternalKey, fid: &str) -> CallerAssertion {
     CallerAssertion {
@@ -325,20 +344,14 @@ macro_rules! on_both_databases {
 /// Per-actor bounds (CONVENTIONS 17): concurrent sessions, and the size of one cert answer.
 async fn sessions_per_actor_are_bounded_atomically_and_answers_are_capped(url: String) {
     let dir = tempfile::tempdir().unwrap();
-    let config = p2_identity::IdentityConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        redis_url: None,
-        redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
-        database_url: url,
-        options: p2_identity::IdentityOptions {
-            key_encryption_key: Some(KEK.to_owned().into()),
+    let config = service_config(
+        url,
+        p2_identity::IdentityOptions {
             key_encryption_key_file: Some(dir.path().join("unused")),
             max_sessions_per_actor: 3,
-            ..p2_identity::IdentityOptions::for_domain("bounds.example")
+            ..options_for("bounds.example")
         },
-        internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
-        shutdown: p2_runtime::config::ShutdownConfig::immediate(),
-    };
+    );
     let state = p2_identity::IdentityState::open(&config).await.unwrap();
     let alice = state
         .register("alice", "alice password 1".into(), Registrant::Public)
@@ -498,18 +511,10 @@ async fn shutdown_reports_not_serving_through_the_grace_period_then_closes() {
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let dir = tempfile::tempdir().unwrap();
     let config = p2_identity::IdentityConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        redis_url: None,
-        redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
-        database_url: sqlite_url(&dir).await,
-        options: p2_identity::IdentityOptions {
-            key_encryption_key: Some(KEK.to_owned().into()),
-            ..p2_identity::IdentityOptions::for_domain("grace.example")
-        },
-        internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
         shutdown: p2_runtime::config::ShutdownConfig {
             shutdown_grace_ms: 1_500,
         },
+        ..service_config(sqlite_url(&dir).await, options_for("grace.example"))
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
