@@ -130,6 +130,7 @@ impl AdminStorage {
         Ok(p2_identity::IdentityConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             database_url,
+            pool: p2_runtime::storage::PoolConfig::default(),
             // The admin CLI checks no passwords: no throttle state to share.
             redis_url: None,
             redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),

@@ -44,6 +44,17 @@ pub enum Command {
     /// Print a component's credential derived from the internal key (`P2_INTERNAL_KEY`), for
     /// deployments that give the gateway only its own credential (`P2_COMPONENT_CREDENTIAL`).
     InternalCredential(InternalCredentialArgs),
+    /// Exit 0 when a component is ready: `http://HOST:PORT/readyz` (the gateway) or `HOST:PORT`
+    /// (a gRPC service's health), for container health checks.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Flags of `polyproto healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// What to check: `http://HOST:PORT/PATH` or `HOST:PORT` (gRPC health).
+    #[arg(env = "P2_HEALTHCHECK", default_value = crate::healthcheck::DEFAULT_TARGET)]
+    pub target: String,
 }
 
 /// Flags of `polyproto internal-credential`.
@@ -114,6 +125,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(_) => "events",
         Command::Admin(_) => "admin",
         Command::InternalCredential(_) => "admin",
+        Command::Healthcheck(_) => "healthcheck",
     };
     let telemetry = p2_runtime::telemetry::init(&cli.telemetry, component)?;
     let shutdown = CancellationToken::new();
@@ -155,6 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             p2_events::serve(config, listener, shutdown).await
         }
         Command::Admin(args) => crate::admin::run(args).await,
+        Command::Healthcheck(args) => crate::healthcheck::check(&args.target).await,
         Command::InternalCredential(args) => {
             let component = p2_runtime::internal::Component::from_name(&args.component)
                 .with_context(|| {

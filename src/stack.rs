@@ -203,6 +203,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         listen: grpc_addrs[0],
         redis_prefix: format!("{}{tag}", p2_identity::throttle::REDIS_PREFIX),
         database_url: identity_db,
+        pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: redis_url.clone(),
         options: p2_identity::IdentityOptions {
             key_encryption_key_file: key_file,
@@ -215,6 +216,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let session_config = p2_session::SessionConfig {
         listen: grpc_addrs[1],
         database_url: session_db,
+        pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: redis_url.clone(),
         identity_url: url(grpc_addrs[0]),
         options: config.session.clone(),
@@ -224,6 +226,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let discovery_config = p2_discovery::DiscoveryConfig {
         listen: grpc_addrs[2],
         database_url: discovery_db,
+        pool: p2_runtime::storage::PoolConfig::default(),
         identity_url: url(grpc_addrs[0]),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),

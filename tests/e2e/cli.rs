@@ -526,3 +526,34 @@ async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_l
         "the session service must refuse a foreign credential"
     );
 }
+
+/// `polyproto healthcheck`: 0 for a ready gateway (`/readyz`) and a serving gRPC service, 1
+/// with one clear line for a port nobody serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_tells_ready_components_from_absent_ones() {
+    let stack = crate::helpers::spawn_stack(crate::helpers::Backend::Sqlite).await;
+    let running = stack.stack.as_ref().unwrap();
+    let gateway = format!("{}/readyz", stack.base);
+    let identity = running.grpc_addrs[0].to_string();
+    let absent = format!("127.0.0.1:{}", free_port());
+    let (gateway_ok, identity_ok, absent_result) = tokio::task::spawn_blocking(move || {
+        let run = |target: &str| {
+            let out = Command::new(BIN)
+                .args(["healthcheck", target])
+                .env("P2_LOG", "warn")
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        (run(&gateway).0, run(&identity).0, run(&absent))
+    })
+    .await
+    .unwrap();
+    assert!(gateway_ok, "the gateway's /readyz must pass");
+    assert!(identity_ok, "the identity service's gRPC health must pass");
+    assert!(!absent_result.0, "nothing listens there");
+    assert_one_clear_error_line(&absent_result.1, "cannot connect", "\u{0}");
+}

@@ -63,6 +63,9 @@ pub struct DiscoveryConfig {
     /// Database URL: `sqlite:PATH` or `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long = "database-url", env = "P2_DATABASE_URL")]
     pub database_url: String,
+    /// The database connection pool.
+    #[command(flatten)]
+    pub pool: p2_runtime::storage::PoolConfig,
     /// URL of the identity service (to check that actors exist).
     #[arg(
         long = "identity-url",
@@ -91,8 +94,13 @@ impl DiscoveryGrpc {
     /// it does not answer) and prepares the identity client (which connects lazily).
     pub async fn open(config: &DiscoveryConfig) -> anyhow::Result<Opened> {
         let key = config.internal.load()?;
-        let db =
-            p2_runtime::storage::connect(&config.database_url, "discovery", MIGRATIONS).await?;
+        let db = p2_runtime::storage::connect_with(
+            &config.database_url,
+            "discovery",
+            MIGRATIONS,
+            &config.pool,
+        )
+        .await?;
         let directory = directory::IdentityDirectory::connect(
             &config.identity_url,
             &key.credential(Component::Discovery),

@@ -105,6 +105,9 @@ pub struct IdentityConfig {
     /// Database URL: `sqlite:PATH` or `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long = "database-url", env = "P2_DATABASE_URL")]
     pub database_url: String,
+    /// The database connection pool.
+    #[command(flatten)]
+    pub pool: p2_runtime::storage::PoolConfig,
     /// Redis URL for the password-guess throttle, shared by every identity replica (e.g.
     /// `redis://redis:6379/`); unset keeps it in process memory (embedded mode, one replica).
     #[arg(long = "redis-url", env = "P2_REDIS_URL")]
@@ -237,8 +240,13 @@ impl IdentityState {
             .map_err(|e| anyhow::anyhow!("invalid --domain {:?}: {e}", options.domain))?;
         let internal_key = config.internal.load()?;
         let cipher = options.load_cipher()?;
-        let db = p2_runtime::storage::connect(&config.database_url, "identity", store::MIGRATIONS)
-            .await?;
+        let db = p2_runtime::storage::connect_with(
+            &config.database_url,
+            "identity",
+            store::MIGRATIONS,
+            &config.pool,
+        )
+        .await?;
         let store = store::Store::new(db);
         let failures: Arc<dyn throttle::FailureStore> = match &config.redis_url {
             Some(url) => Arc::new(throttle::RedisFailureStore::new(

@@ -305,6 +305,7 @@ fn service_config(
     p2_identity::IdentityConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         database_url,
+        pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: None,
         redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
         options,

@@ -22,6 +22,7 @@ async fn open(redis: Option<String>) -> (p2_identity::IdentityState, tempfile::T
     let config = p2_identity::IdentityConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "identity"),
+        pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: redis,
         redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
         options: p2_identity::IdentityOptions {

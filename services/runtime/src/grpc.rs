@@ -108,6 +108,10 @@ where
     let signal = async move {
         shutdown.cancelled().await;
         reporter.set_not_serving::<S>().await;
+        // The overall status ("") too: what `polyproto healthcheck HOST:PORT` asks.
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         // Still serving while whoever watches health moves away; then stop accepting.
         tokio::time::sleep(grace).await;
     };

@@ -64,12 +64,36 @@ pub struct Database {
     pub backend: Backend,
 }
 
-/// Connects to `url`, checks that it answers, and runs `migrations` recorded in the table
-/// `_p2_<component>_migrations`. Errors name the component and the (redacted) URL.
+/// Default connection-pool size of a PostgreSQL database (per process).
+pub const DEFAULT_POSTGRES_POOL: u32 = 16;
+/// Connection-pool size of an SQLite database (one writer at a time anyway).
+pub const SQLITE_POOL: u32 = 4;
+
+/// Database pool settings, flattened into every component with a database.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PoolConfig {
+    /// Most database connections this process opens (PostgreSQL; default 16). Size it so that
+    /// replicas × pool stays under the server's `max_connections` (PostgreSQL's default: 100).
+    #[arg(long = "db-max-connections", env = "P2_DB_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+}
+
+/// Connects to `url` with the default pool; see [`connect_with`].
 pub async fn connect(
     url: &str,
     component: &str,
     migrations: &[Migration],
+) -> anyhow::Result<Database> {
+    connect_with(url, component, migrations, &PoolConfig::default()).await
+}
+
+/// Connects to `url` with `pool`, checks that it answers, and runs `migrations` recorded in the
+/// table `_p2_<component>_migrations`. Errors name the component and the (redacted) URL.
+pub async fn connect_with(
+    url: &str,
+    component: &str,
+    migrations: &[Migration],
+    pool: &PoolConfig,
 ) -> anyhow::Result<Database> {
     sqlx::any::install_default_drivers();
     let backend = Backend::from_url(url)?;
@@ -84,8 +108,8 @@ pub async fn connect(
     let mut options = AnyPoolOptions::new()
         .acquire_timeout(CONNECT_TIMEOUT)
         .max_connections(match backend {
-            Backend::Sqlite => 4,
-            Backend::Postgres => 16,
+            Backend::Sqlite => SQLITE_POOL,
+            Backend::Postgres => pool.max_connections.unwrap_or(DEFAULT_POSTGRES_POOL),
         });
     if backend == Backend::Sqlite {
         options = options.after_connect(|conn, _meta| {
@@ -332,6 +356,22 @@ mod tests {
         let db = connect(&url, "runtime_unit_test", MIGRATIONS)
             .await
             .unwrap();
+        assert_eq!(
+            db.pool.options().get_max_connections(),
+            DEFAULT_POSTGRES_POOL
+        );
+        // The pool size is the operator's (replicas × pool under the server's limit).
+        let small = connect_with(
+            &url,
+            "runtime_unit_test",
+            MIGRATIONS,
+            &PoolConfig {
+                max_connections: Some(3),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(small.pool.options().get_max_connections(), 3);
         sqlx::query("DELETE FROM things")
             .execute(&db.pool)
             .await

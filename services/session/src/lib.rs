@@ -113,6 +113,9 @@ pub struct SessionConfig {
     /// Database URL: `sqlite:PATH` or `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(long = "database-url", env = "P2_DATABASE_URL")]
     pub database_url: String,
+    /// The database connection pool.
+    #[command(flatten)]
+    pub pool: p2_runtime::storage::PoolConfig,
     /// Redis URL for challenges and key trials (e.g. `redis://redis:6379/`); unset keeps them
     /// in process memory (embedded mode, one replica only).
     #[arg(long = "redis-url", env = "P2_REDIS_URL")]
@@ -222,7 +225,13 @@ impl SessionGrpc {
             &config.identity_url,
             &internal_key.credential(Component::Session),
         )?);
-        let db = p2_runtime::storage::connect(&config.database_url, "session", MIGRATIONS).await?;
+        let db = p2_runtime::storage::connect_with(
+            &config.database_url,
+            "session",
+            MIGRATIONS,
+            &config.pool,
+        )
+        .await?;
         let challenges: Arc<dyn ChallengeStore> = match &config.redis_url {
             Some(url) => Arc::new(
                 storage::RedisChallengeStore::new(

@@ -650,6 +650,7 @@ async fn challenges_live_in_redis_under_p2_challenge_with_the_configured_expiry(
     let config = p2_session::SessionConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
+        pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: Some(crate::common::redis_url()),
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
@@ -719,6 +720,7 @@ async fn the_challenge_caps_hold_across_replicas_sharing_redis() {
     let config = p2_session::SessionConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
+        pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: Some(crate::common::redis_url()),
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),

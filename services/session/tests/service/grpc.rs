@@ -1193,6 +1193,7 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
     let config = p2_session::SessionConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
+        pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: None,
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
