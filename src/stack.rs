@@ -293,13 +293,15 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let token = services.clone();
     tasks.spawn(async move {
         let auth = session.server_auth();
+        let probe = session.probe();
         let service = p2_session::grpc_service(session);
         (
             "session",
-            p2_runtime::grpc::serve(
+            p2_runtime::grpc::serve_probed(
                 service,
                 auth,
                 std::time::Duration::ZERO,
+                Some(probe),
                 session_listener,
                 token,
             )
@@ -309,13 +311,15 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let token = services.clone();
     tasks.spawn(async move {
         let p2_discovery::Opened { handlers, auth } = discovery;
+        let probe = handlers.probe();
         let service = p2_discovery::grpc_service(handlers);
         (
             "discovery",
-            p2_runtime::grpc::serve(
+            p2_runtime::grpc::serve_probed(
                 service,
                 auth,
                 std::time::Duration::ZERO,
+                Some(probe),
                 discovery_listener,
                 token,
             )
@@ -325,13 +329,15 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let token = services.clone();
     tasks.spawn(async move {
         let auth = events.server_auth();
+        let probe = events.probe();
         let service = p2_events::grpc_service(events);
         (
             "events",
-            p2_runtime::grpc::serve(
+            p2_runtime::grpc::serve_probed(
                 service,
                 auth,
                 std::time::Duration::ZERO,
+                Some(probe),
                 events_listener,
                 token,
             )

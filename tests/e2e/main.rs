@@ -14,5 +14,6 @@ mod discovery;
 mod gateway_hardening;
 mod interop;
 mod rate_limits;
+mod readiness;
 mod sdk_pki;
 mod server_identity;

@@ -116,6 +116,17 @@ impl DiscoveryGrpc {
     }
 }
 
+impl DiscoveryGrpc {
+    /// Readiness: the database answers.
+    pub fn probe(&self) -> p2_runtime::grpc::Probe {
+        let db = self.store().database().clone();
+        Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await })
+        })
+    }
+}
+
 /// The tonic service.
 pub fn grpc_service(
     handlers: DiscoveryGrpc,
@@ -130,10 +141,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let Opened { handlers, auth } = DiscoveryGrpc::open(&config).await?;
-    p2_runtime::grpc::serve(
+    let probe = handlers.probe();
+    p2_runtime::grpc::serve_probed(
         grpc_service(handlers),
         auth,
         config.shutdown.grace(),
+        Some(probe),
         listener,
         shutdown,
     )

@@ -59,6 +59,7 @@ pub struct EventsConfig {
 pub struct EventsGrpc {
     pub(crate) assertions: AssertionKey,
     auth: ServerAuth,
+    redis: Option<redis::aio::ConnectionManager>,
 }
 
 impl EventsGrpc {
@@ -66,12 +67,28 @@ impl EventsGrpc {
     /// when either is missing or does not answer.
     pub async fn open(config: &EventsConfig) -> anyhow::Result<Self> {
         let key = config.internal.load()?;
-        if let Some(url) = &config.redis_url {
-            p2_runtime::kv::connect(url, "events").await?;
-        }
+        let redis = match &config.redis_url {
+            Some(url) => Some(p2_runtime::kv::connect(url, "events").await?),
+            None => None,
+        };
         Ok(Self {
             assertions: key.assertion_key(),
             auth: ServerAuth::new(key.verifier(), CALLERS),
+            redis,
+        })
+    }
+
+    /// Readiness: Redis answers (when configured).
+    pub fn probe(&self) -> p2_runtime::grpc::Probe {
+        let redis = self.redis.clone();
+        std::sync::Arc::new(move || {
+            let redis = redis.clone();
+            Box::pin(async move {
+                match &redis {
+                    Some(conn) => p2_runtime::kv::ping(conn).await,
+                    None => true,
+                }
+            })
         })
     }
 
@@ -94,10 +111,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let handlers = EventsGrpc::open(&config).await?;
     let auth = handlers.server_auth();
-    p2_runtime::grpc::serve(
+    let probe = handlers.probe();
+    p2_runtime::grpc::serve_probed(
         grpc_service(handlers),
         auth,
         config.shutdown.grace(),
+        Some(probe),
         listener,
         shutdown,
     )

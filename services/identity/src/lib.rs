@@ -219,6 +219,7 @@ pub struct IdentityState {
 }
 
 struct Inner {
+    redis: Option<redis::aio::ConnectionManager>,
     internal_key: p2_runtime::internal::InternalKey,
     assertion_key: p2_runtime::internal::AssertionKey,
     store: store::Store,
@@ -248,9 +249,13 @@ impl IdentityState {
         )
         .await?;
         let store = store::Store::new(db);
-        let failures: Arc<dyn throttle::FailureStore> = match &config.redis_url {
-            Some(url) => Arc::new(throttle::RedisFailureStore::new(
-                p2_runtime::kv::connect(url, "identity").await?,
+        let redis = match &config.redis_url {
+            Some(url) => Some(p2_runtime::kv::connect(url, "identity").await?),
+            None => None,
+        };
+        let failures: Arc<dyn throttle::FailureStore> = match &redis {
+            Some(conn) => Arc::new(throttle::RedisFailureStore::new(
+                conn.clone(),
                 &config.redis_prefix,
             )),
             None => Arc::new(throttle::MemoryFailureStore::default()),
@@ -272,6 +277,7 @@ impl IdentityState {
         .await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                redis,
                 assertion_key: internal_key.assertion_key(),
                 internal_key,
                 store,
@@ -289,6 +295,21 @@ impl IdentityState {
     /// Verifies caller assertions.
     pub fn assertion_key(&self) -> &p2_runtime::internal::AssertionKey {
         &self.inner.assertion_key
+    }
+
+    /// Readiness: the database answers, and Redis when the throttle uses it.
+    pub fn probe(&self) -> p2_runtime::grpc::Probe {
+        let state = self.clone();
+        Arc::new(move || {
+            let state = state.clone();
+            Box::pin(async move {
+                let redis_ok = match &state.inner.redis {
+                    Some(conn) => p2_runtime::kv::ping(conn).await,
+                    None => true,
+                };
+                redis_ok && state.store().database().ping().await
+            })
+        })
     }
 
     /// The boundary this service's server enforces.
@@ -380,8 +401,16 @@ pub async fn serve_state(
         }
     });
     let auth = state.server_auth();
-    let result =
-        p2_runtime::grpc::serve(grpc_service(state), auth, grace, listener, shutdown).await;
+    let probe = state.probe();
+    let result = p2_runtime::grpc::serve_probed(
+        grpc_service(state),
+        auth,
+        grace,
+        Some(probe),
+        listener,
+        shutdown,
+    )
+    .await;
     refresher.abort();
     result
 }

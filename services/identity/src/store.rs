@@ -81,6 +81,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The database underneath (readiness probes).
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Wraps a migrated database.
     pub fn new(db: Database) -> Self {
         Self { db }

@@ -76,11 +76,15 @@ pub(crate) fn call_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
-/// Serves `service` behind `auth` (plus `grpc.health.v1.Health`, which needs no credential)
-/// on `listener` until `shutdown` is cancelled. On shutdown the service is first reported
-/// NOT_SERVING, keeps serving for `grace`, then the listener stops accepting and in-flight
-/// calls drain (for at most [`crate::shutdown::DRAIN_TIMEOUT`] after shutdown began, plus
-/// the grace).
+/// A readiness probe: whether what the service needs (its database, its Redis) answers.
+pub type Probe = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
+
+/// How often a service's [`Probe`] runs.
+pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`serve_probed`] without a readiness probe.
 pub async fn serve<S>(
     service: S,
     auth: ServerAuth,
@@ -100,8 +104,40 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    serve_probed(service, auth, grace, None, listener, shutdown).await
+}
+
+/// Serves `service` behind `auth` (plus `grpc.health.v1.Health`, which needs no credential)
+/// on `listener` until `shutdown` is cancelled. On shutdown the service is first reported
+/// NOT_SERVING, keeps serving for `grace`, then the listener stops accepting and in-flight
+/// calls drain (for at most [`crate::shutdown::DRAIN_TIMEOUT`] after shutdown began, plus
+/// the grace). With a `probe`, health follows it every [`PROBE_INTERVAL`]: NOT_SERVING while
+/// the database or Redis does not answer, SERVING again on its own when they return.
+pub async fn serve_probed<S>(
+    service: S,
+    auth: ServerAuth,
+    grace: std::time::Duration,
+    probe: Option<Probe>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<S>().await;
+    if let Some(probe) = probe {
+        tokio::spawn(watch::<S>(probe, reporter.clone(), shutdown.clone()));
+    }
     let addr = listener.local_addr()?;
     tracing::info!(service = S::NAME, %addr, "gRPC service listening");
     let drain_deadline = shutdown.clone();
@@ -135,4 +171,41 @@ where
         }
     }
     Ok(())
+}
+
+/// Runs `probe` every [`PROBE_INTERVAL`] until shutdown and reports its outcome as the health
+/// of `S` and of the whole server.
+async fn watch<S: NamedService>(
+    probe: Probe,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+        let ok = probe().await;
+        // Shutdown owns the status from its start.
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if ok == serving {
+            continue;
+        }
+        serving = ok;
+        let status = if ok {
+            tracing::info!(service = S::NAME, "dependencies answer again: serving");
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::warn!(
+                service = S::NAME,
+                "a dependency does not answer: not serving"
+            );
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status(S::NAME, status).await;
+        reporter.set_service_status("", status).await;
+    }
 }

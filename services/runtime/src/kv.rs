@@ -40,6 +40,23 @@ pub async fn connect(url: &str, component: &str) -> anyhow::Result<ConnectionMan
     Ok(manager)
 }
 
+/// How long a readiness probe waits for Redis or the database.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether Redis answers `PING` within [`PROBE_TIMEOUT`] (readiness probes).
+pub async fn ping(conn: &ConnectionManager) -> bool {
+    let mut conn = conn.clone();
+    let ping = async move {
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, ping)
+        .await
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,18 @@ pub struct Database {
     pub backend: Backend,
 }
 
+impl Database {
+    /// Whether the database answers `SELECT 1` within [`crate::kv::PROBE_TIMEOUT`]
+    /// (readiness probes).
+    pub async fn ping(&self) -> bool {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        matches!(
+            tokio::time::timeout(crate::kv::PROBE_TIMEOUT, query).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
 /// Default connection-pool size of a PostgreSQL database (per process).
 pub const DEFAULT_POSTGRES_POOL: u32 = 16;
 /// Connection-pool size of an SQLite database (one writer at a time anyway).

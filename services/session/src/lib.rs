@@ -328,6 +328,17 @@ impl SessionGrpc {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Readiness: the database and the challenge store (Redis) answer.
+    pub fn probe(&self) -> p2_runtime::grpc::Probe {
+        let handlers = self.clone();
+        Arc::new(move || {
+            let handlers = handlers.clone();
+            Box::pin(async move {
+                handlers.challenges().ready().await && handlers.sessions().database().ping().await
+            })
+        })
+    }
+
     /// The boundary this service's server enforces.
     pub fn server_auth(&self) -> ServerAuth {
         ServerAuth::new(self.inner.internal_key.verifier(), CALLERS)
@@ -362,10 +373,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let handlers = SessionGrpc::open(&config).await?;
     let auth = handlers.server_auth();
-    p2_runtime::grpc::serve(
+    let probe = handlers.probe();
+    p2_runtime::grpc::serve_probed(
         grpc_service(handlers),
         auth,
         config.shutdown.grace(),
+        Some(probe),
         listener,
         shutdown,
     )

@@ -90,4 +90,9 @@ pub trait ChallengeStore: Send + Sync + 'static {
     /// Removes and returns the live value under `key`, freeing its owner's slot; `Ok(None)`
     /// when there is none (never stored, already taken, or expired).
     fn take<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+
+    /// Whether the store answers now (readiness probes); the in-process store always does.
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { true })
+    }
 }

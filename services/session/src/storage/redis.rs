@@ -183,6 +183,10 @@ impl ChallengeStore for RedisChallengeStore {
         })
     }
 
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(p2_runtime::kv::ping(&self.conn))
+    }
+
     fn take<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
