@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of the deployment files (no Docker engine, no cluster needed):
 #   - docker-compose.yml: `docker-compose config -q` (apt docker-compose v1; it must render with
-#     P2_INTERNAL_KEY set and refuse without it) and the compose-spec
+#     P2_INTERNAL_KEY and P2_KEY_ENCRYPTION_KEY set and refuse without either) and the compose-spec
 #     JSON schema (check-jsonschema --builtin-schema vendor.compose-spec)
 #   - deploy/k8s: `kubectl kustomize` rendered and checked with `kubernetes-validate --strict`
 #     (also against an older Kubernetes version), plus secret.example.yaml on its own, and every
@@ -61,12 +61,17 @@ trap 'rm -f "$rendered"' EXIT
 
 # With the internal key it must render; without it, it must refuse (no published default key).
 compose_config() {
-    P2_INTERNAL_KEY=0000000000000000000000000000000000000000000000000000000000000000 \
+    local key=0000000000000000000000000000000000000000000000000000000000000000
+    P2_INTERNAL_KEY=$key P2_KEY_ENCRYPTION_KEY=$key \
         docker-compose -f docker-compose.yml config -q || return 1
-    if env -u P2_INTERNAL_KEY docker-compose -f docker-compose.yml config -q 2>/dev/null; then
-        echo "docker-compose.yml renders without P2_INTERNAL_KEY: it must refuse" >&2
-        return 1
-    fi
+    local var
+    for var in P2_INTERNAL_KEY P2_KEY_ENCRYPTION_KEY; do
+        if env P2_INTERNAL_KEY=$key P2_KEY_ENCRYPTION_KEY=$key -u "$var" \
+            docker-compose -f docker-compose.yml config -q 2>/dev/null; then
+            echo "docker-compose.yml renders without $var: it must refuse" >&2
+            return 1
+        fi
+    done
 }
 compose_schema() { check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml; }
 kustomize_build() { kubectl kustomize deploy/k8s >"$rendered"; }

@@ -557,3 +557,55 @@ async fn healthcheck_tells_ready_components_from_absent_ones() {
     assert!(!absent_result.0, "nothing listens there");
     assert_one_clear_error_line(&absent_result.1, "cannot connect", "\u{0}");
 }
+
+/// Every `P2_*` variable the binaries read (clap `env = "..."` and direct reads, found in the
+/// sources) is documented in `.env.example` and in the Kubernetes ConfigMap/Secret examples.
+#[test]
+fn every_variable_the_binaries_read_is_in_the_examples() {
+    fn sources(dir: &std::path::Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("tests") {
+                    sources(&path, out);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut texts = Vec::new();
+    for dir in ["src", "gateway/src", "services"] {
+        sources(&root.join(dir), &mut texts);
+    }
+    let mut variables = std::collections::BTreeSet::new();
+    for text in &texts {
+        for marker in ["env = \"", "env::var(\""] {
+            for piece in text.split(marker).skip(1) {
+                let name: String = piece
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.starts_with("P2_") && !name.starts_with("P2_TEST_") {
+                    variables.insert(name);
+                }
+            }
+        }
+    }
+    assert!(variables.len() > 40, "found only {variables:?}");
+    let env_example = std::fs::read_to_string(root.join(".env.example")).unwrap();
+    let k8s = ["config.example.yaml", "secret.example.yaml"]
+        .map(|f| std::fs::read_to_string(root.join("deploy/k8s").join(f)).unwrap())
+        .join("\n");
+    let missing_env: Vec<_> = variables
+        .iter()
+        .filter(|v| !env_example.contains(*v))
+        .collect();
+    let missing_k8s: Vec<_> = variables.iter().filter(|v| !k8s.contains(*v)).collect();
+    assert!(missing_env.is_empty(), ".env.example lacks {missing_env:?}");
+    assert!(
+        missing_k8s.is_empty(),
+        "the Kubernetes examples lack {missing_k8s:?}"
+    );
+}
