@@ -297,7 +297,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         let service = p2_session::grpc_service(session);
         (
             "session",
-            p2_runtime::grpc::serve_probed(
+            p2_runtime::grpc::serve(
                 service,
                 auth,
                 std::time::Duration::ZERO,
@@ -315,7 +315,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         let service = p2_discovery::grpc_service(handlers);
         (
             "discovery",
-            p2_runtime::grpc::serve_probed(
+            p2_runtime::grpc::serve(
                 service,
                 auth,
                 std::time::Duration::ZERO,
@@ -333,7 +333,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         let service = p2_events::grpc_service(events);
         (
             "events",
-            p2_runtime::grpc::serve_probed(
+            p2_runtime::grpc::serve(
                 service,
                 auth,
                 std::time::Duration::ZERO,

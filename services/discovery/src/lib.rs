@@ -142,7 +142,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let Opened { handlers, auth } = DiscoveryGrpc::open(&config).await?;
     let probe = handlers.probe();
-    p2_runtime::grpc::serve_probed(
+    p2_runtime::grpc::serve(
         grpc_service(handlers),
         auth,
         config.shutdown.grace(),

@@ -112,7 +112,7 @@ pub async fn serve(
     let handlers = EventsGrpc::open(&config).await?;
     let auth = handlers.server_auth();
     let probe = handlers.probe();
-    p2_runtime::grpc::serve_probed(
+    p2_runtime::grpc::serve(
         grpc_service(handlers),
         auth,
         config.shutdown.grace(),

@@ -402,7 +402,7 @@ pub async fn serve_state(
     });
     let auth = state.server_auth();
     let probe = state.probe();
-    let result = p2_runtime::grpc::serve_probed(
+    let result = p2_runtime::grpc::serve(
         grpc_service(state),
         auth,
         grace,

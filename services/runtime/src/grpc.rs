@@ -84,36 +84,13 @@ pub type Probe = std::sync::Arc<
 /// How often a service's [`Probe`] runs.
 pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// [`serve_probed`] without a readiness probe.
-pub async fn serve<S>(
-    service: S,
-    auth: ServerAuth,
-    grace: std::time::Duration,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    serve_probed(service, auth, grace, None, listener, shutdown).await
-}
-
 /// Serves `service` behind `auth` (plus `grpc.health.v1.Health`, which needs no credential)
 /// on `listener` until `shutdown` is cancelled. On shutdown the service is first reported
 /// NOT_SERVING, keeps serving for `grace`, then the listener stops accepting and in-flight
 /// calls drain (for at most [`crate::shutdown::DRAIN_TIMEOUT`] after shutdown began, plus
 /// the grace). With a `probe`, health follows it every [`PROBE_INTERVAL`]: NOT_SERVING while
 /// the database or Redis does not answer, SERVING again on its own when they return.
-pub async fn serve_probed<S>(
+pub async fn serve<S>(
     service: S,
     auth: ServerAuth,
     grace: std::time::Duration,

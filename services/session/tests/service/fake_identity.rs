@@ -152,6 +152,7 @@ pub async fn start(key: &InternalKey) -> Running {
         service,
         auth,
         std::time::Duration::ZERO,
+        None,
         listener,
         stop.clone(),
     ));
