@@ -10,6 +10,8 @@
 #                                 P2_TEST_POSTGRES_URL / P2_TEST_REDIS_URL
 #   p2_services_stop              stop what p2_services_start started and remove its temp dir
 #                                 (idempotent; safe to call from an EXIT trap)
+#   p2_ensure_schemathesis        install schemathesis (PyPI) into a venv in the cache dir if
+#                                 missing and export P2_SCHEMATHESIS (the OpenAPI e2e test)
 
 p2_log() {
     printf '==> %s\n' "$*" >&2
@@ -282,4 +284,43 @@ p2_services_stop() {
         rm -rf "$P2_SVC_DIR"
         P2_SVC_DIR=""
     fi
+}
+
+# The schemathesis release the OpenAPI e2e test is run with (pinned: its generated requests, and
+# so a seeded run, depend on the release).
+P2_SCHEMATHESIS_VERSION=${P2_SCHEMATHESIS_VERSION:-4.32.5}
+
+# Installs schemathesis into a virtualenv under the user's cache dir (reused by later runs) when
+# it is missing or another release, and exports P2_SCHEMATHESIS=<venv>/bin/schemathesis. A
+# P2_SCHEMATHESIS that is already set to an executable is used as it is.
+p2_ensure_schemathesis() {
+    if [ -n "${P2_SCHEMATHESIS:-}" ] && [ -x "$P2_SCHEMATHESIS" ]; then
+        p2_log "using schemathesis at P2_SCHEMATHESIS ($P2_SCHEMATHESIS)"
+        return 0
+    fi
+    local venv="${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/polyproto/venv"
+    local bin="$venv/bin/schemathesis"
+    if [ -x "$bin" ] && "$venv/bin/python" -c "import importlib.metadata as m, sys
+sys.exit(m.version('schemathesis') != '$P2_SCHEMATHESIS_VERSION')" 2>/dev/null; then
+        export P2_SCHEMATHESIS="$bin"
+        return 0
+    fi
+    command -v python3 >/dev/null 2>&1 || p2_apt_install python3 python3-venv
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+        rm -rf "$venv"
+        mkdir -p "$(dirname "$venv")"
+        p2_log "python3 -m venv $venv"
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+            # Debian's python3 ships venv (ensurepip) separately.
+            rm -rf "$venv"
+            p2_apt_install python3-venv
+            python3 -m venv "$venv" || p2_die "python3 -m venv $venv failed"
+        fi
+    fi
+    p2_log "pip install schemathesis==$P2_SCHEMATHESIS_VERSION into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "schemathesis==$P2_SCHEMATHESIS_VERSION" \
+        || p2_die "pip install schemathesis==$P2_SCHEMATHESIS_VERSION failed"
+    [ -x "$bin" ] || p2_die "schemathesis was installed but $bin is missing"
+    export P2_SCHEMATHESIS="$bin"
 }

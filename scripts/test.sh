@@ -13,6 +13,10 @@
 #      persistence in a fresh temp dir, each on a free 127.0.0.1 port;
 #   3. exports P2_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/postgres and
 #      P2_TEST_REDIS_URL=redis://127.0.0.1:PORT/ and waits until both answer;
+#   3b. installs schemathesis (PyPI, the pinned release) into the virtualenv
+#      ${XDG_CACHE_HOME:-$HOME/.cache}/polyproto/venv when it is missing (python3 -m venv; apt-get
+#      install python3-venv if needed) and exports P2_SCHEMATHESIS=<venv>/bin/schemathesis for
+#      the OpenAPI e2e test (an executable P2_SCHEMATHESIS already set is used as it is);
 #   4. runs `cargo test --workspace --doc`, then, if that passed,
 #      `cargo test --workspace --all-targets [EXTRA ARGS]` (extra args go to the second command
 #      only; but if they select packages with -p/--package, both commands test just those
@@ -42,7 +46,7 @@ elif [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
     exit 0
 fi
 
-# shellcheck disable=SC2317  # invoked by the trap
+# shellcheck disable=SC2317,SC2329  # invoked by the trap
 on_exit() {
     local status=$?
     trap - EXIT INT TERM
@@ -58,6 +62,7 @@ if [ "$services_only" -eq 0 ]; then
     p2_ensure_cargo
 fi
 p2_services_start
+p2_ensure_schemathesis
 
 status=0
 if [ "$services_only" -eq 1 ]; then

@@ -35,6 +35,27 @@ pub enum AdminCommand {
     /// Generate a new server key pair and root ID-Cert; prints the new cert's PEM. Old certs
     /// stay retrievable by time.
     RotateKey,
+    /// Re-encrypt every stored server private key with a new key encryption key, all or
+    /// none. The current key comes from P2_KEY_ENCRYPTION_KEY (or the data directory's key
+    /// file), the new one from P2_NEW_KEY_ENCRYPTION_KEY or --new-key-encryption-key-file; with
+    /// a data directory and neither given, a new key is generated and the key file replaced.
+    /// Stop the identity service first; start it again with the new key.
+    RotateKeyEncryptionKey {
+        /// The new key encryption key (64 hex characters).
+        #[arg(
+            long = "new-key-encryption-key",
+            env = "P2_NEW_KEY_ENCRYPTION_KEY",
+            hide_env_values = true
+        )]
+        new_key: Option<secrecy::SecretString>,
+        /// A file holding the new key encryption key.
+        #[arg(
+            long = "new-key-encryption-key-file",
+            env = "P2_NEW_KEY_ENCRYPTION_KEY_FILE",
+            conflicts_with = "new_key"
+        )]
+        new_key_file: Option<PathBuf>,
+    },
     /// Make an actor an administrator of this home server (effective at once).
     Promote {
         /// Local name of the actor.
@@ -205,6 +226,80 @@ pub async fn rotate_key(storage: &AdminStorage) -> anyhow::Result<String> {
     Ok(generation.cert_pem.clone())
 }
 
+/// Where the new key encryption key of [`rotate_key_encryption_key`] comes from.
+#[derive(Debug)]
+pub enum NewKey {
+    /// Given as 64 hex characters.
+    Hex(secrecy::SecretString),
+    /// In a file.
+    File(PathBuf),
+    /// Generated (only with a data directory, whose key file then changes).
+    Generate,
+}
+
+/// Re-encrypts every stored server private key with a new key encryption key (see
+/// [`p2_identity::keyring::reencrypt_private_keys`]). With a data directory (no
+/// `--database-url`, no `P2_KEY_ENCRYPTION_KEY`) the data directory's key file is replaced
+/// too: the new key is written to `<file>.new` before the database changes and renamed over
+/// the old file after, so a crash in between leaves both keys on disk (the database opens with
+/// exactly one of them).
+pub async fn rotate_key_encryption_key(
+    storage: &AdminStorage,
+    new: NewKey,
+) -> anyhow::Result<p2_identity::keyring::Reencrypted> {
+    use p2_identity::cipher::KeyCipher;
+    let config = storage.identity_config()?;
+    let old = config.options.load_cipher()?;
+    let embedded = storage.database_url.is_none() && storage.key_encryption_key.is_none();
+    let key_file = storage.data_dir.join(crate::stack::KEY_FILE_NAME);
+    let staged = key_file.with_extension("key.new");
+    let new_hex: secrecy::SecretString = match new {
+        NewKey::Hex(key) => key,
+        NewKey::File(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .into(),
+        NewKey::Generate => {
+            anyhow::ensure!(
+                embedded,
+                "no new key: set P2_NEW_KEY_ENCRYPTION_KEY or --new-key-encryption-key-file \
+                 (a key is generated only for a data directory)"
+            );
+            p2_identity::cipher::generate_key_hex()
+        }
+    };
+    let new =
+        KeyCipher::from_hex(new_hex.expose_secret()).context("invalid new key encryption key")?;
+    if embedded {
+        // A leftover from an interrupted run is replaced (the database tells which key fits).
+        let _ = std::fs::remove_file(&staged);
+        p2_identity::cipher::write_private_file(&staged, new_hex.expose_secret().trim().as_bytes())
+            .with_context(|| format!("cannot write {}", staged.display()))?;
+    }
+    let db = p2_runtime::storage::connect(
+        &config.database_url,
+        "identity",
+        p2_identity::store::MIGRATIONS,
+    )
+    .await?;
+    let store = p2_identity::store::Store::new(db);
+    let done = p2_identity::keyring::reencrypt_private_keys(&store, &old, &new).await?;
+    if embedded {
+        std::fs::rename(&staged, &key_file).with_context(|| {
+            format!(
+                "the keys are now encrypted with the key in {}; move it to {}",
+                staged.display(),
+                key_file.display()
+            )
+        })?;
+    }
+    tracing::info!(
+        changed = done.changed,
+        already = done.already,
+        "re-encrypted the server keys"
+    );
+    Ok(done)
+}
+
 /// Grants (`admin`) or withdraws administrator rights of `name`; returns its FID.
 pub async fn set_admin(storage: &AdminStorage, name: &str, admin: bool) -> anyhow::Result<String> {
     let state = open(storage).await?;
@@ -329,6 +424,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("{fid}");
         }
         AdminCommand::RotateKey => print!("{}", rotate_key(&args.storage).await?),
+        AdminCommand::RotateKeyEncryptionKey {
+            new_key,
+            new_key_file,
+        } => {
+            let new = match (new_key, new_key_file) {
+                (Some(key), _) => NewKey::Hex(key),
+                (None, Some(path)) => NewKey::File(path),
+                (None, None) => NewKey::Generate,
+            };
+            let done = rotate_key_encryption_key(&args.storage, new).await?;
+            println!(
+                "re-encrypted {} server key(s) ({} already used the new key)",
+                done.changed, done.already
+            );
+        }
         AdminCommand::Promote { name } => {
             println!("{}", set_admin(&args.storage, &name, true).await?)
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use p2_runtime::config::TelemetryConfig;
+use p2_runtime::metrics::MetricsListen;
 use p2_runtime::shutdown::{CancellationToken, cancel_on_signal};
 
 use crate::stack::{self, StackConfig, Storage};
@@ -20,6 +21,15 @@ pub struct Cli {
     /// Logging and tracing.
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    /// How internal calls reach the replicas of a service.
+    #[command(flatten)]
+    pub upstream: p2_runtime::balance::UpstreamConfig,
+    /// Address of this process's metrics listener (`GET /metrics`, Prometheus text format;
+    /// keep it off the public network): `host:port` (port 0 picks a free one) or `off`.
+    /// Default: 127.0.0.1:9090 (gateway, up), 127.0.0.1:9091–9094 (identity, session,
+    /// discovery, events).
+    #[arg(long = "metrics-listen", env = "P2_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<MetricsListen>,
 }
 
 /// Subcommands.
@@ -93,8 +103,8 @@ pub struct UpConfig {
 }
 
 impl UpConfig {
-    /// The stack configuration for embedded storage.
-    pub fn stack_config(&self) -> StackConfig {
+    /// The stack configuration for embedded storage, serving metrics on `metrics_listen`.
+    pub fn stack_config(&self, metrics_listen: Option<SocketAddr>) -> StackConfig {
         StackConfig {
             listen: self.listen,
             storage: Storage::Embedded {
@@ -104,6 +114,7 @@ impl UpConfig {
             session: self.session.clone(),
             gateway: self.gateway.clone(),
             token_cache_ms: self.token_cache_ms,
+            metrics_listen,
         }
     }
 }
@@ -112,6 +123,21 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Binds the metrics listener `listen` names and serves it until `stop` is cancelled. Called
+/// once a component's storage is open, so a start-up error names what is really wrong.
+async fn start_metrics(listen: MetricsListen, stop: &CancellationToken) -> anyhow::Result<()> {
+    let Some(listener) = p2_runtime::metrics::bind(listen).await? else {
+        return Ok(());
+    };
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        if let Err(error) = p2_runtime::metrics::serve(listener, stop).await {
+            tracing::warn!(error = format!("{error:#}"), "metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 /// Runs the parsed command until it finishes or a signal stops it.
@@ -128,11 +154,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Healthcheck(_) => "healthcheck",
     };
     let telemetry = p2_runtime::telemetry::init(&cli.telemetry, component)?;
+    cli.upstream.apply();
+    p2_runtime::metrics::set_process_component(component);
+    let metrics = |default: SocketAddr| cli.metrics_listen.unwrap_or(MetricsListen::On(default));
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
+    // The metrics listener outlives the component's drain: stopped once it has returned.
+    let metrics_stop = CancellationToken::new();
     let result = match cli.command {
         Command::Up(config) => {
-            let stack = stack::start(config.stack_config()).await?;
+            let listen = metrics(p2_runtime::metrics::DEFAULT_GATEWAY_LISTEN).addr();
+            let stack = stack::start(config.stack_config(listen)).await?;
             let token = stack.shutdown_token();
             let addr = stack.addr;
             tokio::spawn(async move {
@@ -141,30 +173,97 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             // Scripts and tests wait for exactly this line on stdout.
             println!("listening on http://{addr}");
+            if let Some(metrics) = stack.metrics_addr {
+                println!(
+                    "metrics on http://{metrics}{}",
+                    p2_runtime::metrics::METRICS_PATH
+                );
+            }
             tracing::info!(public_url = %stack.public_url, "polyproto home server ready");
             stack.wait().await
         }
+        // Each component opens its storage (and checks its keys) before binding its metrics
+        // listener, so a start-up error names what is really wrong.
         Command::Gateway(config) => {
             let listener = bind(config.listen).await?;
             let state = p2_gateway::AppState::new(&config, listener.local_addr()?)?;
             state.check_backends().await?;
+            start_metrics(
+                metrics(p2_runtime::metrics::DEFAULT_GATEWAY_LISTEN),
+                &metrics_stop,
+            )
+            .await?;
             p2_gateway::serve(state, listener, shutdown).await
         }
         Command::Identity(config) => {
             let listener = bind(config.listen).await?;
-            p2_identity::serve(config, listener, shutdown).await
+            let state = p2_identity::IdentityState::open(&config).await?;
+            start_metrics(
+                metrics(p2_runtime::metrics::DEFAULT_IDENTITY_LISTEN),
+                &metrics_stop,
+            )
+            .await?;
+            p2_identity::serve_state(state, config.shutdown.grace(), listener, shutdown).await
         }
         Command::Session(config) => {
             let listener = bind(config.listen).await?;
-            p2_session::serve(config, listener, shutdown).await
+            let handlers = p2_session::SessionGrpc::open(&config).await?;
+            start_metrics(
+                metrics(p2_runtime::metrics::DEFAULT_SESSION_LISTEN),
+                &metrics_stop,
+            )
+            .await?;
+            let auth = handlers.server_auth();
+            let probe = handlers.probe();
+            p2_runtime::grpc::serve(
+                p2_session::grpc_service(handlers),
+                auth,
+                config.shutdown.grace(),
+                Some(probe),
+                listener,
+                shutdown,
+            )
+            .await
         }
         Command::Discovery(config) => {
             let listener = bind(config.listen).await?;
-            p2_discovery::serve(config, listener, shutdown).await
+            let p2_discovery::Opened { handlers, auth } =
+                p2_discovery::DiscoveryGrpc::open(&config).await?;
+            start_metrics(
+                metrics(p2_runtime::metrics::DEFAULT_DISCOVERY_LISTEN),
+                &metrics_stop,
+            )
+            .await?;
+            let probe = handlers.probe();
+            p2_runtime::grpc::serve(
+                p2_discovery::grpc_service(handlers),
+                auth,
+                config.shutdown.grace(),
+                Some(probe),
+                listener,
+                shutdown,
+            )
+            .await
         }
         Command::Events(config) => {
             let listener = bind(config.listen).await?;
-            p2_events::serve(config, listener, shutdown).await
+            let handlers = p2_events::EventsGrpc::open(&config).await?;
+            start_metrics(
+                metrics(p2_runtime::metrics::DEFAULT_EVENTS_LISTEN),
+                &metrics_stop,
+            )
+            .await?;
+            let auth = handlers.server_auth();
+            let probe = handlers.probe();
+            p2_runtime::grpc::serve(
+                p2_events::grpc_service(handlers),
+                auth,
+                config.shutdown.grace(),
+                Some(probe),
+                listener,
+                shutdown,
+            )
+            .await
         }
         Command::Admin(args) => crate::admin::run(args).await,
         Command::Healthcheck(args) => crate::healthcheck::check(&args.target).await,
@@ -180,6 +279,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     };
+    metrics_stop.cancel();
     telemetry.shutdown().await;
     result
 }

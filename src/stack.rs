@@ -56,6 +56,9 @@ pub struct StackConfig {
     /// Lifetime of cached token resolutions in the gateway, in milliseconds (0: off). Safe
     /// here: the stack has exactly one gateway, which handles every session mutation.
     pub token_cache_ms: u64,
+    /// Where to serve every component's metrics (`GET /metrics`, one listener for all; port 0
+    /// picks a free one); none (the default of [`StackConfig::embedded`]) binds nothing.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl StackConfig {
@@ -70,6 +73,7 @@ impl StackConfig {
             session: p2_session::SessionOptions::default(),
             gateway: p2_gateway::GatewayOptions::default(),
             token_cache_ms: DEFAULT_UP_TOKEN_CACHE_MS,
+            metrics_listen: None,
         }
     }
 }
@@ -82,6 +86,9 @@ pub struct Stack {
     pub public_url: String,
     /// Bound gRPC addresses: identity, session, discovery, events.
     pub grpc_addrs: [SocketAddr; 4],
+    /// The metrics listener's bound address, when [`StackConfig::metrics_listen`] asked for
+    /// one.
+    pub metrics_addr: Option<SocketAddr>,
     /// The in-memory internal key of this stack's components. Exposed for code in the same
     /// process (tests, the bench) that talks to the services directly; it never leaves the
     /// process.
@@ -260,6 +267,17 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let addr = gateway_listener.local_addr()?;
     let gateway = p2_gateway::AppState::new(&gateway_config, addr)?;
     let public_url = gateway.public_url().to_owned();
+    // Bound once the backends answered, so a start-up error names what is really wrong.
+    let metrics_listener = match config.metrics_listen {
+        Some(listen) => {
+            p2_runtime::metrics::bind(p2_runtime::metrics::MetricsListen::On(listen)).await?
+        }
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
 
     // Shutdown order (CONVENTIONS 10): the gateway stops accepting and drains first; only when
     // it is done (or DRAIN_TIMEOUT passed) do the services behind it go NOT_SERVING and drain,
@@ -350,11 +368,17 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         let _ = gateway_done_tx.send(());
         ("gateway", result)
     });
+    if let Some(listener) = metrics_listener {
+        // Scraped until the services stop: the drain stays visible.
+        let token = services.clone();
+        tasks.spawn(async move { ("metrics", p2_runtime::metrics::serve(listener, token).await) });
+    }
 
     Ok(Stack {
         addr,
         public_url,
         grpc_addrs,
+        metrics_addr,
         internal_key,
         shutdown,
         tasks,

@@ -119,7 +119,12 @@ impl TokenCache {
     pub fn new(ttl: std::time::Duration, max_bytes: u64) -> Self {
         Self {
             // Token entries are small and fixed in shape: the byte budget is their only bound.
-            cache: BoundedCache::new(ttl, max_bytes, usize::MAX),
+            cache: BoundedCache::labelled(
+                crate::cache::TOKEN_CACHE_LABEL,
+                ttl,
+                max_bytes,
+                usize::MAX,
+            ),
         }
     }
 

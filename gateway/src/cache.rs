@@ -204,19 +204,32 @@ pub struct Miss {
 }
 
 /// A cache bounded in bytes with per-entry expiry and scoped invalidation (see the module
-/// docs). A zero TTL or a zero budget disables it.
+/// docs). A zero TTL or a zero budget disables it. Lookups of an enabled cache are counted in
+/// `polyproto_gateway_cache_hits_total` / `_misses_total{cache="<label>"}`.
 pub struct BoundedCache<V> {
     ttl: Duration,
     max_entry_bytes: usize,
     entries: Option<moka::sync::Cache<StoredKey, Arc<Stored<V>>>>,
     generations: Box<[AtomicU64]>,
     hasher: std::hash::RandomState,
+    counters: p2_runtime::metrics::CacheCounters,
 }
+
+/// The metrics label of the token cache (`crate::auth::TokenCache`).
+pub const TOKEN_CACHE_LABEL: &str = "token";
+/// The metrics label of the public read cache.
+pub const PUBLIC_CACHE_LABEL: &str = "public";
 
 impl<V: Weigh + Clone + Send + Sync + 'static> BoundedCache<V> {
     /// A cache whose entries live at most `ttl`, weighing at most `max_bytes` together and
-    /// `max_entry_bytes` each (key and overhead included).
-    pub fn new(ttl: Duration, max_bytes: u64, max_entry_bytes: usize) -> Self {
+    /// `max_entry_bytes` each (key and overhead included), its lookups counted in the metrics
+    /// under `label`.
+    pub fn labelled(
+        label: &'static str,
+        ttl: Duration,
+        max_bytes: u64,
+        max_entry_bytes: usize,
+    ) -> Self {
         let entries = (!ttl.is_zero() && max_bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
@@ -233,6 +246,7 @@ impl<V: Weigh + Clone + Send + Sync + 'static> BoundedCache<V> {
             entries,
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             hasher: std::hash::RandomState::new(),
+            counters: p2_runtime::metrics::CacheCounters::new(label),
         }
     }
 
@@ -260,10 +274,13 @@ impl<V: Weigh + Clone + Send + Sync + 'static> BoundedCache<V> {
     pub fn get(&self, key: CacheKey) -> Result<V, Miss> {
         let generation = self.stripe(&key.scope).load(Ordering::Acquire);
         let key = (key, generation);
-        if let Some(entries) = &self.entries
-            && let Some(hit) = entries.get(&key)
-        {
-            return Ok(hit.value.clone());
+        if let Some(entries) = &self.entries {
+            if let Some(hit) = entries.get(&key) {
+                self.counters.hit();
+                return Ok(hit.value.clone());
+            }
+            // A disabled cache counts nothing: every lookup would be a miss.
+            self.counters.miss();
         }
         Err(Miss { key })
     }
@@ -365,7 +382,7 @@ impl ResponseCache {
     /// `max_entry_bytes`. A zero TTL disables it.
     pub fn new(ttl: Duration, max_bytes: u64, max_entry_bytes: usize) -> Self {
         Self {
-            cache: BoundedCache::new(ttl, max_bytes, max_entry_bytes),
+            cache: BoundedCache::labelled(PUBLIC_CACHE_LABEL, ttl, max_bytes, max_entry_bytes),
         }
     }
 

@@ -18,12 +18,27 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details: the body of every error answer, as `application/problem+json`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "about:blank",
+    "title": "Bad Request",
+    "status": 400,
+    "detail": "parameter `timestamp` must be a non-negative integer (UNIX seconds for times), got \"abc\""
+}))]
+pub(crate) struct Problem<'a> {
+    /// Always `about:blank`: the status says what kind of problem it is.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "about:blank")]
     kind: &'static str,
+    /// The HTTP status's reason phrase.
+    #[schema(value_type = String)]
     title: &'a str,
+    /// The HTTP status code, as in the status line.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
+    /// What was wrong and how to fix it (never an internal detail).
+    #[schema(value_type = String)]
     detail: &'a str,
 }
 

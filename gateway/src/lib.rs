@@ -16,7 +16,9 @@
 //!
 //! Entry points: [`router`] builds the axum app (routes only); [`serve`] runs it on a
 //! pre-bound listener with the cross-cutting layers (trailing-slash leniency, body limit,
-//! request spans) until shutdown.
+//! request spans) until shutdown. Requests are counted and timed by route template
+//! ([`p2_runtime::metrics::HttpMetricsLayer`], in [`router`]), and the caches report their
+//! hits, misses and size to the same registry; the metrics listener itself is the binary's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +39,9 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod error;
+pub mod openapi;
 pub mod params;
+pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
@@ -184,6 +188,15 @@ pub struct GatewayOptions {
     /// Requests per client address and route class.
     #[command(flatten)]
     pub rate_limits: ratelimit::RateLimitOptions,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (comma-separated blocks, e.g.
+    /// the Ingress controller's pod network `10.0.0.0/8`); empty (default) trusts nobody and
+    /// the TCP peer is the client. Rate limits and the password throttle count the client.
+    #[arg(
+        long = "trusted-proxies",
+        env = "P2_TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    pub trusted_proxies: String,
 }
 
 impl Default for GatewayOptions {
@@ -202,6 +215,7 @@ impl Default for GatewayOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             rate_limits: ratelimit::RateLimitOptions::default(),
+            trusted_proxies: String::new(),
         }
     }
 }
@@ -239,6 +253,7 @@ pub struct AppState {
 struct Inner {
     public_url: String,
     rate_limiter: ratelimit::RateLimiter,
+    proxies: proxy::TrustedProxies,
     redis_url: Option<String>,
     oidc_issuer: Option<String>,
     max_body_bytes: usize,
@@ -250,6 +265,13 @@ struct Inner {
     discovery: DiscoveryClient<TracedChannel>,
     events: EventsClient<TracedChannel>,
     upstreams: Vec<(&'static str, TracedChannel)>,
+}
+
+impl p2_runtime::metrics::Sampled for Inner {
+    fn sample(&self, samples: &p2_runtime::metrics::Samples<'_>) {
+        samples.cache_weighted_bytes(cache::PUBLIC_CACHE_LABEL, self.cache.weighted_bytes());
+        samples.cache_weighted_bytes(cache::TOKEN_CACHE_LABEL, self.tokens.weighted_bytes());
+    }
 }
 
 impl AppState {
@@ -264,6 +286,8 @@ impl AppState {
             .trim_end_matches('/')
             .to_owned();
         let credential = config.credential()?;
+        let proxies = proxy::TrustedProxies::parse(&options.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("invalid --trusted-proxies (P2_TRUSTED_PROXIES): {e}"))?;
         let rate_limiter = match &config.redis_url {
             Some(url) => ratelimit::RateLimiter::redis(
                 options.rate_limits.clone(),
@@ -276,10 +300,11 @@ impl AppState {
         let session = p2_runtime::grpc::channel(&config.session_url, &credential)?;
         let discovery = p2_runtime::grpc::channel(&config.discovery_url, &credential)?;
         let events = p2_runtime::grpc::channel(&config.events_url, &credential)?;
-        Ok(Self {
+        let state = Self {
             inner: Arc::new(Inner {
                 public_url,
                 rate_limiter,
+                proxies,
                 redis_url: config.redis_url.clone(),
                 oidc_issuer: options.oidc_issuer.clone(),
                 max_body_bytes: options.max_body_bytes,
@@ -304,12 +329,21 @@ impl AppState {
                     ("polyproto.events.v1.Events", events),
                 ],
             }),
-        })
+        };
+        // The caches' sizes are sampled at scrape time, while this gateway lives.
+        let sampled: std::sync::Weak<Inner> = Arc::downgrade(&state.inner);
+        p2_runtime::metrics::register_sampled(sampled);
+        Ok(state)
     }
 
     /// Largest accepted request body, in bytes.
     pub fn max_body_bytes(&self) -> usize {
         self.inner.max_body_bytes
+    }
+
+    /// Who may name the client in `X-Forwarded-For`.
+    pub fn trusted_proxies(&self) -> &proxy::TrustedProxies {
+        &self.inner.proxies
     }
 
     /// The request rate limiter.
@@ -394,6 +428,9 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(routes::request_span))
+        // Outermost, so refusals of the layers above (413, 429, 503) are counted too; inside
+        // the routing, so requests are labelled by route template, never by raw path.
+        .layer(p2_runtime::metrics::HttpMetricsLayer::new())
         .with_state(state)
 }
 

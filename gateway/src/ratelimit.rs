@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
@@ -236,6 +237,7 @@ impl RateLimiter {
                 match redis_count(&redis.client, &redis.conn, &key, window).await {
                     Ok(count) => count,
                     Err(error) => {
+                        p2_runtime::metrics::redis_error("gateway", "rate_limit");
                         tracing::warn!(
                             error = format!("{error:#}"),
                             "rate limiter unavailable; admitting"
@@ -312,6 +314,7 @@ async fn redis_count(
         .arg(key)
         .arg(window_ms + 1000)
         .query_async(&mut manager)
+        .instrument(p2_runtime::kv::span("rate_limit"))
         .await?;
     Ok(count)
 }

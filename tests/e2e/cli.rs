@@ -360,13 +360,13 @@ fn free_port() -> u16 {
 /// (as `polyproto internal-credential gateway` prints it), and a login works end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_login() {
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-    let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
-    let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    use crate::split::{Component, SplitStack};
+    // Every component its own process; the gateway holds only its credential (the default of
+    // the harness) and the stack is ready once the gateway and every upstream answer.
+    let stack = SplitStack::builder().domain("split.test").start().await;
     let credential = Command::new(BIN)
         .args(["internal-credential", "gateway"])
-        .env("P2_INTERNAL_KEY", INTERNAL_KEY)
+        .env("P2_INTERNAL_KEY", stack.internal_key())
         .output()
         .unwrap();
     assert!(credential.status.success());
@@ -375,92 +375,11 @@ async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_l
         .trim()
         .to_owned();
     assert_eq!(credential.len(), 64);
-    assert_ne!(credential, INTERNAL_KEY);
+    assert_ne!(credential, stack.internal_key());
+    assert_eq!(credential, stack.gateway_credential());
 
-    let spawn = |args: Vec<String>, env: Vec<(&str, String)>| {
-        let mut command = Command::new(BIN);
-        command
-            .args(&args)
-            .env_remove("P2_INTERNAL_KEY")
-            .env("P2_LOG", "warn")
-            .env("P2_DOMAIN", "split.test")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        Child(command.spawn().unwrap())
-    };
-    let key = || vec![("P2_INTERNAL_KEY", INTERNAL_KEY.to_owned())];
-    let listen = |i: usize| format!("127.0.0.1:{}", ports[i]);
-    let _identity = spawn(
-        vec![
-            "identity".into(),
-            "--listen".into(),
-            listen(0),
-            "--database-url".into(),
-            db("identity.db"),
-            "--key-encryption-key".into(),
-            "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a".into(),
-        ],
-        key(),
-    );
-    let _session = spawn(
-        vec![
-            "session".into(),
-            "--listen".into(),
-            listen(1),
-            "--database-url".into(),
-            db("session.db"),
-            "--identity-url".into(),
-            url(0),
-        ],
-        key(),
-    );
-    let _discovery = spawn(
-        vec![
-            "discovery".into(),
-            "--listen".into(),
-            listen(2),
-            "--database-url".into(),
-            db("discovery.db"),
-            "--identity-url".into(),
-            url(0),
-        ],
-        key(),
-    );
-    let _events = spawn(vec!["events".into(), "--listen".into(), listen(3)], key());
-    let _gateway = spawn(
-        vec![
-            "gateway".into(),
-            "--listen".into(),
-            listen(4),
-            "--identity-url".into(),
-            url(0),
-            "--session-url".into(),
-            url(1),
-            "--discovery-url".into(),
-            url(2),
-            "--events-url".into(),
-            url(3),
-        ],
-        vec![("P2_COMPONENT_CREDENTIAL", credential)],
-    );
-    let base = url(4);
-    let http = reqwest::Client::new();
-    // Wait until the gateway and every upstream answer.
-    let start = Instant::now();
-    loop {
-        let ready = http.get(format!("{base}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the split stack never got ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let base = stack.base();
+    let http = stack.http();
     let register = http
         .post(format!("{base}/.p2/auth/v1/register"))
         .json(
@@ -492,15 +411,13 @@ async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_l
     assert_eq!(challenge.status(), 200);
     // A gateway with a made-up credential gets nowhere: the services refuse it.
     let port = free_port();
-    let _liar = spawn(
-        vec![
-            "gateway".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--session-url".into(),
-            url(1),
-        ],
-        vec![("P2_COMPONENT_CREDENTIAL", "ab".repeat(32))],
+    let listen = format!("127.0.0.1:{port}");
+    let liar_credential = "ab".repeat(32);
+    let session_url = stack.grpc_url(Component::Session, 0);
+    let _liar = stack.spawn_extra(
+        Component::Gateway,
+        &["--listen", &listen, "--session-url", &session_url],
+        &[("P2_COMPONENT_CREDENTIAL", &liar_credential)],
     );
     let start = Instant::now();
     let refused = loop {

@@ -47,7 +47,7 @@ impl TestStack {
         if let Some(stack) = self.stack.take() {
             stack.stop().await.expect("stack stopped with an error");
         }
-        let stack = stack::start(config(self.storage.clone()))
+        let stack = stack::start(stack_config(self.storage.clone()))
             .await
             .expect("restart failed");
         self.base = format!("http://{}", stack.addr);
@@ -55,7 +55,8 @@ impl TestStack {
     }
 }
 
-fn config(storage: Storage) -> StackConfig {
+/// The test stack configuration for `storage` (fixed domain, [`TEST_KEK`] for external storage).
+pub fn stack_config(storage: Storage) -> StackConfig {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut config = StackConfig::embedded(loopback, DOMAIN, &PathBuf::new());
     if matches!(storage, Storage::External { .. }) {
@@ -101,7 +102,7 @@ pub async fn spawn_stack(backend: Backend) -> TestStack {
             None,
         ),
     };
-    let stack = stack::start(config(storage.clone()))
+    let stack = stack::start(stack_config(storage.clone()))
         .await
         .expect("the stack failed to start");
     TestStack {

@@ -3,6 +3,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod split;
 
 mod actors;
 mod boundary;
@@ -13,7 +14,12 @@ mod contract;
 mod discovery;
 mod gateway_hardening;
 mod interop;
+mod metrics;
+mod openapi;
+mod operations;
 mod rate_limits;
 mod readiness;
+mod replicas;
 mod sdk_pki;
 mod server_identity;
+mod traces;

@@ -105,3 +105,50 @@ async fn gateway_replicas_sharing_redis_share_one_count() {
         "one limit across both replicas: {statuses:?}"
     );
 }
+
+/// Behind a trusted proxy the client named by `X-Forwarded-For` is counted, not the proxy; a
+/// peer that is not trusted cannot pick its address with the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_count() {
+    let stack = spawn_stack(Backend::Sqlite).await;
+    let http = reqwest::Client::new();
+    let read = |base: String, forwarded: &'static str| {
+        http.get(format!("{base}/.p2/core/v1/idcert/server"))
+            .header("x-forwarded-for", forwarded)
+            .send()
+    };
+    // The test client connects from 127.0.0.1: trusted here.
+    let trusting = crate::helpers::own_gateway(
+        &stack,
+        p2_gateway::GatewayOptions {
+            rate_limits: limits(2, 0, 0),
+            trusted_proxies: "127.0.0.0/8".into(),
+            ..p2_gateway::GatewayOptions::default()
+        },
+        None,
+    )
+    .await
+    .1;
+    for _ in 0..2 {
+        let ok = read(trusting.clone(), "198.51.100.1").await.unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    let refused = read(trusting.clone(), "198.51.100.1").await.unwrap();
+    expect_problem(refused, 429).await;
+    // Another client behind the same proxy has its own count; a forged entry on the left
+    // does not move the first client out of its own.
+    let other = read(trusting.clone(), "198.51.100.2").await.unwrap();
+    assert_eq!(other.status(), 200);
+    let forged = read(trusting.clone(), "203.0.113.7, 198.51.100.1")
+        .await
+        .unwrap();
+    expect_problem(forged, 429).await;
+
+    // Without trust, the header is ignored: every request counts against 127.0.0.1.
+    let plain = gateway_with(&stack, limits(2, 0, 0), None).await;
+    for forwarded in ["198.51.100.1", "198.51.100.2"] {
+        assert_eq!(read(plain.clone(), forwarded).await.unwrap().status(), 200);
+    }
+    let refused = read(plain.clone(), "198.51.100.3").await.unwrap();
+    expect_problem(refused, 429).await;
+}

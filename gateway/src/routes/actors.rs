@@ -7,23 +7,63 @@ use axum::response::{IntoResponse, Response};
 use p2_proto::identity::v1 as identity;
 use p2_proto::session::v1 as session;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::{Authenticated, sensitive_solution};
 use crate::body::{JsonBody, RawBody, pem_payload};
 use crate::cache::{Invalidation, Scope, Target};
-use crate::error::ApiError;
+use crate::error::{ApiError, PROBLEM_JSON, Problem};
+use crate::openapi;
 use crate::params::Params;
 use crate::routes::core::{CacheableIdCertJson, canonical_json};
 
 /// Body of `POST /.p2/auth/v1/register`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterBody {
+    /// The local part of the new actor's FID (spec 5; upper case is folded to lower case).
+    #[schema(
+        min_length = 1,
+        max_length = 160,
+        pattern = "^[A-Za-z0-9._%+-]+$",
+        example = "alice"
+    )]
     local_name: String,
+    /// The actor's password, also its sensitive-action solution: at least 8 characters, at
+    /// most 1024 bytes, not the name, no leading or trailing whitespace, no control characters.
+    #[schema(
+        min_length = 8,
+        pattern = "^\\S(.*\\S)?$",
+        example = "correct horse battery staple"
+    )]
     password: String,
 }
 
+/// Answer of `POST /.p2/auth/v1/register`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    /// The new actor's FID, `local@domain`.
+    #[schema(example = "alice@p2.example.com")]
+    fid: String,
+}
+
 /// `POST /.p2/auth/v1/register`: creates an actor with a password.
+#[utoipa::path(
+    post,
+    path = "/.p2/auth/v1/register",
+    tag = openapi::TAG_AUTH,
+    operation_id = "register",
+    summary = "Register an actor",
+    description = "Creates an actor with a password (polyproto-auth). Closed when the server \
+                   runs with `P2_REGISTRATION=closed`.",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "Registered.", body = Registered),
+        (status = 400, description = "Invalid name or weak password, or a malformed body.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "Registration is closed on this server.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The name is taken.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn register(
     State(state): State<AppState>,
@@ -39,24 +79,42 @@ pub async fn register(
         .into_inner();
     Ok((
         StatusCode::CREATED,
-        axum::Json(serde_json::json!({ "fid": registered.fid })),
+        axum::Json(Registered {
+            fid: registered.fid,
+        }),
     )
         .into_response())
 }
 
 /// Body of `POST /.p2/auth/v1/session`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginBody {
+    /// The actor's local name.
+    #[schema(
+        min_length = 1,
+        max_length = 160,
+        pattern = "^[A-Za-z0-9._%+-]+$",
+        example = "alice"
+    )]
     local_name: String,
+    /// The actor's password.
     password: String,
+    /// PEM ID-CSR (spec 6.1) for the new session; its `uniqueIdentifier` is the session ID.
+    #[schema(
+        example = "-----BEGIN CERTIFICATE REQUEST-----\n...\n-----END CERTIFICATE REQUEST-----\n"
+    )]
     csr: String,
 }
 
-#[derive(Debug, Serialize)]
-struct IdCertAndToken {
+/// A new session: its ID-Cert and token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdCertAndToken {
+    /// The session's new ID-Cert, PEM.
     id_cert: String,
+    /// The same PEM, under the SDK's name.
     #[serde(rename = "idCert")]
     id_cert_camel: String,
+    /// The session token: `Authorization: Bearer <token>`.
     token: String,
 }
 
@@ -71,6 +129,23 @@ impl IdCertAndToken {
 }
 
 /// `POST /.p2/auth/v1/session`: password + ID-CSR → the session's ID-Cert and token.
+#[utoipa::path(
+    post,
+    path = "/.p2/auth/v1/session",
+    tag = openapi::TAG_AUTH,
+    operation_id = "login",
+    summary = "Log in: a new session",
+    description = "Checks the password and signs the ID-CSR: a new session, whose ID is the \
+                   CSR's `uniqueIdentifier` (polyproto-auth).",
+    request_body = LoginBody,
+    responses(
+        (status = 201, description = "The session's ID-Cert and token.", body = IdCertAndToken),
+        (status = 400, description = "A malformed body or an ID-CSR that breaks a rule (the detail says which).", body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "Wrong name or password.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The actor was disabled by an administrator.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "A valid ID-Cert holds this session ID, or the actor has the most sessions it may.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn login(
     State(state): State<AppState>,
@@ -99,6 +174,30 @@ pub async fn login(
 /// `POST /.p2/core/v1/idcert` (sensitive): an ID-Cert for a new session of the caller, or the
 /// renewal of the caller's own session (same session ID: the old cert is revoked). One session
 /// RPC does it all (identity checks the solution and signs; session stores the token).
+#[utoipa::path(
+    post,
+    path = "/.p2/core/v1/idcert",
+    tag = openapi::TAG_IDENTITY,
+    operation_id = "newIdCert",
+    summary = "Get a new ID-Cert",
+    description = "Signs an ID-CSR of the caller's actor (sensitive action): a new session, or \
+                   the renewal of the caller's own session when the CSR carries its session ID \
+                   (the old cert is revoked, the old token dies).",
+    params(openapi::SensitiveSolutionRequired),
+    request_body(
+        content = String,
+        content_type = "text/plain",
+        description = "The ID-CSR, PEM.",
+        example = "-----BEGIN CERTIFICATE REQUEST-----\n...\n-----END CERTIFICATE REQUEST-----\n",
+    ),
+    responses(
+        (status = 201, description = "The session's ID-Cert and token.", body = IdCertAndToken),
+        (status = 400, description = "An ID-CSR that breaks a rule (the detail says which).", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The sensitive-action solution is missing or wrong, or the actor is disabled.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "A valid ID-Cert of another session holds this session ID, or the actor has the most sessions it may.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+    security(("BearerAuth" = [])),
+)]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn request_id_cert(
     State(state): State<AppState>,
@@ -130,6 +229,25 @@ pub async fn request_id_cert(
 
 /// `GET /.p2/core/v1/idcert/actor/{fid}`: every cert of the actor matching the filters, as
 /// JCS-canonical CacheableIdCert JSON; revoked ones carry `invalidatedAt`.
+#[utoipa::path(
+    get,
+    path = "/.p2/core/v1/idcert/actor/{fid}",
+    tag = openapi::TAG_IDENTITY,
+    operation_id = "actorIdCerts",
+    summary = "Get an actor's ID-Certs",
+    description = "Every ID-Cert of the actor matching the filters, newest first, at most 100 \
+                   per answer (page back with `notAfter`); revoked ones carry `invalidatedAt`.",
+    params(
+        openapi::FidPath,
+        openapi::TimestampQuery,
+        openapi::ActorCertsQuery,
+    ),
+    responses(
+        (status = 200, description = "The matching certs (maybe none).", body = Vec<CacheableIdCertJson>),
+        (status = 400, description = "A malformed FID or parameter.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such actor is registered here.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
 #[tracing::instrument(level = "debug", skip_all, fields(fid = %fid))]
 pub async fn actor_id_certs(
     State(state): State<AppState>,

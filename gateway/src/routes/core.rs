@@ -5,20 +5,39 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use p2_proto::identity::v1 as identity;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::cache::{CacheKey, Scope};
-use crate::error::ApiError;
+use crate::error::{ApiError, PROBLEM_JSON, Problem};
+use crate::openapi;
 use crate::params::Params;
 
+/// Body of `GET /.well-known/polyproto-core`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WellKnown<'a> {
+    /// Base URL of this server's polyproto core API: `<public URL>/.p2/core/`.
+    #[schema(format = "uri", example = "https://p2.example.com/.p2/core/")]
+    api: String,
+    /// The OpenID Connect issuer of this server; present only when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = "uri")]
+    oidc_issuer: Option<&'a str>,
+}
+
 /// `GET /.well-known/polyproto-core`: where the polyproto API of this server lives.
+#[utoipa::path(
+    get,
+    path = "/.well-known/polyproto-core",
+    tag = openapi::TAG_IDENTITY,
+    operation_id = "wellKnown",
+    summary = "Discover the polyproto API of this server",
+    description = "Where the polyproto core API of this server lives (spec 3.1: discoverability).",
+    responses(
+        (status = 200, description = "The API base URL (and the OIDC issuer, when configured).", body = WellKnown),
+    ),
+)]
 pub async fn well_known(State(state): State<AppState>) -> Response {
-    #[derive(Serialize)]
-    struct WellKnown<'a> {
-        api: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        oidc_issuer: Option<&'a str>,
-    }
     axum::Json(WellKnown {
         api: format!("{}/.p2/core/", state.public_url()),
         oidc_issuer: state.inner.oidc_issuer.as_deref(),
@@ -29,21 +48,39 @@ pub async fn well_known(State(state): State<AppState>) -> Response {
 /// A CacheableIdCert as JSON. Field order is the JCS (RFC 8785) key order, and serde_json's
 /// compact output escapes strings as JCS does, so serialising this struct yields canonical
 /// JSON: the SDK compares bytes. u64 values are decimal strings (API.md "Wire dialect").
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = CacheableIdCert,
+    description = "An ID-Cert with the home server's signed cache window (spec 6.4), as \
+                   JCS-canonical JSON (RFC 8785). UNIX times are decimal strings."
+)]
 pub struct CacheableIdCertJson {
+    /// End of the cache window (UNIX seconds, decimal string).
     #[serde(rename = "cacheNotValidAfter")]
+    #[schema(pattern = "^[0-9]+$", example = "1767225600")]
     cache_not_valid_after: String,
+    /// Start of the cache window (UNIX seconds, decimal string).
     #[serde(rename = "cacheNotValidBefore")]
+    #[schema(pattern = "^[0-9]+$", example = "1767182400")]
     cache_not_valid_before: String,
+    /// The home server's Ed25519 signature, hex, over `serial notBefore notAfter` (plus
+    /// ` invalidatedAt` when present), single spaces, decimal.
     #[serde(rename = "cacheSignature")]
+    #[schema(pattern = "^[0-9a-f]+$")]
     cache_signature: String,
+    /// The ID-Cert, PEM.
     #[serde(rename = "idCertPem")]
+    #[schema(example = "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n")]
     id_cert_pem: String,
-    /// The seed's name for the same PEM (API.md's superset rule). JCS order: "idCertPem" <
-    /// "id_cert" ('C' < '_') < "invalidated" ('d' < 'n').
+    /// The same PEM, under the seed's name.
+    // API.md's superset rule. JCS order: "idCertPem" < "id_cert" ('C' < '_') < "invalidated"
+    // ('d' < 'n').
     id_cert: String,
+    /// Whether the cert was revoked (mirrors the presence of `invalidatedAt`).
     invalidated: bool,
+    /// When the cert was revoked (UNIX seconds, decimal string); absent when it was not.
     #[serde(rename = "invalidatedAt", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, pattern = "^[0-9]+$")]
     invalidated_at: Option<String>,
 }
 
@@ -108,6 +145,26 @@ fn pem_response(content_type: &'static str, pem: String) -> Response {
 
 /// `GET /.p2/core/v1/idcert/server`: the root ID-Cert valid at `timestamp` (else the current
 /// one) as CacheableIdCert JSON, or bare PEM when the client accepts only PEM/text.
+#[utoipa::path(
+    get,
+    path = "/.p2/core/v1/idcert/server",
+    tag = openapi::TAG_IDENTITY,
+    operation_id = "serverIdCert",
+    summary = "Get the server's ID-Cert",
+    description = "The home server's root ID-Cert valid at `timestamp` (else the current one). \
+                   JSON by default; the bare PEM when the client's `Accept` names \
+                   `application/x-pem-file` or `text/plain` and not `application/json`.",
+    params(openapi::TimestampQuery),
+    responses(
+        (status = 200, description = "The root ID-Cert.", content(
+            (CacheableIdCertJson = "application/json"),
+            (String = "application/x-pem-file"),
+            (String = "text/plain"),
+        )),
+        (status = 400, description = "`timestamp` is not a UNIX time.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "The server had no key at `timestamp`.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn server_id_cert(
     State(state): State<AppState>,
@@ -137,6 +194,22 @@ pub async fn server_id_cert(
 }
 
 /// `GET /.p2/core/v1/key/server`: the server's public key (SPKI PEM) valid at `timestamp`.
+#[utoipa::path(
+    get,
+    path = "/.p2/core/v1/key/server",
+    tag = openapi::TAG_IDENTITY,
+    operation_id = "serverPublicKey",
+    summary = "Get the server's public key",
+    description = "The home server's public identity key valid at `timestamp` (else the \
+                   current one), as a PEM `PUBLIC KEY` (SPKI).",
+    params(openapi::TimestampQuery),
+    responses(
+        (status = 200, description = "PEM `PUBLIC KEY`.", body = String, content_type = "text/plain",
+            example = "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"),
+        (status = 400, description = "`timestamp` is not a UNIX time.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "The server had no key at `timestamp`.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn server_public_key(
     State(state): State<AppState>,

@@ -39,6 +39,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/.p2/auth/v1/register", post(actors::register))
         .route("/.p2/auth/v1/session", post(actors::login))
+        .route(
+            "/.p2/core/v1/openapi.json",
+            get(crate::openapi::openapi_json),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(services::router())
@@ -130,6 +134,8 @@ fn invalidate(state: &AppState, invalidation: &crate::cache::Invalidation) {
 /// four: each middleware layer costs a boxed future per request on the hot path):
 /// - a body whose declared length is over `--max-body-bytes` is refused (413) before it is read;
 /// - the request is counted against its class and client address ([`crate::ratelimit`]);
+/// - the client's address is the TCP peer's, or, from a trusted proxy, the one its
+///   `X-Forwarded-For` names ([`crate::proxy`]);
 /// - the client's address becomes the one every gRPC call of this request carries
 ///   (`x-p2-client-address`), so the services can throttle password guesses per address;
 /// - an error answer that is not problem+json yet (axum's own rejections of paths, queries and
@@ -148,7 +154,11 @@ pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -
     let address = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip().to_canonical());
+        .map(|info| {
+            state
+                .trusted_proxies()
+                .client(info.0.ip(), request.headers())
+        });
     let class = crate::ratelimit::Class::of(&request);
     if let Some(refused) = crate::ratelimit::refusal(&state, class, address).await {
         return refused;

@@ -28,11 +28,13 @@ use p2_proto::common::v1::ServiceProvider;
 use p2_proto::discovery::v1 as pb;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::auth::{Authenticated, sensitive_solution};
 use crate::cache::{Invalidation, Scope, Target};
-use crate::error::ApiError;
+use crate::error::{ApiError, PROBLEM_JSON, Problem};
+use crate::openapi;
 use crate::params::Params;
 
 /// The discovery routes.
@@ -64,11 +66,81 @@ fn with_405(route: MethodRouter<AppState>) -> MethodRouter<AppState> {
 }
 
 /// `Models.Service` as answered: the name is a plain string.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = Service,
+    description = "A provider of a service that an actor made discoverable (spec 9)."
+)]
 struct ServiceJson {
+    /// The service's name (spec 8.2).
+    #[schema(pattern = "^[a-z0-9_-]{2,64}$", example = "polyproto-chat")]
     service: String,
+    /// The provider's base URL, without `/.p2/<service>` (scheme and host lower-cased).
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        example = "https://chat.example.com/"
+    )]
     url: String,
+    /// Whether this provider is the actor's primary one for the service.
     primary: bool,
+}
+
+/// A provider to add, as `POST /.p2/core/v1/services` takes it.
+#[allow(
+    dead_code,
+    reason = "schema only: the handler parses its looser forms by hand"
+)]
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewService {
+    /// The service's name (spec 8.2).
+    #[schema(pattern = "^[a-z0-9_-]{2,64}$", example = "polyproto-chat")]
+    service: String,
+    /// The provider's base URL: absolute http(s), no user info, query or fragment.
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        example = "https://chat.example.com/"
+    )]
+    url: String,
+    /// Whether it becomes the primary provider (only when the service has none yet; the
+    /// first provider of a service becomes primary anyway). Default `false`.
+    #[serde(default)]
+    primary: bool,
+}
+
+/// Body of `POST /.p2/core/v1/services` (the OpenAPI's wrapper; a bare `Service` is also
+/// accepted).
+#[allow(
+    dead_code,
+    reason = "schema only: the handler parses its looser forms by hand"
+)]
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewServiceBody {
+    /// The provider to add.
+    service: NewService,
+}
+
+/// Body of `PUT /.p2/core/v1/services/primary`.
+#[allow(
+    dead_code,
+    reason = "schema only: the handler parses its looser forms by hand"
+)]
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PrimaryBody {
+    /// The provider's URL, as listed.
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        example = "https://chat.example.com/"
+    )]
+    url: String,
+    /// The service's name.
+    #[schema(pattern = "^[a-z0-9_-]{2,64}$", example = "polyproto-chat")]
+    name: String,
 }
 
 impl From<ServiceProvider> for ServiceJson {
@@ -83,11 +155,21 @@ impl From<ServiceProvider> for ServiceJson {
 
 /// One promotion of a `DELETE`: the OpenAPI's `new_primary` and the SDK's `newPrimary`
 /// (its `ServiceDeleteResponse` renames fields to camelCase), so both parse.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = Promotion,
+    description = "A provider that became primary because the primary was removed."
+)]
 struct PromotionJson {
+    /// The service.
+    #[schema(pattern = "^[a-z0-9_-]{2,64}$")]
     service: String,
+    /// The URL of its new primary provider.
+    #[schema(format = "uri")]
     new_primary: String,
+    /// The same URL, under the SDK's name.
     #[serde(rename = "newPrimary")]
+    #[schema(format = "uri")]
     new_primary_camel: String,
 }
 
@@ -203,6 +285,25 @@ fn parse_new_provider(body: &[u8]) -> Result<ServiceProvider, ApiError> {
 }
 
 /// `POST /.p2/core/v1/services`.
+#[utoipa::path(
+    post,
+    path = "/.p2/core/v1/services",
+    tag = openapi::TAG_SERVICES,
+    operation_id = "addService",
+    summary = "Make a service provider discoverable",
+    description = "Adds a provider of a service to the caller's discoverable services. The \
+                   first provider of a service becomes its primary. Service names may also \
+                   come as `{\"inner\": name}`, and the bare `Service` without the wrapper \
+                   is accepted.",
+    request_body = NewServiceBody,
+    responses(
+        (status = 201, description = "The provider as stored.", body = ServiceJson),
+        (status = 400, description = "A malformed body, name or URL.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The caller is not an actor of this server.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The provider is listed already, the service has a primary already (for `primary: true`), or the actor lists the most providers it may.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+    security(("BearerAuth" = [])),
+)]
 #[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn add_service(
     State(state): State<AppState>,
@@ -294,6 +395,30 @@ fn parse_removals(query: Option<&str>, body: &[u8]) -> Result<Vec<pb::ProviderKe
 }
 
 /// `DELETE /.p2/core/v1/services`.
+#[utoipa::path(
+    delete,
+    path = "/.p2/core/v1/services",
+    tag = openapi::TAG_SERVICES,
+    operation_id = "removeServices",
+    summary = "Remove discoverable service providers",
+    description = "Removes providers: entry *i* of `url` belongs to entry *i* of `name` (also \
+                   accepted repeated, or as a JSON body). Removing a primary is a sensitive \
+                   action; another provider of the service, if any, becomes primary.",
+    params(
+        ("url" = Vec<String>, Query, style = Form, explode = false, min_items = 1,
+            description = "The providers' URLs, comma-separated."),
+        ("name" = Vec<String>, Query, style = Form, explode = false, min_items = 1,
+            description = "The services' names, comma-separated, one per URL."),
+        openapi::SensitiveSolutionOptional,
+    ),
+    responses(
+        (status = 200, description = "Removed; the promotions that followed (maybe none).", body = Vec<PromotionJson>),
+        (status = 400, description = "Malformed or mismatched lists, names or URLs.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "A primary without the right sensitive-action solution, or the caller is not an actor of this server.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "The actor does not list one of the providers.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+    security(("BearerAuth" = [])),
+)]
 #[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn remove_services(
     State(state): State<AppState>,
@@ -363,6 +488,24 @@ fn parse_primary(query: Option<&str>, body: &[u8]) -> Result<(String, String), A
 }
 
 /// `PUT /.p2/core/v1/services/primary` (sensitive, spec 9.1.1).
+#[utoipa::path(
+    put,
+    path = "/.p2/core/v1/services/primary",
+    tag = openapi::TAG_SERVICES,
+    operation_id = "setPrimaryService",
+    summary = "Set the primary provider of a service",
+    description = "Makes a listed provider the primary of its service (sensitive action, spec \
+                   9.1.1); the previous primary, if any, stops being primary.",
+    params(openapi::SensitiveSolutionRequired),
+    request_body = PrimaryBody,
+    responses(
+        (status = 200, description = "The new primary and the demoted previous one, if any.", body = Vec<ServiceJson>),
+        (status = 400, description = "A malformed body, name or URL.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "The sensitive-action solution is missing or wrong, or the caller is not an actor of this server.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "The actor does not list this provider.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+    security(("BearerAuth" = [])),
+)]
 #[tracing::instrument(skip_all, fields(fid = %caller.caller.fid))]
 async fn set_primary(
     State(state): State<AppState>,
@@ -430,6 +573,22 @@ async fn discover(
 }
 
 /// `GET /.p2/core/v1/services/discover/{fid}` (public).
+#[utoipa::path(
+    get,
+    path = "/.p2/core/v1/services/discover/{fid}",
+    tag = openapi::TAG_SERVICES,
+    operation_id = "discoverServices",
+    summary = "Discover an actor's services",
+    description = "Every provider the actor made discoverable, in no particular order; \
+                   `limit=1`: the primary of each service.",
+    params(openapi::FidPath, openapi::LimitQuery),
+    responses(
+        (status = 200, description = "The providers.", body = Vec<ServiceJson>),
+        (status = 204, description = "The actor lists none (empty body)."),
+        (status = 400, description = "A malformed FID or `limit`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such actor is registered here.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
 #[tracing::instrument(level = "debug", skip_all)]
 async fn discover_all(
     State(state): State<AppState>,
@@ -445,6 +604,27 @@ async fn discover_all(
 
 /// `GET /.p2/core/v1/services/discover/{fid}/{service}` (public). A `name` sent along (older
 /// clients put it in the body) must match the path.
+#[utoipa::path(
+    get,
+    path = "/.p2/core/v1/services/discover/{fid}/{service}",
+    tag = openapi::TAG_SERVICES,
+    operation_id = "discoverService",
+    summary = "Discover an actor's providers of one service",
+    description = "The providers of `service` the actor made discoverable, in no particular \
+                   order; `limit=1`: only the primary.",
+    params(
+        openapi::FidPath,
+        ("service" = String, Path, description = "The service's name (spec 8.2).",
+            pattern = "^[a-z0-9_-]{2,64}$", example = "polyproto-chat"),
+        openapi::LimitQuery,
+    ),
+    responses(
+        (status = 200, description = "The providers.", body = Vec<ServiceJson>),
+        (status = 204, description = "The actor lists none for this service (empty body)."),
+        (status = 400, description = "A malformed FID, service name or `limit`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such actor is registered here.", body = Problem, content_type = PROBLEM_JSON),
+    ),
+)]
 #[tracing::instrument(level = "debug", skip_all)]
 async fn discover_one(
     State(state): State<AppState>,

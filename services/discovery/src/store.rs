@@ -216,6 +216,7 @@ impl Store {
     }
 
     /// How many providers `fid` lists (all services together).
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "discovery count", otel.kind = "client", db.system = "sql"))]
     pub async fn count(&self, fid: &str) -> Result<u64, DiscoveryError> {
         let (count,): (i64,) = sqlx::query_as(COUNT_OF_ACTOR)
             .bind(fid)
@@ -229,6 +230,7 @@ impl Store {
     /// primary when the service has none; asking for `primary` when the service has one is
     /// [`DiscoveryError::PrimaryExists`]. The bound is checked and taken in the insert's
     /// transaction: any number of concurrent adds leave at most `max_per_actor` providers.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "discovery add", otel.kind = "client", db.system = "sql"))]
     pub async fn add(
         &self,
         fid: &str,
@@ -344,6 +346,7 @@ impl Store {
     /// `may_remove_primary` is false, nothing is removed and the answer is
     /// [`Refused::Primary`] (which providers are primary is only known inside the transaction;
     /// whether that may happen is the caller's rule).
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "discovery remove", otel.kind = "client", db.system = "sql"))]
     pub async fn remove(
         &self,
         fid: &str,
@@ -429,6 +432,7 @@ impl Store {
 
     /// Makes the provider `url` of `service` the primary one. Returns the new primary, then
     /// the demoted previous one if there was another.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "discovery set_primary", otel.kind = "client", db.system = "sql"))]
     pub async fn set_primary(
         &self,
         fid: &str,
@@ -490,6 +494,7 @@ impl Store {
     }
 
     /// The providers of `fid` (of one `service` if given), primaries first. One query.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "discovery list", otel.kind = "client", db.system = "sql"))]
     pub async fn list(
         &self,
         fid: &str,

@@ -115,7 +115,15 @@ impl KeyCipher {
     }
 }
 
-fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// A fresh random key encryption key, as 64 hex characters.
+pub fn generate_key_hex() -> secrecy::SecretString {
+    let mut key = zeroize::Zeroizing::new([0_u8; 32]);
+    rand::rngs::OsRng.fill_bytes(key.as_mut());
+    hex::encode(key.as_ref()).into()
+}
+
+/// Writes `contents` to a new file at `path` readable by its owner only (0600).
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

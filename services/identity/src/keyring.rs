@@ -323,6 +323,56 @@ impl Keyring {
     }
 }
 
+/// What [`reencrypt_private_keys`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reencrypted {
+    /// Generations whose private key is now encrypted with the new key.
+    pub changed: usize,
+    /// Generations that already were (a repeated or resumed run).
+    pub already: usize,
+}
+
+/// Re-encrypts every stored server private key from `old` to `new`, in one transaction: all
+/// or none. A key that already opens with `new` is left alone, so running it again is safe; a
+/// key that opens with neither stops the command before anything is written. Running identity
+/// replicas keep the keys they decrypted at start-up, but one that creates a key generation
+/// would still encrypt it with its old key: stop them first, restart them with `new`.
+pub async fn reencrypt_private_keys(
+    store: &Store,
+    old: &KeyCipher,
+    new: &KeyCipher,
+) -> anyhow::Result<Reencrypted> {
+    let rows = store.server_keys().await?;
+    let mut updates = Vec::with_capacity(rows.len());
+    let mut already = 0;
+    for row in &rows {
+        let context = key_context(row.generation, &row.serial);
+        if new.decrypt(&row.private_key_enc, &context).is_ok() {
+            already += 1;
+            continue;
+        }
+        let seed = old
+            .decrypt(&row.private_key_enc, &context)
+            .with_context(|| {
+                format!(
+                    "the private key of generation {} opens with neither the current nor the new \
+                 key encryption key",
+                    row.generation
+                )
+            })?;
+        updates.push((
+            row.generation,
+            row.private_key_enc.clone(),
+            new.encrypt(&seed, &context)?,
+        ));
+    }
+    store.replace_private_keys(&updates).await?;
+    Ok(Reencrypted {
+        changed: updates.len(),
+        already,
+    })
+}
+
 fn key_context(generation: i64, serial: &str) -> String {
     format!("polyproto server key {generation} {serial}")
 }

@@ -92,6 +92,7 @@ impl Store {
     }
 
     /// Every key generation, oldest first.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity server_keys", otel.kind = "client", db.system = "sql"))]
     pub async fn server_keys(&self) -> anyhow::Result<Vec<ServerKeyRow>> {
         let rows = sqlx::query(
             "SELECT generation, serial, active_from, not_before, not_after, cert_pem, \
@@ -118,6 +119,7 @@ impl Store {
     }
 
     /// The newest generation number, if any.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity latest_generation", otel.kind = "client", db.system = "sql"))]
     pub async fn latest_generation(&self) -> anyhow::Result<Option<i64>> {
         let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(generation) FROM server_keys")
             .fetch_one(&self.db.pool)
@@ -126,8 +128,45 @@ impl Store {
         Ok(row.0)
     }
 
+    /// Replaces stored private keys, all or none: each update is `(generation, the
+    /// encrypted key it must still hold, the new encrypted key)`. Fails (changing nothing)
+    /// when a row changed in between.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity replace_private_keys", otel.kind = "client", db.system = "sql"))]
+    pub async fn replace_private_keys(
+        &self,
+        updates: &[(i64, String, String)],
+    ) -> anyhow::Result<()> {
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting the key re-encryption")?;
+        for (generation, old, new) in updates {
+            let result = sqlx::query(
+                "UPDATE server_keys SET private_key_enc = $1 WHERE generation = $2 \
+                 AND private_key_enc = $3",
+            )
+            .bind(new)
+            .bind(*generation)
+            .bind(old)
+            .execute(&mut *tx)
+            .await
+            .context("re-encrypting a server key")?;
+            anyhow::ensure!(
+                result.rows_affected() == 1,
+                "server key generation {generation} changed during the re-encryption; nothing \
+                 was changed, run the command again"
+            );
+        }
+        tx.commit()
+            .await
+            .context("committing the key re-encryption")
+    }
+
     /// Stores a new generation. Returns `false` when that generation number already exists
     /// (another replica created it first).
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity insert_server_key", otel.kind = "client", db.system = "sql"))]
     pub async fn insert_server_key(&self, row: &ServerKeyRow) -> anyhow::Result<bool> {
         let result = sqlx::query(
             "INSERT INTO server_keys (generation, serial, active_from, not_before, not_after, \
@@ -239,6 +278,7 @@ pub struct Issued {
 
 impl Store {
     /// Creates an actor. Returns `false` when the name is taken.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity insert_actor", otel.kind = "client", db.system = "sql"))]
     pub async fn insert_actor(
         &self,
         local_name: &str,
@@ -262,6 +302,7 @@ impl Store {
 
     /// Grants or withdraws administrator rights; `false` when there is no such actor. Takes
     /// effect at once: every admin-only action reads the flag when it is used.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity set_admin", otel.kind = "client", db.system = "sql"))]
     pub async fn set_admin(&self, local_name: &str, admin: bool) -> anyhow::Result<bool> {
         let result = sqlx::query("UPDATE actors SET admin = $2 WHERE local_name = $1")
             .bind(local_name)
@@ -273,6 +314,7 @@ impl Store {
     }
 
     /// Disables (`true`) or re-enables an actor; `false` when there is no such actor.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity set_disabled", otel.kind = "client", db.system = "sql"))]
     pub async fn set_disabled(&self, local_name: &str, disabled: bool) -> anyhow::Result<bool> {
         let result = sqlx::query("UPDATE actors SET disabled = $2 WHERE local_name = $1")
             .bind(local_name)
@@ -284,6 +326,7 @@ impl Store {
     }
 
     /// Revokes every valid cert of `local_name`; returns the revoked rows.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity revoke_all_certs", otel.kind = "client", db.system = "sql"))]
     pub async fn revoke_all_certs(
         &self,
         local_name: &str,
@@ -305,6 +348,7 @@ impl Store {
     }
 
     /// Looks an actor up by local name.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity actor", otel.kind = "client", db.system = "sql"))]
     pub async fn actor(&self, local_name: &str) -> anyhow::Result<Option<ActorRow>> {
         let row = sqlx::query(
             "SELECT local_name, password_hash, admin, redirect_to, disabled FROM actors \
@@ -332,6 +376,7 @@ impl Store {
     /// cert holds the session ID (unless `renew`, which revokes that cert), then stores what
     /// `build` returns. Concurrent issuances for one actor are serialised by a row lock on the
     /// actor, so two requests cannot both take a session ID.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity issue_cert", otel.kind = "client", db.system = "sql"))]
     pub async fn issue_cert(
         &self,
         local_name: &str,
@@ -420,6 +465,7 @@ impl Store {
     }
 
     /// The certs of an actor matching `filter`, newest first, at most `limit`.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity certs", otel.kind = "client", db.system = "sql"))]
     pub async fn certs(
         &self,
         local_name: &str,
@@ -451,6 +497,7 @@ impl Store {
     }
 
     /// Revokes the valid cert of (`local_name`, `session_id`); `None` when there is none.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity revoke_cert", otel.kind = "client", db.system = "sql"))]
     pub async fn revoke_cert(
         &self,
         local_name: &str,

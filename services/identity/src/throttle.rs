@@ -23,6 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use anyhow::Context as _;
 
@@ -210,7 +211,9 @@ impl FailureStore for RedisFailureStore {
                 .arg("count")
                 .arg("latest")
                 .query_async(&mut conn)
+                .instrument(p2_runtime::kv::span("throttle_read"))
                 .await
+                .inspect_err(|_| p2_runtime::metrics::redis_error("identity", "throttle_read"))
                 .context("reading password failures from Redis")?;
             Ok(Failures {
                 count: count.unwrap_or(0),
@@ -229,7 +232,9 @@ impl FailureStore for RedisFailureStore {
                 .arg(now_ms)
                 .arg(duration_ms(FAILURE_MEMORY))
                 .query_async(&mut conn)
+                .instrument(p2_runtime::kv::span("throttle_write"))
                 .await
+                .inspect_err(|_| p2_runtime::metrics::redis_error("identity", "throttle_write"))
                 .context("counting a password failure in Redis")?;
             Ok(Failures {
                 count,
@@ -244,7 +249,9 @@ impl FailureStore for RedisFailureStore {
             let _: i64 = redis::cmd("DEL")
                 .arg(self.key(key))
                 .query_async(&mut conn)
+                .instrument(p2_runtime::kv::span("throttle_write"))
                 .await
+                .inspect_err(|_| p2_runtime::metrics::redis_error("identity", "throttle_write"))
                 .context("clearing password failures in Redis")?;
             Ok(())
         })
@@ -260,7 +267,9 @@ impl FailureStore for RedisFailureStore {
                 .arg("PX")
                 .arg(duration_ms(ttl))
                 .query_async(&mut conn)
+                .instrument(p2_runtime::kv::span("throttle_write"))
                 .await
+                .inspect_err(|_| p2_runtime::metrics::redis_error("identity", "throttle_write"))
                 .context("marking a password check in Redis")?;
             Ok(set.is_some())
         })
@@ -272,7 +281,9 @@ impl FailureStore for RedisFailureStore {
             let _: i64 = redis::cmd("DEL")
                 .arg(self.key(&format!("running:{key}")))
                 .query_async(&mut conn)
+                .instrument(p2_runtime::kv::span("throttle_write"))
                 .await
+                .inspect_err(|_| p2_runtime::metrics::redis_error("identity", "throttle_write"))
                 .context("clearing a password check mark in Redis")?;
             Ok(())
         })

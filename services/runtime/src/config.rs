@@ -30,7 +30,39 @@ pub struct TelemetryConfig {
     /// Service name attached to exported traces; defaults to `polyproto-<component>`.
     #[arg(long = "otel-service-name", env = "OTEL_SERVICE_NAME", global = true)]
     pub service_name: Option<String>,
+    /// Which traces are exported: `parentbased_always_on` (default: every trace the gateway
+    /// starts, and in services whatever the caller decided), `parentbased_traceidratio` (a
+    /// share of new traces, set by the argument; services follow the gateway, so a trace is
+    /// whole or absent), `traceidratio`, `always_on`, `always_off`, `parentbased_always_off`.
+    #[arg(
+        long = "traces-sampler",
+        env = "OTEL_TRACES_SAMPLER",
+        default_value = DEFAULT_TRACES_SAMPLER,
+        value_parser = TRACES_SAMPLERS,
+        global = true
+    )]
+    pub traces_sampler: String,
+    /// The sampler's ratio for `*traceidratio`, between 0 and 1 (default 1).
+    #[arg(
+        long = "traces-sampler-arg",
+        env = "OTEL_TRACES_SAMPLER_ARG",
+        global = true
+    )]
+    pub traces_sampler_arg: Option<f64>,
 }
+
+/// Default trace sampler (the OpenTelemetry default).
+pub const DEFAULT_TRACES_SAMPLER: &str = "parentbased_always_on";
+
+/// The samplers `OTEL_TRACES_SAMPLER` may name (the OpenTelemetry specification's built-ins).
+pub const TRACES_SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
@@ -39,6 +71,8 @@ impl Default for TelemetryConfig {
             log_json: false,
             otlp_endpoint: None,
             service_name: None,
+            traces_sampler: DEFAULT_TRACES_SAMPLER.to_owned(),
+            traces_sampler_arg: None,
         }
     }
 }

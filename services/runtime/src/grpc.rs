@@ -47,18 +47,19 @@ pub type TracedChannel =
 /// (Argon2id logins included) and below the gateway's 30 s request timeout.
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Opens a lazily connecting channel to `url` (e.g. `http://identity:50051`) whose calls carry
-/// `credential` and the trace context. Lazy, so a component starts even while a dependency is
-/// still starting; calls fail with `UNAVAILABLE` until it answers.
+/// Opens a lazily connecting channel to `url` (e.g. `http://identity:50051`, or a
+/// comma-separated list) whose calls carry `credential` and the trace context, balanced over
+/// every address the URLs resolve to ([`crate::balance`]). Lazy, so a component starts even
+/// while a dependency is still starting; calls fail with `UNAVAILABLE` until it answers.
 pub fn channel(url: &str, credential: &ComponentCredential) -> anyhow::Result<TracedChannel> {
-    use anyhow::Context as _;
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid service URL {url:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(CALL_TIMEOUT)
-        .tcp_nodelay(true);
+    let channel = crate::balance::channel(url, |endpoint| {
+        endpoint
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true)
+    })?;
     Ok(tonic::service::interceptor::InterceptedService::new(
-        endpoint.connect_lazy(),
+        channel,
         OutboundInterceptor {
             credential: credential.clone(),
         },
@@ -89,7 +90,8 @@ pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2
 /// NOT_SERVING, keeps serving for `grace`, then the listener stops accepting and in-flight
 /// calls drain (for at most [`crate::shutdown::DRAIN_TIMEOUT`] after shutdown began, plus
 /// the grace). With a `probe`, health follows it every [`PROBE_INTERVAL`]: NOT_SERVING while
-/// the database or Redis does not answer, SERVING again on its own when they return.
+/// the database or Redis does not answer, SERVING again on its own when they return. Every
+/// call is counted and timed ([`crate::metrics::GrpcMetricsLayer`]).
 pub async fn serve<S>(
     service: S,
     auth: ServerAuth,
@@ -129,7 +131,10 @@ where
         tokio::time::sleep(grace).await;
     };
     let server = Server::builder()
+        .max_connection_age(crate::balance::MAX_CONNECTION_AGE)
         .trace_fn(call_span)
+        // Every call counted and timed, health and refused ones included.
+        .layer(crate::metrics::GrpcMetricsLayer::new(S::NAME))
         .add_service(health)
         .add_service(auth.wrap(service))
         .serve_with_incoming_shutdown(

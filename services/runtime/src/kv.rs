@@ -43,7 +43,19 @@ pub async fn connect(url: &str, component: &str) -> anyhow::Result<ConnectionMan
 /// How long a readiness probe waits for Redis or the database.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Whether Redis answers `PING` within [`PROBE_TIMEOUT`] (readiness probes).
+/// The span of one Redis call (`operation`: its class, e.g. `challenge_put`): a child of the
+/// request's span, exported like the SQL ones (`db.system = redis`).
+pub fn span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "redis",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system = "redis"
+    )
+}
+
+/// Whether Redis answers `PING` within [`PROBE_TIMEOUT`] (readiness probes). A failure is
+/// counted in `polyproto_redis_errors_total{operation="ping"}` under the process's component.
 pub async fn ping(conn: &ConnectionManager) -> bool {
     let mut conn = conn.clone();
     let ping = async move {
@@ -52,9 +64,13 @@ pub async fn ping(conn: &ConnectionManager) -> bool {
             .await
             .is_ok()
     };
-    tokio::time::timeout(PROBE_TIMEOUT, ping)
+    let ok = tokio::time::timeout(PROBE_TIMEOUT, ping)
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+    if !ok {
+        crate::metrics::redis_error(crate::metrics::process_component(), "ping");
+    }
+    ok
 }
 
 #[cfg(test)]

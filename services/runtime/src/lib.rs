@@ -9,18 +9,23 @@
 //!   on the server side ([`grpc::serve`]).
 //! - [`shutdown`]: the one [`CancellationToken`](tokio_util::sync::CancellationToken) a process
 //!   shares, and the signal handler that cancels it.
+//! - [`balance`]: internal calls spread over every replica (DNS re-resolution, URL lists).
 //! - [`grpc`]: serve a tonic service on a pre-bound listener with gRPC health and trace context.
 //! - [`internal`]: the internal trust boundary: component credentials, per-RPC caller
 //!   allow-lists, caller assertions.
 //! - [`storage`]: SQL pools chosen by URL (`sqlite:` or `postgres:`) with versioned migrations.
 //! - [`kv`]: the Redis connection (challenges, key trials, event streams).
+//! - [`metrics`]: Prometheus series of every process and the listener serving them
+//!   (`--metrics-listen`), the HTTP and gRPC layers that record requests.
 //! - [`error`]: how an unexpected error leaves a service: logged once, opaque to the client.
 
+pub mod balance;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod internal;
 pub mod kv;
+pub mod metrics;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

@@ -6,6 +6,7 @@
 //! so services may even share one database without touching each other's tables.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -62,6 +63,43 @@ pub struct Database {
     pub pool: AnyPool,
     /// Its engine.
     pub backend: Backend,
+    /// Keeps the pool's gauges (`polyproto_db_pool_*{pool="<component>"}`) in the metrics
+    /// while any clone of this lives.
+    _metrics: Arc<PoolGauges>,
+}
+
+/// A pool as the metrics sample it at scrape time (its size, idle connections and bound).
+#[derive(Debug)]
+struct PoolGauges {
+    component: String,
+    pool: AnyPool,
+}
+
+impl crate::metrics::Sampled for PoolGauges {
+    fn sample(&self, samples: &crate::metrics::Samples<'_>) {
+        samples.pool(
+            &self.component,
+            self.pool.size(),
+            self.pool.num_idle(),
+            self.pool.options().get_max_connections(),
+        );
+    }
+}
+
+impl Database {
+    fn new(pool: AnyPool, backend: Backend, component: &str) -> Self {
+        let metrics = Arc::new(PoolGauges {
+            component: component.to_owned(),
+            pool: pool.clone(),
+        });
+        let sampled: std::sync::Weak<PoolGauges> = Arc::downgrade(&metrics);
+        crate::metrics::register_sampled(sampled);
+        Self {
+            pool,
+            backend,
+            _metrics: metrics,
+        }
+    }
 }
 
 impl Database {
@@ -187,7 +225,7 @@ pub async fn connect_with(
             }
         }
     }
-    Ok(Database { pool, backend })
+    Ok(Database::new(pool, backend, component))
 }
 
 /// The file a `sqlite:` URL names (`sqlite://PATH?...` or `sqlite:PATH`), if any.

@@ -67,6 +67,7 @@ pub fn init(config: &TelemetryConfig, component: &str) -> anyhow::Result<Telemet
                 .clone()
                 .unwrap_or_else(|| format!("polyproto-{component}"));
             let provider = SdkTracerProvider::builder()
+                .with_sampler(sampler(&config.traces_sampler, config.traces_sampler_arg)?)
                 .with_batch_exporter(exporter)
                 .with_resource(
                     opentelemetry_sdk::Resource::builder()
@@ -94,6 +95,31 @@ pub fn init(config: &TelemetryConfig, component: &str) -> anyhow::Result<Telemet
         .try_init()
         .context("a global tracing subscriber is already installed")?;
     Ok(Telemetry { provider })
+}
+
+/// The sampler named by `OTEL_TRACES_SAMPLER` with ratio `arg` (1 when absent): a clear error
+/// for an unknown name or a ratio outside 0..=1 instead of the SDK's silent fallback.
+pub fn sampler(name: &str, arg: Option<f64>) -> anyhow::Result<opentelemetry_sdk::trace::Sampler> {
+    use opentelemetry_sdk::trace::Sampler;
+    let ratio = arg.unwrap_or(1.0);
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&ratio),
+        "OTEL_TRACES_SAMPLER_ARG must be between 0 and 1, not {ratio}"
+    );
+    Ok(match name {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+        other => anyhow::bail!(
+            "unknown OTEL_TRACES_SAMPLER {other:?}; one of: {}",
+            crate::config::TRACES_SAMPLERS.join(", ")
+        ),
+    })
 }
 
 /// A tonic client interceptor that writes the current span's trace context into the request

@@ -57,6 +57,7 @@ async fn spans_are_exported_over_otlp_with_service_name_and_parentage() {
         log_json: false,
         otlp_endpoint: Some(format!("http://{addr}")),
         service_name: None,
+        ..Default::default()
     };
     let telemetry = p2_runtime::telemetry::init(&config, "unit").unwrap();
     {

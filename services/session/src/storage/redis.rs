@@ -23,6 +23,7 @@
 //! Cluster would need the keys hash-tagged into one slot. Needs Redis ≥ 6.2 (`GETDEL`).
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use anyhow::Context as _;
 use redis::aio::ConnectionManager;
@@ -167,7 +168,9 @@ impl ChallengeStore for RedisChallengeStore {
                 .arg(self.capacity)
                 .arg(PRUNE_BATCH)
                 .query_async(&mut conn)
+                .instrument(p2_runtime::kv::span("challenge_put"))
                 .await
+                .inspect_err(|_| p2_runtime::metrics::redis_error("session", "challenge_put"))
                 .context("Redis put script of a challenge")?;
             match reply {
                 1 => Ok(true),
@@ -199,7 +202,9 @@ impl ChallengeStore for RedisChallengeStore {
                 .arg(key)
                 .arg(self.owner_prefix())
                 .query_async(&mut conn)
+                .instrument(p2_runtime::kv::span("challenge_take"))
                 .await
+                .inspect_err(|_| p2_runtime::metrics::redis_error("session", "challenge_take"))
                 .context("Redis take script of a challenge")?;
             Ok(value)
         })

@@ -158,6 +158,7 @@ impl SessionStore {
     /// Stores the session (fid, session_id) under `token_hash`, replacing the row of the same
     /// session if there is one: the old token dies in the same statement (renewal, re-login).
     /// One upsert, so concurrent replacements of one session leave exactly one row.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session put", otel.kind = "client", db.system = "sql"))]
     pub async fn put(
         &self,
         fid: &str,
@@ -201,6 +202,7 @@ impl SessionStore {
 
     /// The session whose current token hashes to `token_hash`: one lookup on the primary key,
     /// then a constant-time comparison of the hash read back.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session find_by_token", otel.kind = "client", db.system = "sql"))]
     pub async fn find_by_token(
         &self,
         token_hash: &TokenHash,
@@ -236,6 +238,7 @@ impl SessionStore {
     }
 
     /// The session (fid, session_id), if it exists.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session get", otel.kind = "client", db.system = "sql"))]
     pub async fn get(&self, fid: &str, session_id: &str) -> anyhow::Result<Option<SessionRow>> {
         let row = sqlx::query(
             "SELECT fid, session_id, created_at, expires_at FROM sessions \
@@ -253,6 +256,7 @@ impl SessionStore {
 
     /// Deletes the session (fid, session_id): its token fails from the next lookup on.
     /// Returns whether there was such a session.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session delete", otel.kind = "client", db.system = "sql"))]
     pub async fn delete(&self, fid: &str, session_id: &str) -> anyhow::Result<bool> {
         let _write = match &self.index {
             Some(index) => Some(index.writes.lock().await),
@@ -271,6 +275,7 @@ impl SessionStore {
     }
 
     /// Every session of `fid`, ordered by session ID.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session list", otel.kind = "client", db.system = "sql"))]
     pub async fn list(&self, fid: &str) -> anyhow::Result<Vec<SessionRow>> {
         let rows = sqlx::query(
             "SELECT fid, session_id, created_at, expires_at FROM sessions \
