@@ -213,37 +213,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &metrics_stop,
             )
             .await?;
-            let auth = handlers.server_auth();
-            let probe = handlers.probe();
-            p2_runtime::grpc::serve(
-                p2_session::grpc_service(handlers),
-                auth,
-                config.shutdown.grace(),
-                Some(probe),
-                listener,
-                shutdown,
-            )
-            .await
+            p2_session::serve_opened(handlers, config.shutdown.grace(), listener, shutdown).await
         }
         Command::Discovery(config) => {
             let listener = bind(config.listen).await?;
-            let p2_discovery::Opened { handlers, auth } =
-                p2_discovery::DiscoveryGrpc::open(&config).await?;
+            let opened = p2_discovery::DiscoveryGrpc::open(&config).await?;
             start_metrics(
                 metrics(p2_runtime::metrics::DEFAULT_DISCOVERY_LISTEN),
                 &metrics_stop,
             )
             .await?;
-            let probe = handlers.probe();
-            p2_runtime::grpc::serve(
-                p2_discovery::grpc_service(handlers),
-                auth,
-                config.shutdown.grace(),
-                Some(probe),
-                listener,
-                shutdown,
-            )
-            .await
+            p2_discovery::serve_opened(opened, config.shutdown.grace(), listener, shutdown).await
         }
         Command::Events(config) => {
             let listener = bind(config.listen).await?;
@@ -253,17 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &metrics_stop,
             )
             .await?;
-            let auth = handlers.server_auth();
-            let probe = handlers.probe();
-            p2_runtime::grpc::serve(
-                p2_events::grpc_service(handlers),
-                auth,
-                config.shutdown.grace(),
-                Some(probe),
-                listener,
-                shutdown,
-            )
-            .await
+            p2_events::serve_opened(handlers, config.shutdown.grace(), listener, shutdown).await
         }
         Command::Admin(args) => crate::admin::run(args).await,
         Command::Healthcheck(args) => crate::healthcheck::check(&args.target).await,

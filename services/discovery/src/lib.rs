@@ -140,12 +140,23 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Opened { handlers, auth } = DiscoveryGrpc::open(&config).await?;
+    let opened = DiscoveryGrpc::open(&config).await?;
+    serve_opened(opened, config.shutdown.grace(), listener, shutdown).await
+}
+
+/// Serves an already opened service (see [`serve`]; `polyproto discovery` opens first, then
+/// binds its metrics listener, then calls this).
+pub async fn serve_opened(
+    Opened { handlers, auth }: Opened,
+    grace: std::time::Duration,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let probe = handlers.probe();
     p2_runtime::grpc::serve(
         grpc_service(handlers),
         auth,
-        config.shutdown.grace(),
+        grace,
         Some(probe),
         listener,
         shutdown,

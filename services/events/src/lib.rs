@@ -110,12 +110,23 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let handlers = EventsGrpc::open(&config).await?;
+    serve_opened(handlers, config.shutdown.grace(), listener, shutdown).await
+}
+
+/// Serves already opened `handlers` (see [`serve`]; `polyproto events` opens first, then
+/// binds its metrics listener, then calls this).
+pub async fn serve_opened(
+    handlers: EventsGrpc,
+    grace: std::time::Duration,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let auth = handlers.server_auth();
     let probe = handlers.probe();
     p2_runtime::grpc::serve(
         grpc_service(handlers),
         auth,
-        config.shutdown.grace(),
+        grace,
         Some(probe),
         listener,
         shutdown,

@@ -372,12 +372,23 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let handlers = SessionGrpc::open(&config).await?;
+    serve_opened(handlers, config.shutdown.grace(), listener, shutdown).await
+}
+
+/// Serves already opened `handlers` (see [`serve`]; `polyproto session` opens first, then
+/// binds its metrics listener, then calls this).
+pub async fn serve_opened(
+    handlers: SessionGrpc,
+    grace: std::time::Duration,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let auth = handlers.server_auth();
     let probe = handlers.probe();
     p2_runtime::grpc::serve(
         grpc_service(handlers),
         auth,
-        config.shutdown.grace(),
+        grace,
         Some(probe),
         listener,
         shutdown,
