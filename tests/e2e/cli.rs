@@ -380,28 +380,7 @@ async fn separate_processes_with_a_gateway_holding_only_its_credential_serve_a_l
 
     let base = stack.base();
     let http = stack.http();
-    let register = http
-        .post(format!("{base}/.p2/auth/v1/register"))
-        .json(
-            &serde_json::json!({"local_name": "alice", "password": "correct horse battery staple"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(register.status(), 201);
-    let key = p2_model::generate_signing_key();
-    let fid = p2_model::FederationId::new("alice", "split.test").unwrap();
-    let sid = p2_model::SessionId::parse("s1").unwrap();
-    let csr = p2_model::build_csr(&key, &fid, &sid).unwrap();
-    let login = http
-        .post(format!("{base}/.p2/auth/v1/session"))
-        .json(&serde_json::json!({"local_name": "alice", "password": "correct horse battery staple", "csr": csr}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 201);
-    let body: serde_json::Value = login.json().await.unwrap();
-    let token = body["token"].as_str().unwrap();
+    let token = &crate::split::register_and_login(http, &base, "split.test", "alice", "s1").await;
     let challenge = http
         .get(format!("{base}/.p2/core/v1/challenge"))
         .bearer_auth(token)

@@ -54,27 +54,7 @@ fn capitalised(name: &str) -> String {
 
 /// Register, log in, take a challenge, miss a route, read certs: what the series must show.
 async fn drive(http: &reqwest::Client, base: &str, domain: &str) {
-    let password = "correct horse battery staple";
-    let register = http
-        .post(format!("{base}/.p2/auth/v1/register"))
-        .json(&serde_json::json!({"local_name": "alice", "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(register.status(), 201);
-    let key = p2_model::generate_signing_key();
-    let fid = p2_model::FederationId::new("alice", domain).unwrap();
-    let sid = p2_model::SessionId::parse("m1").unwrap();
-    let csr = p2_model::build_csr(&key, &fid, &sid).unwrap();
-    let login = http
-        .post(format!("{base}/.p2/auth/v1/session"))
-        .json(&serde_json::json!({"local_name": "alice", "password": password, "csr": csr}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 201);
-    let body: serde_json::Value = login.json().await.unwrap();
-    let token = body["token"].as_str().unwrap();
+    let token = &crate::split::register_and_login(http, base, domain, "alice", "m1").await;
     let challenge = http
         .get(format!("{base}/.p2/core/v1/challenge"))
         .bearer_auth(token)

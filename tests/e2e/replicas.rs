@@ -32,29 +32,7 @@ async fn two_session_replicas_behind_one_gateway_both_serve() {
         .start()
         .await;
     let http = stack.http().clone();
-    let register = http
-        .post(stack.url("/.p2/auth/v1/register"))
-        .json(
-            &serde_json::json!({"local_name": "rita", "password": "correct horse battery staple"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(register.status(), 201);
-    let key = p2_model::generate_signing_key();
-    let fid = p2_model::FederationId::new("rita", stack.domain()).unwrap();
-    let csr = p2_model::build_csr(&key, &fid, &p2_model::SessionId::parse("r1").unwrap()).unwrap();
-    let login = http
-        .post(stack.url("/.p2/auth/v1/session"))
-        .json(&serde_json::json!({"local_name": "rita", "password": "correct horse battery staple", "csr": csr}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 201);
-    let token = login.json::<serde_json::Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = stack.register_and_login("rita", "r1").await;
 
     let metric = "polyproto_grpc_server_requests_total";
     let scrape = async |replica: usize| {

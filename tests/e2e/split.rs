@@ -667,3 +667,52 @@ impl SplitStack {
             .collect()
     }
 }
+
+/// The password [`register_and_login`] gives its actors.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Registers `local_name` (password [`PASSWORD`]) at the gateway `base` of `domain` and logs
+/// in with a fresh key as session `session_id`; asserts both answers (201) and returns the
+/// Bearer token.
+pub async fn register_and_login(
+    http: &reqwest::Client,
+    base: &str,
+    domain: &str,
+    local_name: &str,
+    session_id: &str,
+) -> String {
+    let register = http
+        .post(format!("{base}/.p2/auth/v1/register"))
+        .json(&serde_json::json!({"local_name": local_name, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(register.status(), 201, "register {local_name}");
+    let key = p2_model::generate_signing_key();
+    let fid = p2_model::FederationId::new(local_name, domain).unwrap();
+    let sid = p2_model::SessionId::parse(session_id).unwrap();
+    let csr = p2_model::build_csr(&key, &fid, &sid).unwrap();
+    let login = http
+        .post(format!("{base}/.p2/auth/v1/session"))
+        .json(&serde_json::json!({"local_name": local_name, "password": PASSWORD, "csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 201, "log in {local_name}");
+    let body: serde_json::Value = login.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+impl SplitStack {
+    /// [`register_and_login`] at this stack's gateway.
+    pub async fn register_and_login(&self, local_name: &str, session_id: &str) -> String {
+        register_and_login(
+            self.http(),
+            &self.base(),
+            self.domain(),
+            local_name,
+            session_id,
+        )
+        .await
+    }
+}

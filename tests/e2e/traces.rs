@@ -101,26 +101,7 @@ async fn a_login_is_one_trace_across_gateway_session_and_identity_with_storage_s
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .start()
         .await;
-    let http = stack.http().clone();
-    let register = http
-        .post(stack.url("/.p2/auth/v1/register"))
-        .json(
-            &serde_json::json!({"local_name": "tracy", "password": "correct horse battery staple"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(register.status(), 201);
-    let key = p2_model::generate_signing_key();
-    let fid = p2_model::FederationId::new("tracy", stack.domain()).unwrap();
-    let csr = p2_model::build_csr(&key, &fid, &p2_model::SessionId::parse("t1").unwrap()).unwrap();
-    let login = http
-        .post(stack.url("/.p2/auth/v1/session"))
-        .json(&serde_json::json!({"local_name": "tracy", "password": "correct horse battery staple", "csr": csr}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 201);
+    stack.register_and_login("tracy", "t1").await;
     // SIGTERM flushes each process's exporter (gateway first: its spans end first).
     for component in [Component::Gateway, Component::Session, Component::Identity] {
         stack.terminate(component, 0, Duration::from_secs(15));

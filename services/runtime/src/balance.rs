@@ -390,6 +390,17 @@ mod tests {
     ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (count, reporter) = counting_server_on(listener);
+        (addr, count, reporter)
+    }
+
+    /// A health server on `listener` that counts the calls it serves.
+    fn counting_server_on(
+        listener: tokio::net::TcpListener,
+    ) -> (
+        Arc<std::sync::atomic::AtomicUsize>,
+        tonic_health::server::HealthReporter,
+    ) {
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (reporter, health) = tonic_health::server::health_reporter();
         let counter = count.clone();
@@ -409,7 +420,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        (addr, count, reporter)
+        (count, reporter)
     }
 
     /// A call the balancer routes (marked, so the servers count it and not the probes).
@@ -533,24 +544,7 @@ mod tests {
         assert_eq!(count_a.load(Ordering::SeqCst), 20);
         // B starts on its address; within a probe or two it gets calls.
         let listener = tokio::net::TcpListener::bind(b).await.unwrap();
-        let count_b = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (_reporter_b, health) = tonic_health::server::health_reporter();
-        let counter = count_b.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .layer(tower::util::MapRequestLayer::new(
-                    move |request: http::Request<tonic::body::Body>| {
-                        if request.headers().contains_key("x-test-routed") {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                        }
-                        request
-                    },
-                ))
-                .add_service(health)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await
-                .unwrap();
-        });
+        let (count_b, _reporter_b) = counting_server_on(listener);
         tokio::time::sleep(Duration::from_millis(2500)).await;
         for _ in 0..100 {
             call(&channel).await.unwrap();
