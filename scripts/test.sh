@@ -17,6 +17,8 @@
 #      ${XDG_CACHE_HOME:-$HOME/.cache}/polyproto/venv when it is missing (python3 -m venv; apt-get
 #      install python3-venv if needed) and exports P2_SCHEMATHESIS=<venv>/bin/schemathesis for
 #      the OpenAPI e2e test (an executable P2_SCHEMATHESIS already set is used as it is);
+#   3c. without a package selection (and unless P2_DEPLOY_CHECKED=1), runs
+#      scripts/check-deploy.sh: the deployment files, offline (it installs its own tools);
 #   4. runs `cargo test --workspace --doc`, then, if that passed,
 #      `cargo test --workspace --all-targets [EXTRA ARGS]` (extra args go to the second command
 #      only; but if they select packages with -p/--package, both commands test just those
@@ -84,6 +86,15 @@ else
         prev=$arg
     done
     [ "${#pkgs[@]}" -eq 0 ] || scope=()
+    # The deployment files are part of "every test": checked offline first (compose renders
+    # and refuses without its secrets, the kustomize base and both overlays render and
+    # validate, hadolint, shellcheck). Skipped for a package selection, and when the caller
+    # ran it already (.ci/run sets P2_DEPLOY_CHECKED=1).
+    deploy_status=0
+    if [ "${#pkgs[@]}" -eq 0 ] && [ "${P2_DEPLOY_CHECKED:-0}" != 1 ]; then
+        p2_log "scripts/check-deploy.sh"
+        bash "$ROOT/scripts/check-deploy.sh" || deploy_status=$?
+    fi
     # Doc tests first (few), then every target; both outputs are kept to count the results.
     results="$(mktemp)"
     doc_scope=("${scope[@]}")
@@ -97,6 +108,11 @@ else
     passed=$(sed -n 's/^test result: .*[^0-9]\([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1/p' "$results" | awk '{s+=$1} END {print s+0}')
     failed=$(sed -n 's/^test result: .*[^0-9]\([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\2/p' "$results" | awk '{s+=$1} END {print s+0}')
     rm -f "$results"
+    if [ "$deploy_status" -ne 0 ]; then
+        p2_log "the deployment checks failed (exit $deploy_status)"
+        failed=$((failed + 1))
+        [ "$status" -ne 0 ] || status=$deploy_status
+    fi
     if [ "$status" -eq 0 ]; then
         p2_log "all tests passed"
     else
