@@ -22,7 +22,8 @@ fn not_yet() -> Status {
 }
 
 /// The stream type of `Subscribe`.
-pub type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
+pub type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Delivery, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::events_server::Events for EventsGrpc {
@@ -32,6 +33,36 @@ impl pb::events_server::Events for EventsGrpc {
         &self,
         _request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        Err(not_yet())
+    }
+
+    async fn open_session(
+        &self,
+        _request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        Err(not_yet())
+    }
+
+    async fn close_session(
+        &self,
+        _request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        Err(not_yet())
+    }
+
+    async fn record_delivered(
+        &self,
+        request: Request<pb::RecordDeliveredRequest>,
+    ) -> Result<Response<pb::RecordDeliveredResponse>, Status> {
+        self.verify(request.get_ref().caller.as_ref())?;
+        Err(not_yet())
+    }
+
+    async fn resume_from(
+        &self,
+        request: Request<pb::ResumeFromRequest>,
+    ) -> Result<Response<pb::ResumeFromResponse>, Status> {
+        self.verify(request.get_ref().caller.as_ref())?;
         Err(not_yet())
     }
 

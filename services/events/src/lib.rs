@@ -33,7 +33,23 @@ pub const CALLERS: CallerPolicy = &[
         "/polyproto.events.v1.Events/Subscribe",
         &[Component::Gateway],
     ),
+    (
+        "/polyproto.events.v1.Events/OpenSession",
+        &[Component::Session],
+    ),
+    (
+        "/polyproto.events.v1.Events/CloseSession",
+        &[Component::Session],
+    ),
     ("/polyproto.events.v1.Events/Poll", &[Component::Gateway]),
+    (
+        "/polyproto.events.v1.Events/RecordDelivered",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.events.v1.Events/ResumeFrom",
+        &[Component::Gateway],
+    ),
 ];
 
 /// Flags of the events service.
