@@ -10,6 +10,7 @@ mod boundary;
 mod cancellation;
 mod challenges;
 mod cli;
+mod compression;
 mod contract;
 mod discovery;
 mod gateway_hardening;
