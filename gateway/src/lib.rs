@@ -443,35 +443,30 @@ pub const ZSTD_LEVEL: i32 = 5;
 /// Response compression by content negotiation (spec 3.6: zstd must be offered on the HTTP API;
 /// gzip for clients without zstd; uncompressed when the client asks for neither). Bodies under
 /// 32 bytes, gRPC, images and WebSocket upgrades (101) stay as they are.
-fn compression() -> tower_http::compression::CompressionLayer<
-    tower_http::compression::predicate::And<
-        tower_http::compression::DefaultPredicate,
-        fn(
-            axum::http::StatusCode,
-            axum::http::Version,
-            &axum::http::HeaderMap,
-            &axum::http::Extensions,
-        ) -> bool,
-    >,
-> {
+/// Which responses [`compression`] may compress: tower-http's defaults, and never an upgrade.
+type CompressWhen = tower_http::compression::predicate::And<
+    tower_http::compression::DefaultPredicate,
+    fn(
+        axum::http::StatusCode,
+        axum::http::Version,
+        &axum::http::HeaderMap,
+        &axum::http::Extensions,
+    ) -> bool,
+>;
+
+fn not_an_upgrade(
+    status: axum::http::StatusCode,
+    _: axum::http::Version,
+    _: &axum::http::HeaderMap,
+    _: &axum::http::Extensions,
+) -> bool {
+    status != axum::http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+fn compression() -> tower_http::compression::CompressionLayer<CompressWhen> {
     use tower_http::compression::predicate::Predicate as _;
-    fn not_an_upgrade(
-        status: axum::http::StatusCode,
-        _: axum::http::Version,
-        _: &axum::http::HeaderMap,
-        _: &axum::http::Extensions,
-    ) -> bool {
-        status != axum::http::StatusCode::SWITCHING_PROTOCOLS
-    }
-    let predicate = tower_http::compression::DefaultPredicate::new().and(
-        not_an_upgrade
-            as fn(
-                axum::http::StatusCode,
-                axum::http::Version,
-                &axum::http::HeaderMap,
-                &axum::http::Extensions,
-            ) -> bool,
-    );
+    let predicate: CompressWhen =
+        tower_http::compression::DefaultPredicate::new().and(not_an_upgrade as _);
     tower_http::compression::CompressionLayer::new()
         .zstd(true)
         .gzip(true)
