@@ -184,6 +184,9 @@ for name, port in components.items():
         want = f"postgres://polyproto:{password}@postgres:5432/polyproto_{name}"
         if url != want:
             errors.append(f"{name}: P2_DATABASE_URL is {url!r}, want {want!r}")
+    # The gateway subscribes there; identity and session relay their event outboxes there.
+    if name in ("gateway", "identity", "session") and e.get("P2_EVENTS_URL") != "http://events:50054":
+        errors.append(f"{name}: P2_EVENTS_URL is {e.get('P2_EVENTS_URL')!r}, want http://events:50054")
     if "container_name" in services[name]:
         errors.append(f"{name}: container_name prevents --scale")
 pg = env("postgres")

@@ -1,6 +1,13 @@
 //! `polyproto admin`: operator commands that work on the identity storage directly, whether
 //! or not the server is running (a running identity service picks up a rotated key within
 //! its refresh interval).
+//!
+//! The gateway events these commands cause (op 6 for `rotate-key`; op 4 and `CloseSession`
+//! for `revoke-sessions` and `disable`) are written to the event outboxes of the identity and
+//! session databases in the transactions of the changes, exactly as the services write them;
+//! the command itself never talks to the events service. The running services' outbox relays
+//! find the rows at their next poll (within a second) and deliver them; with no service
+//! running, the rows wait for the next start.
 
 use std::io::BufRead as _;
 use std::path::PathBuf;
@@ -164,6 +171,9 @@ impl AdminStorage {
                 registration: p2_identity::Registration::Closed,
                 ..p2_identity::IdentityOptions::for_domain(&self.domain)
             },
+            // The admin CLI runs no relay: it only writes outbox rows, which the running
+            // identity service relays. The capacity is the default one.
+            outbox: p2_outbox::OutboxConfig::default(),
             shutdown: p2_runtime::config::ShutdownConfig::immediate(),
             // The admin CLI serves nothing: a throwaway key satisfies the state.
             internal: p2_runtime::internal::InternalKeyConfig::with_key(
@@ -216,7 +226,8 @@ pub async fn create_actor(
     Ok(fid.to_string())
 }
 
-/// Rotates the server key; returns the new root ID-Cert (PEM).
+/// Rotates the server key; returns the new root ID-Cert (PEM). Gateway op 6 is queued with the
+/// new key, for the running identity service to relay.
 pub async fn rotate_key(storage: &AdminStorage) -> anyhow::Result<String> {
     let (generation, _) = open(storage)
         .await?
@@ -359,35 +370,38 @@ pub async fn list_sessions(
         .collect())
 }
 
-/// Ends the actor's sessions (all, or `only`): revokes their valid ID-Certs, then deletes
-/// their tokens. Returns how many sessions ended.
+/// Ends the actor's sessions (all, or `only`): revokes their valid ID-Certs (queueing op 4
+/// for each in the identity database), then deletes their tokens (queueing `CloseSession` for
+/// each in the session database). Returns how many sessions ended.
 pub async fn revoke_sessions(
     storage: &AdminStorage,
     name: &str,
     only: Option<&str>,
 ) -> anyhow::Result<usize> {
     let state = open(storage).await?;
-    let (local_name, fid) = existing_actor(&state, name).await?;
+    let (_, fid) = existing_actor(&state, name).await?;
     let sessions = storage.sessions().await?;
-    let now = i64::try_from(p2_runtime::unix_now()).unwrap_or(i64::MAX);
+    let refused = |error: p2_identity::IdentityError| {
+        anyhow::anyhow!("{}", tonic::Status::from(error).message())
+    };
     let mut ended = std::collections::BTreeSet::new();
     match only {
         Some(session_id) => {
             let session_id = p2_model::SessionId::parse(session_id)
                 .map_err(|e| anyhow::anyhow!("invalid session ID {session_id:?}: {e}"))?;
-            if let Some(row) = state
-                .store()
-                .revoke_cert(&local_name, session_id.as_str(), now)
-                .await?
-            {
-                ended.insert(row.session_id);
+            match state.revoke(&fid, &session_id).await {
+                Ok(row) => {
+                    ended.insert(row.session_id);
+                }
+                Err(p2_identity::IdentityError::NoValidCert { .. }) => {}
+                Err(error) => return Err(refused(error)),
             }
             if sessions.delete(fid.as_str(), session_id.as_str()).await? {
                 ended.insert(session_id.to_string());
             }
         }
         None => {
-            for row in state.store().revoke_all_certs(&local_name, now).await? {
+            for row in state.revoke_all(&fid).await.map_err(refused)? {
                 ended.insert(row.session_id);
             }
             for row in sessions.list(fid.as_str()).await? {
@@ -462,4 +476,170 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use p2_outbox::testing::{Call, FakeEvents};
+    use p2_runtime::internal::{InternalKey, InternalKeyConfig};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    const PASSWORD: &str = "alice password 1";
+    const ALICE: &str = "alice@admin.example";
+
+    /// The calls the fake received that satisfy `which`, once at least `count` of them did.
+    async fn wait_for(
+        events: &FakeEvents,
+        count: usize,
+        which: impl Fn(&Call) -> bool,
+    ) -> Vec<Call> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let found: Vec<_> = events.calls().into_iter().filter(|c| which(c)).collect();
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {found:?} after 15 s; everything: {:?}",
+                events.calls()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn invalidation_of(call: &Call, session_id: &str) -> bool {
+        let Call::Publish(request) = call else {
+            return false;
+        };
+        call.op() == Some(4)
+            && request.audience == Some(p2_outbox::message::actor_audience(ALICE, Some(session_id)))
+    }
+
+    fn closing(call: &Call, session_id: &str) -> bool {
+        matches!(call, Call::CloseSession(_))
+            && call.session() == Some((ALICE.to_owned(), session_id.to_owned()))
+    }
+
+    /// The admin CLI only writes outbox rows (it runs no relay); identity and session
+    /// services running on the same data directory deliver them, at their next poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_commands_queue_events_that_the_running_services_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = AdminStorage {
+            data_dir: dir.path().to_owned(),
+            domain: "admin.example".into(),
+            database_url: None,
+            session_database_url: None,
+            key_encryption_key: None,
+        };
+        assert_eq!(
+            create_actor(&storage, "alice", false, PASSWORD.into())
+                .await
+                .unwrap(),
+            ALICE
+        );
+        // A running identity and session service of one deployment, beside the CLI.
+        let key = InternalKey::generate();
+        let events = FakeEvents::start(&key).await.unwrap();
+        let identity_config = p2_identity::IdentityConfig {
+            internal: InternalKeyConfig::with_key(&key),
+            outbox: p2_outbox::OutboxConfig::new(events.url.clone()),
+            ..storage.identity_config().unwrap()
+        };
+        let identity = p2_identity::IdentityState::open(&identity_config)
+            .await
+            .unwrap();
+        let session = p2_session::SessionGrpc::open(&p2_session::SessionConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
+            pool: p2_runtime::storage::PoolConfig::default(),
+            redis_url: None,
+            identity_url: "http://127.0.0.1:1".into(),
+            options: p2_session::SessionOptions::default(),
+            outbox: p2_outbox::OutboxConfig::new(events.url.clone()),
+            shutdown: p2_runtime::config::ShutdownConfig::immediate(),
+            internal: InternalKeyConfig::with_key(&key),
+        })
+        .await
+        .unwrap();
+        let stop = CancellationToken::new();
+        let listener = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let identity_task = tokio::spawn(p2_identity::serve_state(
+            identity.clone(),
+            Duration::ZERO,
+            listener().await.unwrap(),
+            stop.clone(),
+        ));
+        let session_task = tokio::spawn(p2_session::serve_opened(
+            session.clone(),
+            Duration::ZERO,
+            listener().await.unwrap(),
+            stop.clone(),
+        ));
+        // Alice logs in twice (a cert from identity, a token from session).
+        let fid = p2_model::FederationId::parse(ALICE).unwrap();
+        for id in ["laptop", "phone"] {
+            let session_id = p2_model::SessionId::parse(id).unwrap();
+            let csr =
+                p2_model::build_csr(&p2_model::generate_signing_key(), &fid, &session_id).unwrap();
+            identity
+                .issue_login_cert("alice", PASSWORD.into(), csr.as_bytes(), None)
+                .await
+                .unwrap();
+            session.issue_token(&fid, &session_id).await.unwrap();
+        }
+        wait_for(&events, 2, |c| matches!(c, Call::OpenSession(_))).await;
+
+        // One session revoked: op 4 (from identity's outbox) to the others, then its close.
+        assert_eq!(
+            revoke_sessions(&storage, "alice", Some("phone"))
+                .await
+                .unwrap(),
+            1
+        );
+        wait_for(&events, 1, |c| invalidation_of(c, "phone")).await;
+        wait_for(&events, 1, |c| closing(c, "phone")).await;
+        // Disabling ends the rest the same way.
+        set_disabled(&storage, "alice", true).await.unwrap();
+        wait_for(&events, 1, |c| invalidation_of(c, "laptop")).await;
+        wait_for(&events, 1, |c| closing(c, "laptop")).await;
+        // A rotation: op 6 to the whole server with the new root.
+        let pem = rotate_key(&storage).await.unwrap();
+        let changed = wait_for(&events, 1, |c| c.op() == Some(6)).await;
+        let d: serde_json::Value = serde_json::from_str(&changed[0].data().unwrap()).unwrap();
+        assert_eq!(d["cert"], serde_json::Value::String(pem));
+        assert!(
+            d["oldInvalidSince"]
+                .as_str()
+                .unwrap()
+                .parse::<u64>()
+                .is_ok()
+        );
+
+        // Everything delivered once: two opens, two op 4, two closes, one op 6.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(events.calls().len(), 7, "{:?}", events.calls());
+        stop.cancel();
+        identity_task.await.unwrap().unwrap();
+        session_task.await.unwrap().unwrap();
+        // The stopped services closed their pools: look with fresh ones.
+        for (component, migrations) in [
+            ("identity", p2_identity::store::MIGRATIONS),
+            ("session", p2_session::MIGRATIONS),
+        ] {
+            let url = p2_runtime::storage::sqlite_url_in(dir.path(), component);
+            let db = p2_runtime::storage::connect(&url, component, migrations)
+                .await
+                .unwrap();
+            assert!(
+                p2_outbox::pending(&db).await.unwrap().is_empty(),
+                "{component}"
+            );
+        }
+    }
 }

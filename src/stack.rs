@@ -216,6 +216,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
             key_encryption_key_file: key_file,
             ..config.identity.clone()
         },
+        // The in-process events service; the outbox's bound is the default one.
+        outbox: p2_outbox::OutboxConfig::new(url(grpc_addrs[3])),
         // The gateway drains before the services stop: no grace needed in one process.
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),
@@ -227,6 +229,7 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         redis_url: redis_url.clone(),
         identity_url: url(grpc_addrs[0]),
         options: config.session.clone(),
+        outbox: p2_outbox::OutboxConfig::new(url(grpc_addrs[3])),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),
     };
@@ -241,6 +244,11 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     let events_config = p2_events::EventsConfig {
         listen: grpc_addrs[3],
         redis_url: redis_url.clone(),
+        options: p2_events::EventsOptions {
+            max_sessions_per_actor: config.identity.max_sessions_per_actor,
+            redis_prefix: format!("{}{tag}", p2_events::store::redis::DEFAULT_PREFIX),
+            ..p2_events::EventsOptions::default()
+        },
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: internal.clone(),
     };
@@ -310,20 +318,10 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
     });
     let token = services.clone();
     tasks.spawn(async move {
-        let auth = session.server_auth();
-        let probe = session.probe();
-        let service = p2_session::grpc_service(session);
         (
             "session",
-            p2_runtime::grpc::serve(
-                service,
-                auth,
-                std::time::Duration::ZERO,
-                Some(probe),
-                session_listener,
-                token,
-            )
-            .await,
+            p2_session::serve_opened(session, std::time::Duration::ZERO, session_listener, token)
+                .await,
         )
     });
     let token = services.clone();

@@ -13,12 +13,15 @@
 //! - [`body`]: lenient bodies (JSON without Content-Type, PEM bare or quoted).
 //! - [`params`]: lenient parameters (query or JSON body, numbers as strings).
 //! - [`routes`]: the handlers, grouped like API.md.
+//! - [`ws`]: the WebSocket gateway (`GET /.p2/core/v1/gateway`, spec 3.2) and the [`ws::Hub`]
+//!   of open sockets, closed with a resumable code on shutdown.
 //!
 //! Entry points: [`router`] builds the axum app (routes only); [`serve`] runs it on a
 //! pre-bound listener with the cross-cutting layers (trailing-slash leniency, body limit,
 //! request spans) until shutdown. Requests are counted and timed by route template
 //! ([`p2_runtime::metrics::HttpMetricsLayer`], in [`router`]), and the caches report their
-//! hits, misses and size to the same registry; the metrics listener itself is the binary's.
+//! hits, misses and size to the same registry, the [`ws::Hub`] its open WebSockets; the
+//! metrics listener itself is the binary's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +48,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
+pub mod ws;
 
 pub use error::ApiError;
 
@@ -197,6 +201,9 @@ pub struct GatewayOptions {
         default_value = ""
     )]
     pub trusted_proxies: String,
+    /// The WebSocket gateway: heartbeats, rate, queues, service channels.
+    #[command(flatten)]
+    pub websocket: ws::WsOptions,
 }
 
 impl Default for GatewayOptions {
@@ -216,6 +223,7 @@ impl Default for GatewayOptions {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             rate_limits: ratelimit::RateLimitOptions::default(),
             trusted_proxies: String::new(),
+            websocket: ws::WsOptions::default(),
         }
     }
 }
@@ -265,12 +273,14 @@ struct Inner {
     discovery: DiscoveryClient<TracedChannel>,
     events: EventsClient<TracedChannel>,
     upstreams: Vec<(&'static str, TracedChannel)>,
+    websockets: ws::Hub,
 }
 
 impl p2_runtime::metrics::Sampled for Inner {
     fn sample(&self, samples: &p2_runtime::metrics::Samples<'_>) {
         samples.cache_weighted_bytes(cache::PUBLIC_CACHE_LABEL, self.cache.weighted_bytes());
         samples.cache_weighted_bytes(cache::TOKEN_CACHE_LABEL, self.tokens.weighted_bytes());
+        samples.websockets_open(u64::try_from(self.websockets.open()).unwrap_or(u64::MAX));
     }
 }
 
@@ -288,6 +298,7 @@ impl AppState {
         let credential = config.credential()?;
         let proxies = proxy::TrustedProxies::parse(&options.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("invalid --trusted-proxies (P2_TRUSTED_PROXIES): {e}"))?;
+        let websockets = ws::Hub::new(options.websocket.settings()?);
         let rate_limiter = match &config.redis_url {
             Some(url) => ratelimit::RateLimiter::redis(
                 options.rate_limits.clone(),
@@ -328,6 +339,7 @@ impl AppState {
                     ("polyproto.discovery.v1.Discovery", discovery),
                     ("polyproto.events.v1.Events", events),
                 ],
+                websockets,
             }),
         };
         // The caches' sizes are sampled at scrape time, while this gateway lives.
@@ -404,6 +416,11 @@ impl AppState {
     /// A client of the events service.
     pub fn events(&self) -> EventsClient<TracedChannel> {
         self.inner.events.clone()
+    }
+
+    /// The open WebSockets (count them with [`ws::Hub::open`]).
+    pub fn websockets(&self) -> &ws::Hub {
+        &self.inner.websockets
     }
 }
 
@@ -484,6 +501,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let limits = state.inner.limits.clone();
+    let websockets = state.websockets().clone();
     // Trailing-slash leniency must run before routing, so it wraps the whole router.
     let app = tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash()
         .layer(router(state.clone()));
@@ -507,7 +525,27 @@ pub async fn serve(
             }
         }
     });
-    let result = server::serve(app, listener, limits, shutdown).await;
+    // WebSockets are no HTTP requests to drain: on shutdown each records its deliveries and
+    // closes with 4000 (resumable), within the same drain time as the requests.
+    let closer = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            websockets.close_all();
+            if !websockets.closed(p2_runtime::shutdown::DRAIN_TIMEOUT).await {
+                tracing::warn!(
+                    open = websockets.open(),
+                    "WebSockets did not close in time; stopping"
+                );
+            }
+        }
+    });
+    let result = server::serve(app, listener, limits, shutdown.clone()).await;
+    if shutdown.is_cancelled() {
+        let _ = closer.await;
+    } else {
+        closer.abort();
+    }
     sweeper.abort();
     result
 }

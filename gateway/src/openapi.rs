@@ -31,7 +31,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi as Document, Ref, R
 use utoipa::{IntoParams, Modify, OpenApi, Path as _};
 
 use crate::error::{ApiError, PROBLEM_JSON};
-use crate::routes::{actors, core, health, services, sessions};
+use crate::routes::{actors, core, events, health, services, sessions};
 
 /// Tag of the identity routes: server and actor certs, keys.
 pub const TAG_IDENTITY: &str = "identity";
@@ -41,6 +41,8 @@ pub const TAG_SESSIONS: &str = "sessions";
 pub const TAG_SERVICES: &str = "services";
 /// Tag of the polyproto-auth extension: registration and password login.
 pub const TAG_AUTH: &str = "auth";
+/// Tag of the event routes: the WebSocket gateway and events over HTTP.
+pub const TAG_EVENTS: &str = "events";
 /// Tag of the operator endpoints and this document.
 pub const TAG_OPERATORS: &str = "operators";
 
@@ -137,6 +139,8 @@ pub struct SensitiveSolutionOptional {
         services::set_primary,
         services::discover_all,
         services::discover_one,
+        events::events,
+        crate::ws::gateway,
         openapi_json,
         health::healthz,
         health::readyz,
@@ -145,6 +149,7 @@ pub struct SensitiveSolutionOptional {
         (name = TAG_IDENTITY, description = "Server and actor ID-Certs, the server's key."),
         (name = TAG_SESSIONS, description = "Challenge strings and sessions."),
         (name = TAG_SERVICES, description = "Discoverable services (spec 9)."),
+        (name = TAG_EVENTS, description = "Gateway events: the WebSocket gateway (spec 3.2) and events over HTTP (spec 3.3)."),
         (name = TAG_AUTH, description = "The polyproto-auth extension: registration and login."),
         (name = TAG_OPERATORS, description = "Liveness, readiness and this document."),
     ),
@@ -419,7 +424,7 @@ mod tests {
     async fn every_documented_operation_is_served_with_the_documented_auth() {
         let app = app();
         let documented = documented();
-        assert_eq!(documented.len(), 19, "{documented:?}");
+        assert_eq!(documented.len(), 21, "{documented:?}");
         for (method, path, bearer) in &documented {
             // Without a token: 401 exactly where the document asks for one. (A 404 of the
             // fallback would be 404 too, but no documented route answers 404 without an

@@ -16,6 +16,13 @@
 //! - **Request timeout.** `--request-timeout-ms` bounds each request from header to answer
 //!   (`tower_http::timeout`, in [`crate::router`]): 503 problem+json.
 //!
+//! - **WebSockets.** Connections are served with upgrades: a WebSocket handshake (including
+//!   its upgrade) runs in the connection's own task, never in the accept loop. Once upgraded,
+//!   the HTTP connection task ends (hyper hands the socket over), and with it the idle and
+//!   header timeouts — the gateway's heartbeats ([`crate::ws`]) bound an open socket instead;
+//!   the socket keeps its [`ConnectionSlot`], so the caps count it until it closes. On
+//!   shutdown WebSockets are closed by [`crate::ws::Hub`], not drained here.
+//!
 //! Every connection is served in a task of its own, so a slow client never blocks the accept
 //! loop. On shutdown the listener closes at once, every connection is asked to shut down
 //! gracefully (idle ones close, in-flight requests finish), and what has not finished after
@@ -109,6 +116,13 @@ impl Drop for Slot {
         }
     }
 }
+
+/// A connection's slot, shared by the connection task and every request on it (a request
+/// extension). A WebSocket upgrade takes it along: the upgraded socket outlives the HTTP
+/// connection task (whose future ends at the upgrade), and keeps counting against the
+/// connection caps until it closes.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code, reason = "held for its Drop")] Arc<Slot>);
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,7 +334,7 @@ async fn serve_connection<S>(
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
-    _slot: Slot,
+    slot: Slot,
 ) where
     S: tower::Service<
             axum::http::Request<hyper::body::Incoming>,
@@ -337,6 +351,7 @@ async fn serve_connection<S>(
         activity: activity.clone(),
     });
     let counted = activity.clone();
+    let slot = ConnectionSlot(Arc::new(slot));
     let service = tower::ServiceExt::map_request(
         app,
         move |mut request: axum::http::Request<hyper::body::Incoming>| {
@@ -345,6 +360,7 @@ async fn serve_connection<S>(
             request
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            request.extensions_mut().insert(slot.clone());
             request
         },
     );

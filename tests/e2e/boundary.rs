@@ -61,6 +61,14 @@ const WITHOUT_ASSERTION: &[(&str, &str)] = &[
         "/polyproto.events.v1.Events/Publish",
         "services publish on their own authority",
     ),
+    (
+        "/polyproto.events.v1.Events/OpenSession",
+        "the session service owns sessions (only it may call)",
+    ),
+    (
+        "/polyproto.events.v1.Events/CloseSession",
+        "the session service owns sessions (only it may call)",
+    ),
 ];
 
 /// One RPC from the descriptors.

@@ -259,6 +259,14 @@ async fn every_process_of_a_split_deployment_serves_its_own_metrics() {
         );
     }
     assert!(!has_series(events, "polyproto_db_pool_connections"));
+    // The event log's counters and streams, sampled at the scrape.
+    for series in [
+        "polyproto_events_subscribers",
+        "polyproto_events_total{kind=\"appended\"}",
+    ] {
+        assert!(has_series(events, series), "{series}:\n{events}");
+        assert!(!has_series(identity, series));
+    }
     assert!(!has_series(gateway, "polyproto_db_pool_connections"));
     // Each process shows its own calls only.
     assert!(!has_series(gateway, "polyproto_grpc_server_requests_total"));

@@ -96,6 +96,7 @@ async fn a_service_is_not_serving_while_its_redis_is_gone_and_recovers_by_itself
     let config = p2_events::EventsConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         redis_url: Some(format!("redis://127.0.0.1:{}/", proxy.port)),
+        options: p2_events::EventsOptions::default(),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         internal: p2_runtime::internal::InternalKeyConfig::with_key(
             &p2_runtime::internal::InternalKey::generate(),

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 
 pub mod actors;
 pub mod core;
+pub mod events;
 pub mod health;
 pub mod services;
 pub mod sessions;
@@ -37,6 +38,8 @@ pub fn router() -> Router<AppState> {
             "/.p2/core/v1/session",
             axum::routing::delete(sessions::delete_session),
         )
+        .route("/.p2/core/v1/events", get(events::events))
+        .route("/.p2/core/v1/gateway", get(crate::ws::gateway))
         .route("/.p2/auth/v1/register", post(actors::register))
         .route("/.p2/auth/v1/session", post(actors::login))
         .route(

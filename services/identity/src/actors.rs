@@ -240,6 +240,8 @@ impl IdentityState {
                 self.max_sessions_per_actor(),
                 to_i64(now),
                 || build_row(&generation, csr, &local_name, &session_id, now, not_after),
+                // A renewal revokes the old cert early: op 4 to the actor's other sessions.
+                |old| Ok(vec![self.invalidation_event(fid, old, now)?]),
             )
             .await?;
         let issued = match issued {
@@ -287,7 +289,8 @@ impl IdentityState {
             .await?)
     }
 
-    /// Revokes the valid cert of `fid`'s session `session_id`.
+    /// Revokes the valid cert of `fid`'s session `session_id`, queueing gateway op 4 with the
+    /// revocation.
     pub async fn revoke(
         &self,
         fid: &FederationId,
@@ -297,7 +300,9 @@ impl IdentityState {
         let now = p2_runtime::unix_now();
         let revoked = self
             .store()
-            .revoke_cert(&local_name, session_id.as_str(), to_i64(now))
+            .revoke_cert(&local_name, session_id.as_str(), to_i64(now), |row| {
+                Ok(vec![self.invalidation_event(fid, row, now)?])
+            })
             .await?
             .ok_or_else(|| IdentityError::NoValidCert {
                 fid: fid.to_string(),
@@ -305,6 +310,35 @@ impl IdentityState {
             })?;
         tracing::info!(fid = %fid, serial = %revoked.serial, "revoked actor id-cert");
         Ok(revoked)
+    }
+
+    /// Revokes every valid cert of `fid` (`polyproto admin revoke-sessions|disable`), queueing
+    /// gateway op 4 for each with the revocations; returns the revoked certs.
+    pub async fn revoke_all(&self, fid: &FederationId) -> Result<Vec<CertRow>, IdentityError> {
+        let local_name = self.local_name_of(fid)?;
+        let now = p2_runtime::unix_now();
+        let revoked = self
+            .store()
+            .revoke_all_certs(&local_name, to_i64(now), |row| {
+                Ok(vec![self.invalidation_event(fid, row, now)?])
+            })
+            .await?;
+        tracing::info!(fid = %fid, certs = revoked.len(), "revoked every actor id-cert");
+        Ok(revoked)
+    }
+
+    /// Gateway op 4 for `row`, a cert of `fid` revoked at `now` ([`crate::events`]).
+    fn invalidation_event(
+        &self,
+        fid: &FederationId,
+        row: &CertRow,
+        now: u64,
+    ) -> anyhow::Result<p2_outbox::Message> {
+        let invalid_since = row
+            .invalidated_at
+            .and_then(|t| u64::try_from(t).ok())
+            .unwrap_or(now);
+        crate::events::certificate_invalidated(self.keyring(), fid, row, invalid_since, now)
     }
 
     /// Rotates the server key for `fid`, who must be an administrator and send the

@@ -245,7 +245,8 @@ impl Keyring {
     }
 
     /// Creates a new generation (key pair and root ID-Cert) that is current from `now`. The
-    /// previous ones stay retrievable by time.
+    /// previous ones stay retrievable by time. Queues gateway op 6 with it (not for the first
+    /// generation: there was no server cert to change).
     pub async fn rotate(&self, now: u64) -> anyhow::Result<Arc<Generation>> {
         // Two replicas may race for the same generation number: the loser reloads and tries
         // the next number, so a rotation always creates a key of its own.
@@ -269,7 +270,17 @@ impl Keyring {
                     .cipher
                     .encrypt(key.as_bytes(), &key_context(next, &cert.serial()))?,
             };
-            if self.store.insert_server_key(&row).await? {
+            // Every generation after the first changes the server's cert: op 6, queued with
+            // the key, the old root current until `now`.
+            let events = if next > 1 {
+                vec![crate::events::server_certificate_changed(
+                    &row.cert_pem,
+                    now,
+                )]
+            } else {
+                Vec::new()
+            };
+            if self.store.insert_server_key(&row, events).await? {
                 self.reload().await?;
                 tracing::info!(generation = next, serial = %row.serial, domain = %self.domain, "new server key generation");
                 return self.current().map_err(|e| anyhow::anyhow!("{e}"));

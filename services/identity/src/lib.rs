@@ -12,6 +12,10 @@
 //!   memoised cache signatures.
 //! - [`actors`]: the operations on actors and their certs (register, sensitive-action check,
 //!   login certs, CSR signing for an asserted actor, revocation, key rotation by an admin).
+//! - [`events`]: the gateway events this service causes (op 4 for revoked actor certs, op 6
+//!   for new server keys), queued in the identity database's event outbox with the change that
+//!   causes them and delivered by the outbox relay ([`p2_outbox::Relay`], run by
+//!   [`serve_state`]).
 //! - [`grpc`]: the `polyproto.identity.v1.Identity` implementation (edge conversions only).
 //! - [`CALLERS`]: which component may call which RPC.
 //! - [`error`]: [`IdentityError`] and its one mapping to `tonic::Status`.
@@ -34,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub mod actors;
 pub mod cipher;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod keyring;
 pub mod passwords;
@@ -118,6 +123,9 @@ pub struct IdentityConfig {
     /// What the home server is and issues (shared with `polyproto up`).
     #[command(flatten)]
     pub options: IdentityOptions,
+    /// Where the events this service causes go, and its outbox's bound.
+    #[command(flatten)]
+    pub outbox: p2_outbox::OutboxConfig,
     /// How the server shuts down.
     #[command(flatten)]
     pub shutdown: p2_runtime::config::ShutdownConfig,
@@ -220,6 +228,8 @@ pub struct IdentityState {
 
 struct Inner {
     redis: Option<redis::aio::ConnectionManager>,
+    /// The outbox relay's client of the events service (connects lazily).
+    events: p2_proto::events::v1::events_client::EventsClient<p2_runtime::grpc::TracedChannel>,
     internal_key: p2_runtime::internal::InternalKey,
     assertion_key: p2_runtime::internal::AssertionKey,
     store: store::Store,
@@ -234,7 +244,8 @@ struct Inner {
 
 impl IdentityState {
     /// Connects storage, runs migrations, and loads (or on first start creates) the server's
-    /// key pair and root ID-Cert for `config.domain`.
+    /// key pair and root ID-Cert for `config.domain`. The events channel connects lazily (only
+    /// the outbox relay of [`serve_state`] uses it).
     pub async fn open(config: &IdentityConfig) -> anyhow::Result<Self> {
         let options = &config.options;
         let domain = p2_model::validate_domain(&options.domain)
@@ -248,7 +259,12 @@ impl IdentityState {
             &config.pool,
         )
         .await?;
-        let store = store::Store::new(db);
+        let store = store::Store::new(db).with_outbox_capacity(config.outbox.capacity);
+        let events =
+            p2_proto::events::v1::events_client::EventsClient::new(p2_runtime::grpc::channel(
+                &config.outbox.events_url,
+                &internal_key.credential(Component::Identity),
+            )?);
         let redis = match &config.redis_url {
             Some(url) => Some(p2_runtime::kv::connect(url, "identity").await?),
             None => None,
@@ -268,6 +284,10 @@ impl IdentityState {
             options.max_sessions_per_actor >= 1,
             "--max-sessions-per-actor (P2_MAX_SESSIONS_PER_ACTOR) must be at least 1"
         );
+        anyhow::ensure!(
+            config.outbox.capacity >= 1,
+            "--outbox-capacity (P2_OUTBOX_CAPACITY) must be at least 1"
+        );
         let keyring = keyring::Keyring::open(
             store.clone(),
             cipher,
@@ -278,6 +298,7 @@ impl IdentityState {
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
+                events,
                 assertion_key: internal_key.assertion_key(),
                 internal_key,
                 store,
@@ -356,6 +377,16 @@ impl IdentityState {
     pub fn registration(&self) -> Registration {
         self.inner.registration
     }
+
+    /// The relay of this service's event outbox to the events service (default pacing);
+    /// [`serve_state`] runs one.
+    pub fn relay(&self) -> p2_outbox::Relay {
+        p2_outbox::Relay::new(
+            self.store().database().clone(),
+            self.store().outbox().clone(),
+            self.inner.events.clone(),
+        )
+    }
 }
 
 /// The tonic service for `state`.
@@ -375,7 +406,11 @@ pub async fn serve(
     serve_state(state, config.shutdown.grace(), listener, shutdown).await
 }
 
-/// Runs the identity service for an already opened `state`.
+/// Runs the identity service for an already opened `state`, with the keyring refresh and the
+/// event outbox relay beside it. Shutdown order: the server goes NOT_SERVING and drains; then
+/// the background tasks stop (what the last requests queued is delivered by the next start, or
+/// by another replica); then the database pool closes (`state`'s storage is unusable
+/// afterwards).
 pub async fn serve_state(
     state: IdentityState,
     grace: Duration,
@@ -400,6 +435,9 @@ pub async fn serve_state(
             }
         }
     });
+    let db = state.store().database().clone();
+    let relay_stop = CancellationToken::new();
+    let relay = state.relay().spawn(relay_stop.clone());
     let auth = state.server_auth();
     let probe = state.probe();
     let result = p2_runtime::grpc::serve(
@@ -412,5 +450,12 @@ pub async fn serve_state(
     )
     .await;
     refresher.abort();
+    relay_stop.cancel();
+    if let Err(error) = relay.await {
+        tracing::error!(error = %error, "the identity event outbox relay panicked");
+    }
+    // Last: every connection closed before this returns (SQLite checkpoints its WAL then),
+    // so a stopped service leaves its files settled.
+    db.pool.close().await;
     result
 }

@@ -1,8 +1,13 @@
 //! SQL storage of the identity service. One implementation over sqlx's `Any` driver with
 //! portable SQL serves SQLite (embedded) and PostgreSQL (production); tests run it against
 //! both.
+//!
+//! The writes that cause gateway events (revoking certs, storing a key generation) take the
+//! events to queue and write them to the event outbox ([`p2_outbox`]) in their own
+//! transaction: the change and its events commit together or not at all.
 
 use anyhow::Context as _;
+use p2_outbox::{Message, Outbox};
 use p2_runtime::storage::{Database, Migration};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -51,6 +56,12 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "disabled actors",
         sql: "ALTER TABLE actors ADD COLUMN disabled BIGINT NOT NULL DEFAULT 0",
     },
+    // The events this service causes, queued with the change that causes them.
+    Migration {
+        version: 4,
+        description: p2_outbox::MIGRATION_DESCRIPTION,
+        sql: p2_outbox::MIGRATION_SQL,
+    },
 ];
 
 /// One stored key generation of the home server.
@@ -74,10 +85,11 @@ pub struct ServerKeyRow {
     pub private_key_enc: String,
 }
 
-/// Storage handle; cheap to clone.
+/// Storage handle (and the event outbox beside it); cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
+    outbox: Outbox,
 }
 
 impl Store {
@@ -86,9 +98,24 @@ impl Store {
         &self.db
     }
 
-    /// Wraps a migrated database.
+    /// Wraps a migrated database; its outbox holds at most [`p2_outbox::DEFAULT_CAPACITY`]
+    /// events (see [`Self::with_outbox_capacity`]).
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            outbox: Outbox::new("identity", p2_outbox::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// The same store, its outbox bounded at `capacity` events.
+    pub fn with_outbox_capacity(mut self, capacity: u64) -> Self {
+        self.outbox = Outbox::new("identity", capacity);
+        self
+    }
+
+    /// The event outbox of this store (its relay wakes when a write here queued something).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     /// Every key generation, oldest first.
@@ -164,10 +191,21 @@ impl Store {
             .context("committing the key re-encryption")
     }
 
-    /// Stores a new generation. Returns `false` when that generation number already exists
+    /// Stores a new generation and queues `events` with it, in one transaction. Returns
+    /// `false` (storing and queueing nothing) when that generation number already exists
     /// (another replica created it first).
     #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity insert_server_key", otel.kind = "client", db.system = "sql"))]
-    pub async fn insert_server_key(&self, row: &ServerKeyRow) -> anyhow::Result<bool> {
+    pub async fn insert_server_key(
+        &self,
+        row: &ServerKeyRow,
+        events: Vec<Message>,
+    ) -> anyhow::Result<bool> {
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting to store a server key")?;
         let result = sqlx::query(
             "INSERT INTO server_keys (generation, serial, active_from, not_before, not_after, \
              cert_pem, public_key_pem, private_key_enc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -181,10 +219,16 @@ impl Store {
         .bind(&row.cert_pem)
         .bind(&row.public_key_pem)
         .bind(&row.private_key_enc)
-        .execute(&self.db.pool)
+        .execute(&mut *tx)
         .await
         .context("storing a server key")?;
-        Ok(result.rows_affected() == 1)
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        self.outbox.enqueue(&mut tx, events).await?;
+        tx.commit().await.context("committing a server key")?;
+        self.outbox.wake();
+        Ok(true)
     }
 }
 
@@ -325,26 +369,45 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Revokes every valid cert of `local_name`; returns the revoked rows.
+    /// Revokes every valid cert of `local_name` and queues what `events` returns for each
+    /// revoked row, in one transaction; returns the revoked rows.
     #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity revoke_all_certs", otel.kind = "client", db.system = "sql"))]
     pub async fn revoke_all_certs(
         &self,
         local_name: &str,
         now: i64,
+        events: impl Fn(&CertRow) -> anyhow::Result<Vec<Message>>,
     ) -> anyhow::Result<Vec<CertRow>> {
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting to revoke an actor's certs")?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE id_certs SET invalidated_at = $2 WHERE local_name = $1 \
              AND invalidated_at IS NULL AND not_after > $2 RETURNING {CERT_COLUMNS}"
         )))
         .bind(local_name)
         .bind(now)
-        .fetch_all(&self.db.pool)
+        .fetch_all(&mut *tx)
         .await
         .context("revoking an actor's certs")?;
-        rows.iter()
+        let rows: Vec<CertRow> = rows
+            .iter()
             .map(cert_row)
             .collect::<Result<_, _>>()
-            .context("decoding certs")
+            .context("decoding certs")?;
+        let mut queued = Vec::new();
+        for row in &rows {
+            queued.extend(events(row)?);
+        }
+        self.outbox.enqueue(&mut tx, queued).await?;
+        tx.commit().await.context("committing revocations")?;
+        if !rows.is_empty() {
+            self.outbox.wake();
+        }
+        Ok(rows)
     }
 
     /// Looks an actor up by local name.
@@ -373,10 +436,12 @@ impl Store {
     }
 
     /// Issues a cert for (`local_name`, `session_id`) in one transaction: refuses when a valid
-    /// cert holds the session ID (unless `renew`, which revokes that cert), then stores what
-    /// `build` returns. Concurrent issuances for one actor are serialised by a row lock on the
-    /// actor, so two requests cannot both take a session ID.
+    /// cert holds the session ID (unless `renew`, which revokes that cert and queues what
+    /// `on_revoked` returns for it), then stores what `build` returns. Concurrent issuances for
+    /// one actor are serialised by a row lock on the actor, so two requests cannot both take a
+    /// session ID.
     #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity issue_cert", otel.kind = "client", db.system = "sql"))]
+    #[allow(clippy::too_many_arguments)]
     pub async fn issue_cert(
         &self,
         local_name: &str,
@@ -385,6 +450,7 @@ impl Store {
         max_valid: u64,
         now: i64,
         build: impl FnOnce() -> anyhow::Result<CertRow>,
+        on_revoked: impl FnOnce(&CertRow) -> anyhow::Result<Vec<Message>>,
     ) -> anyhow::Result<Result<Issued, IssueRefusal>> {
         let mut tx = self
             .db
@@ -424,6 +490,8 @@ impl Store {
                     .await
                     .context("revoking the renewed cert")?;
                 old.invalidated_at = Some(now);
+                let events = on_revoked(&old)?;
+                self.outbox.enqueue(&mut tx, events).await?;
                 Some(old)
             }
             None => {
@@ -461,6 +529,9 @@ impl Store {
         .await
         .context("storing a cert")?;
         tx.commit().await.context("committing a cert")?;
+        if revoked.is_some() {
+            self.outbox.wake();
+        }
         Ok(Ok(Issued { cert, revoked }))
     }
 
@@ -496,14 +567,22 @@ impl Store {
             .context("decoding certs")
     }
 
-    /// Revokes the valid cert of (`local_name`, `session_id`); `None` when there is none.
+    /// Revokes the valid cert of (`local_name`, `session_id`) and queues what `events` returns
+    /// for it, in one transaction; `None` (nothing changed or queued) when there is none.
     #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "identity revoke_cert", otel.kind = "client", db.system = "sql"))]
     pub async fn revoke_cert(
         &self,
         local_name: &str,
         session_id: &str,
         now: i64,
+        events: impl FnOnce(&CertRow) -> anyhow::Result<Vec<Message>>,
     ) -> anyhow::Result<Option<CertRow>> {
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting to revoke a cert")?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE id_certs SET invalidated_at = $3 WHERE local_name = $1 AND session_id = $2 \
              AND invalidated_at IS NULL AND not_after > $3 RETURNING {CERT_COLUMNS}"
@@ -511,11 +590,16 @@ impl Store {
         .bind(local_name)
         .bind(session_id)
         .bind(now)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&mut *tx)
         .await
         .context("revoking a cert")?;
-        row.map(|row| cert_row(&row))
-            .transpose()
-            .context("decoding a cert")
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let row = cert_row(&row).context("decoding a cert")?;
+        self.outbox.enqueue(&mut tx, events(&row)?).await?;
+        tx.commit().await.context("committing a revocation")?;
+        self.outbox.wake();
+        Ok(Some(row))
     }
 }

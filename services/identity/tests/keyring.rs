@@ -11,6 +11,8 @@ use p2_proto::identity::v1 as pb;
 use p2_proto::identity::v1::identity_server::Identity as _;
 use p2_runtime::internal::InternalKey;
 
+/// A URL where nothing listens, for services whose outbox relay is not under test.
+const DEAD_EVENTS_URL: &str = "http://127.0.0.1:1";
 const KEK: &str = "0f0e0d0c0b0a09080706050403020100f0e0d0c0b0a090807060504030201000";
 const YEAR: u64 = 365 * 86_400;
 
@@ -309,6 +311,7 @@ fn service_config(
         redis_url: None,
         redis_prefix: p2_identity::throttle::REDIS_PREFIX.into(),
         options,
+        outbox: p2_outbox::OutboxConfig::new(DEAD_EVENTS_URL),
         internal: p2_runtime::internal::InternalKeyConfig::with_key(&KEY),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
     }
@@ -397,6 +400,7 @@ async fn sessions_per_actor_are_bounded_atomically_and_answers_are_capped(url: S
                         3,
                         i64::try_from(now).unwrap(),
                         || Ok(row),
+                        |_| Ok(Vec::new()),
                     )
                     .await
                     .unwrap()
@@ -468,6 +472,7 @@ async fn sessions_per_actor_are_bounded_atomically_and_answers_are_capped(url: S
                 1000,
                 i64::try_from(now).unwrap(),
                 || Ok(row),
+                |_| Ok(Vec::new()),
             )
             .await
             .unwrap()

@@ -29,6 +29,7 @@ async fn open(redis: Option<String>) -> (p2_identity::IdentityState, tempfile::T
             key_encryption_key: Some(KEK.to_owned().into()),
             ..p2_identity::IdentityOptions::for_domain("throttle.example")
         },
+        outbox: p2_outbox::OutboxConfig::new("http://127.0.0.1:1"),
         internal: p2_runtime::internal::InternalKeyConfig::with_key(
             &p2_runtime::internal::InternalKey::generate(),
         ),

@@ -18,6 +18,10 @@
 //! | `polyproto_gateway_cache_weighted_bytes` | gauge | `cache` | bytes held, as weighed against the cache's budget |
 //! | `polyproto_db_pool_connections` / `_idle_connections` / `_max_connections` | gauge | `pool` | SQL pool size, idle connections, bound |
 //! | `polyproto_redis_errors_total` | counter | `component`, `operation` | failed Redis operations |
+//! | `polyproto_websockets_open` | gauge | – | open gateway WebSockets (sampled) |
+//! | `polyproto_events_total` | counter | `kind` | the events service's `published` publications, `repeated` ones (idempotency key seen, nothing appended) and events `appended` to session logs (sampled) |
+//! | `polyproto_events_subscribers` | gauge | – | Subscribe streams open in the events process (sampled) |
+//! | `polyproto_outbox_events_total` | counter | `component`, `outcome` | event outbox rows `delivered` to the events service, `dropped` at the outbox's bound, `rejected` for good |
 //!
 //! Cardinality is bounded by construction, never by what clients send: `route` is the axum
 //! route template ([`MatchedPath`], e.g. `/.p2/core/v1/idcert/actor/{fid}`), or `unmatched`;
@@ -216,6 +220,15 @@ pub fn redis_error(component: &'static str, operation: &'static str) {
         .inc();
 }
 
+/// Counts `n` event outbox rows of `component` with `outcome` (`delivered`, `dropped` at the
+/// bound, `rejected` for good).
+pub fn outbox_events(component: &'static str, outcome: &'static str, n: u64) {
+    global()
+        .outbox_events
+        .get_or_create(&OutboxLabels { component, outcome })
+        .inc_by(n);
+}
+
 /// A source of gauges sampled at scrape time (state that lives elsewhere: cache sizes, pool
 /// sizes). Register it with [`register_sampled`].
 pub trait Sampled: Send + Sync {
@@ -236,6 +249,34 @@ impl Samples<'_> {
             .cache_bytes
             .get_or_create(&CacheLabels { cache })
             .inc_by(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Open gateway WebSockets.
+    pub fn websockets_open(&self, open: u64) {
+        // Added up: several gateways in one process (tests) each report theirs.
+        self.metrics
+            .websockets_open
+            .get_or_create(&Vec::new())
+            .inc_by(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// The events service's counters since the process started, and its open streams.
+    pub fn events(&self, published: u64, repeated: u64, appended: u64, subscribers: u64) {
+        let metrics = self.metrics;
+        for (kind, n) in [
+            ("published", published),
+            ("repeated", repeated),
+            ("appended", appended),
+        ] {
+            metrics
+                .events_total
+                .get_or_create(&KindLabels { kind })
+                .inc_by(n);
+        }
+        metrics
+            .events_subscribers
+            .get_or_create(&Vec::new())
+            .inc_by(i64::try_from(subscribers).unwrap_or(i64::MAX));
     }
 
     /// The state of the SQL pool `pool`: open connections, idle ones, and its bound.
@@ -334,6 +375,20 @@ struct PoolLabels {
     pool: String,
 }
 
+/// A sampled series without labels (prometheus-client families need a label set: an empty one).
+type NoLabels = Vec<(&'static str, &'static str)>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    component: &'static str,
+    outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RedisLabels {
     component: &'static str,
@@ -394,6 +449,10 @@ pub struct Metrics {
     pool_idle: Family<PoolLabels, Gauge>,
     pool_max: Family<PoolLabels, Gauge>,
     redis_errors: Family<RedisLabels, Counter>,
+    outbox_events: Family<OutboxLabels, Counter>,
+    websockets_open: Family<NoLabels, Gauge>,
+    events_total: Family<KindLabels, Counter>,
+    events_subscribers: Family<NoLabels, Gauge>,
     /// Sampled sources; the lock also serialises scrapes (sampled gauges are rebuilt by each).
     sampled: Mutex<Vec<Weak<dyn Sampled>>>,
     /// gRPC method names given a label of their own.
@@ -503,6 +562,30 @@ impl Metrics {
             "Failed Redis operations, by component and operation class",
             redis_errors.clone(),
         );
+        let outbox_events = Family::default();
+        registry.register(
+            "outbox_events",
+            "Event outbox rows delivered, dropped at the bound or rejected, by component",
+            outbox_events.clone(),
+        );
+        let websockets_open = Family::default();
+        registry.register(
+            "websockets_open",
+            "Open gateway WebSockets",
+            websockets_open.clone(),
+        );
+        let events_total = Family::default();
+        registry.register(
+            "events",
+            "Events service publications, repeats (nothing appended) and events appended to session logs",
+            events_total.clone(),
+        );
+        let events_subscribers = Family::default();
+        registry.register(
+            "events_subscribers",
+            "Subscribe streams open in this events process",
+            events_subscribers.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -518,6 +601,10 @@ impl Metrics {
             pool_idle,
             pool_max,
             redis_errors,
+            outbox_events,
+            websockets_open,
+            events_total,
+            events_subscribers,
             sampled: Mutex::new(Vec::new()),
             grpc_methods: RwLock::new(HashSet::new()),
         }
@@ -538,6 +625,11 @@ impl Metrics {
             family.clear();
         }
         self.cache_bytes.clear();
+        self.events_total.clear();
+        // Sampled families: absent from a process without the source (no events log, no
+        // WebSocket hub), rebuilt at every scrape.
+        self.websockets_open.clear();
+        self.events_subscribers.clear();
         let samples = Samples { metrics: self };
         sampled.retain(|source| match source.upgrade() {
             Some(source) => {

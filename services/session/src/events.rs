@@ -1,46 +1,33 @@
-//! Gateway events this service causes, published through the events service
-//! (`polyproto.events.v1.Events/Publish`; services never touch the event streams themselves).
+//! Gateway events this service causes. They are never sent from a request: they are queued in
+//! the event outbox of the session database, in the transaction of the change that causes
+//! them, and the outbox relay delivers them to the events service ([`p2_outbox`]), so a login or
+//! deletion never waits for the events service and no event is lost while it is away.
 //!
-//! The events service does not implement `Publish` yet, so these are the marked call sites the
-//! events work fills in; until then they only log. When filling them in, keep them
-//! best-effort: the session change has already happened and must not be undone because an
-//! event could not be queued (log and carry on).
+//! - A session row stored (login, new ID-Cert, renewal): `OpenSession`, queued by
+//!   [`crate::storage::SessionStore::put_with_events`] itself; for a **new** session also op 3
+//!   ([`new_session`]), after it.
+//! - A session row deleted (DELETE session, `polyproto admin revoke-sessions|disable`, an
+//!   undone login): `CloseSession`, queued by [`crate::storage::SessionStore::delete`], which
+//!   ends the session's event stream (the gateway closes its socket with 4003).
+//! - Op 4 (certificate invalidation) belongs to the revocation, which identity owns: identity
+//!   queues it in its own outbox in the transaction that revokes the cert (deletion, renewal,
+//!   admin revocation alike), so it is not lost when this service fails after the revocation.
 
 use p2_model::{FederationId, SessionId};
-use p2_proto::identity::v1::RevokeActorIdCertResponse;
+use p2_outbox::Message;
+use p2_outbox::message::actor_audience;
 
-/// CALL SITE for gateway op 4, "actor certificate invalidation" (spec 3.2.3.5), after a
-/// session was deleted and its ID-Cert revoked.
-///
-/// To publish: `events.Publish { fid, except_session_id: Some(session_id), event: { namespace:
-/// "core", op: 4, data_json } }` where `data_json` holds the spec's `serial` and `invalidSince`
-/// (decimal strings, API.md "Wire dialect") plus the flattened CacheableIdCert fields of
-/// `revoked.cert`, so every other session of the actor learns of the revocation.
-pub async fn publish_certificate_invalidated(
-    fid: &FederationId,
-    session_id: &SessionId,
-    revoked: &RevokeActorIdCertResponse,
-) {
-    tracing::debug!(
-        fid = %fid,
-        session_id = %session_id,
-        serial = %revoked.serial,
-        invalidated_at = revoked.invalidated_at,
-        "gateway op 4 (certificate invalidation) not published: the events service does not publish yet"
-    );
-}
+/// Opcode of the "new session" event (spec 3.2.3.4).
+pub const NEW_SESSION_OP: u32 = 3;
 
-/// CALL SITE for gateway op 3, "new session" (spec 3.2.3.4), after a login issued a new
-/// session's ID-Cert.
-///
-/// To publish: `events.Publish { fid, except_session_id: Some(session_id), event: { namespace:
-/// "core", op: 3, data_json: {"cert": cert_pem} } }`, so the actor's other sessions can spot a
-/// session they did not start (spec 4.4).
-pub async fn publish_new_session(fid: &FederationId, session_id: &SessionId, cert_pem: &str) {
-    tracing::debug!(
-        fid = %fid,
-        session_id = %session_id,
-        cert_len = cert_pem.len(),
-        "gateway op 3 (new session) not published: the events service does not publish yet"
-    );
+/// Gateway op 3, "new session" (spec 3.2.3.4), for a session that did not exist before (a
+/// login, or POST /idcert for another session ID; not a renewal): to every other session of the
+/// actor, `d = {"cert": <the new session's ID-Cert, PEM>}`, so that they can spot a session
+/// they did not start (spec 4.4).
+pub fn new_session(fid: &FederationId, session_id: &SessionId, cert_pem: &str) -> Message {
+    Message::core_event(
+        actor_audience(fid.as_str(), Some(session_id.as_str())),
+        NEW_SESSION_OP,
+        serde_json::json!({ "cert": cert_pem }).to_string(),
+    )
 }

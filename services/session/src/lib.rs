@@ -14,7 +14,10 @@
 //! - [`challenge`]: issue challenge strings bound to a session and verify their solutions
 //!   against the session's current ID-Cert (the RPC and the gateway's
 //!   `X-P2-Challenge-String-Solution` check share it).
-//! - [`events`]: the marked call sites of the gateway events this service causes.
+//! - [`events`]: the gateway events this service causes (op 3, `OpenSession`,
+//!   `CloseSession`), queued in the session database's event outbox with the change that
+//!   causes them and delivered by the outbox relay ([`p2_outbox::Relay`], run by
+//!   [`serve_opened`]).
 //! - [`grpc`]: the `polyproto.session.v1.Session` implementation (edge conversions only; the
 //!   multi-step operations run in their own task, safe from caller cancellation).
 //! - [`CALLERS`]: which component may call which RPC.
@@ -32,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use p2_proto::events::v1::events_client::EventsClient;
 use p2_proto::identity::v1::identity_client::IdentityClient;
 use p2_proto::session::v1 as pb;
 use p2_runtime::grpc::TracedChannel;
@@ -130,6 +134,9 @@ pub struct SessionConfig {
     /// Lifetimes and challenge bounds (shared with `polyproto up`).
     #[command(flatten)]
     pub options: SessionOptions,
+    /// Where the events this service causes go, and its outbox's bound.
+    #[command(flatten)]
+    pub outbox: p2_outbox::OutboxConfig,
     /// How the server shuts down.
     #[command(flatten)]
     pub shutdown: p2_runtime::config::ShutdownConfig,
@@ -190,6 +197,8 @@ struct Inner {
     sessions: SessionStore,
     challenges: Arc<dyn ChallengeStore>,
     identity: IdentityClient<TracedChannel>,
+    /// The outbox relay's client of the events service.
+    events: EventsClient<TracedChannel>,
     challenge_ttl: Duration,
     /// Set once by [`SessionGrpc::with_max_challenges_per_session`] before the handlers are
     /// shared (an atomic like `assertion_ttl_ms`, so the builder needs no `&mut`).
@@ -198,8 +207,8 @@ struct Inner {
 
 impl SessionGrpc {
     /// Connects storage (running migrations) and Redis when configured, else uses the
-    /// in-process challenge store; the identity channel connects lazily. Fails with one clear
-    /// line when storage or Redis does not answer or a flag is out of range.
+    /// in-process challenge store; the identity and events channels connect lazily. Fails with
+    /// one clear line when storage or Redis does not answer or a flag is out of range.
     pub async fn open(config: &SessionConfig) -> anyhow::Result<Self> {
         let options = &config.options;
         if options.challenge_ttl_secs == 0 {
@@ -220,9 +229,16 @@ impl SessionGrpc {
                 "--max-pending-challenges (P2_MAX_PENDING_CHALLENGES) must be at least 1"
             );
         }
+        if config.outbox.capacity == 0 {
+            anyhow::bail!("--outbox-capacity (P2_OUTBOX_CAPACITY) must be at least 1");
+        }
         let internal_key = config.internal.load()?;
         let identity = IdentityClient::new(p2_runtime::grpc::channel(
             &config.identity_url,
+            &internal_key.credential(Component::Session),
+        )?);
+        let events = EventsClient::new(p2_runtime::grpc::channel(
+            &config.outbox.events_url,
             &internal_key.credential(Component::Session),
         )?);
         let db = p2_runtime::storage::connect_with(
@@ -252,12 +268,14 @@ impl SessionGrpc {
             SessionStore::with_memory_index(db).await?
         } else {
             SessionStore::new(db)
-        };
+        }
+        .with_outbox_capacity(config.outbox.capacity);
         Ok(Self::new(
             internal_key,
             store,
             challenges,
             identity,
+            events,
             Duration::from_secs(options.challenge_ttl_secs),
         )
         .with_assertion_ttl_ms(options.assertion_ttl_ms)
@@ -266,12 +284,14 @@ impl SessionGrpc {
 
     /// Handlers over ready parts: the deployment's internal key, the sessions table, a
     /// challenge store, an identity client (its channel may connect lazily; only login, new
-    /// certs, session deletion and challenge verification call it) and the challenge lifetime.
+    /// certs, session deletion and challenge verification call it), an events client (only
+    /// the outbox relay calls it) and the challenge lifetime.
     pub fn new(
         internal_key: InternalKey,
         sessions: SessionStore,
         challenges: Arc<dyn ChallengeStore>,
         identity: IdentityClient<TracedChannel>,
+        events: EventsClient<TracedChannel>,
         challenge_ttl: Duration,
     ) -> Self {
         Self {
@@ -284,6 +304,7 @@ impl SessionGrpc {
                 sessions,
                 challenges,
                 identity,
+                events,
                 challenge_ttl,
                 max_challenges_per_session: std::sync::atomic::AtomicUsize::new(
                     DEFAULT_MAX_CHALLENGES_PER_SESSION,
@@ -358,6 +379,16 @@ impl SessionGrpc {
     fn identity(&self) -> IdentityClient<TracedChannel> {
         self.inner.identity.clone()
     }
+
+    /// The relay of this service's event outbox to the events service (default pacing);
+    /// [`serve_opened`] runs one.
+    pub fn relay(&self) -> p2_outbox::Relay {
+        p2_outbox::Relay::new(
+            self.sessions().database().clone(),
+            self.sessions().outbox().clone(),
+            self.inner.events.clone(),
+        )
+    }
 }
 
 /// The tonic service.
@@ -376,7 +407,10 @@ pub async fn serve(
 }
 
 /// Serves already opened `handlers` (see [`serve`]; `polyproto session` opens first, then
-/// binds its metrics listener, then calls this).
+/// binds its metrics listener, then calls this), with the event outbox relay beside them.
+/// Shutdown order: the server goes NOT_SERVING and drains; then the relay stops (what the
+/// last requests queued is delivered by the next start, or by another replica); then the
+/// database pool closes (the handlers' storage is unusable afterwards).
 pub async fn serve_opened(
     handlers: SessionGrpc,
     grace: std::time::Duration,
@@ -385,7 +419,10 @@ pub async fn serve_opened(
 ) -> anyhow::Result<()> {
     let auth = handlers.server_auth();
     let probe = handlers.probe();
-    p2_runtime::grpc::serve(
+    let db = handlers.sessions().database().clone();
+    let relay_stop = CancellationToken::new();
+    let relay = handlers.relay().spawn(relay_stop.clone());
+    let result = p2_runtime::grpc::serve(
         grpc_service(handlers),
         auth,
         grace,
@@ -393,5 +430,13 @@ pub async fn serve_opened(
         listener,
         shutdown,
     )
-    .await
+    .await;
+    relay_stop.cancel();
+    if let Err(error) = relay.await {
+        tracing::error!(error = %error, "the session event outbox relay panicked");
+    }
+    // Last: every connection closed before this returns (SQLite checkpoints its WAL then),
+    // so a stopped service leaves its files settled.
+    db.pool.close().await;
+    result
 }

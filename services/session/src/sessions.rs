@@ -6,6 +6,10 @@
 //! with no transaction spanning both. Each runs as one RPC whose steps are ordered so that every
 //! failure leaves nothing usable behind or can simply be retried, and [`crate::grpc`] runs them
 //! in a task of their own, so a caller that disconnects cannot stop one halfway (CONVENTIONS 18).
+//!
+//! The gateway events of these operations are queued with this service's own write (the
+//! session row stored or deleted), in its transaction ([`crate::events`]); the revocation's op
+//! 4 is queued by identity with the revocation.
 
 use anyhow::Context as _;
 use p2_model::{FederationId, SessionId};
@@ -99,21 +103,34 @@ impl SessionGrpc {
 
     /// Issues a new token for the session (fid, session_id) that expires at UNIX time
     /// `expires_at` (the `notAfter` of the session's ID-Cert), replacing the session's previous
-    /// token if it had one (renewal: the old token dies at once).
+    /// token if it had one (renewal: the old token dies at once). Queues `OpenSession`.
     pub async fn issue_token_until(
         &self,
         fid: &FederationId,
         session_id: &SessionId,
         expires_at: u64,
     ) -> Result<SessionToken, SessionError> {
+        self.store_token(fid, session_id, expires_at, Vec::new())
+            .await
+    }
+
+    /// [`Self::issue_token_until`], queueing `events` with the session in one transaction.
+    async fn store_token(
+        &self,
+        fid: &FederationId,
+        session_id: &SessionId,
+        expires_at: u64,
+        events: Vec<p2_outbox::Message>,
+    ) -> Result<SessionToken, SessionError> {
         let token = SessionToken::generate();
         self.sessions()
-            .put(
+            .put_with_events(
                 fid.as_str(),
                 session_id.as_str(),
                 token.hash(),
                 p2_runtime::unix_now(),
                 expires_at,
+                events,
             )
             .await?;
         tracing::info!(fid = %fid, session_id = %session_id, expires_at, "issued a session token");
@@ -229,14 +246,17 @@ impl SessionGrpc {
             }
         };
         // A stale row of the same session (its cert expired, was revoked or renewed) is
-        // replaced, so its old token dies in the same statement.
-        match self.issue_token_until(&fid, &session_id, not_after).await {
+        // replaced, so its old token dies in the same statement. A session that did not exist
+        // (no cert of it was replaced: a login, or POST /idcert for another session ID) is
+        // announced to the actor's other sessions (op 3) in the same transaction. A renewal is
+        // no new session; identity announced the revocation of its old cert (op 4).
+        let events = match &issued.replaced {
+            None => vec![events::new_session(&fid, &session_id, &cert.id_cert_pem)],
+            Some(_) => Vec::new(),
+        };
+        match self.store_token(&fid, &session_id, not_after, events).await {
             Ok(token) => {
-                tracing::info!(fid = %fid, session_id = %session_id, serial = %issued.serial, "{what}");
-                if let Some(replaced) = &issued.replaced {
-                    events::publish_certificate_invalidated(&fid, &session_id, replaced).await;
-                }
-                events::publish_new_session(&fid, &session_id, &cert.id_cert_pem).await;
+                tracing::info!(fid = %fid, session_id = %session_id, serial = %issued.serial, renewal = issued.replaced.is_some(), "{what}");
                 Ok(LoginOutcome {
                     id_cert_pem: cert.id_cert_pem,
                     token,
@@ -338,9 +358,9 @@ impl SessionGrpc {
             .delete(caller.fid.as_str(), target.as_str())
             .await?;
         match revoked {
+            // Identity queued op 4 with the revocation, the deletion queued CloseSession.
             Some(response) => {
                 tracing::info!(fid = %caller.fid, session_id = %target, serial = %response.serial, "deleted a session and revoked its ID-Cert");
-                events::publish_certificate_invalidated(&caller.fid, &target, &response).await;
                 Ok(())
             }
             None if had_token => {

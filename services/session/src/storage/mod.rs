@@ -1,8 +1,9 @@
 //! Storage of the session service, implementations side by side:
 //!
 //! - [`sql`]: [`SessionStore`], the `sessions` table (token hashes → fid, session ID, admin
-//!   flag). One portable implementation over sqlx's `Any` driver serves SQLite (embedded) and
-//!   PostgreSQL (production).
+//!   flag) and, beside it, the event outbox its writes queue `OpenSession`/`CloseSession` (and
+//!   op 3) into. One portable implementation over sqlx's `Any` driver serves SQLite (embedded)
+//!   and PostgreSQL (production).
 //! - [`ChallengeStore`]: short-lived single-use values (challenge strings now, key trials
 //!   later): put-if-absent with a time to live, and take-once. [`redis`] for production
 //!   (shared by every replica), [`memory`] for embedded mode (one process).

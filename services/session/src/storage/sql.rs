@@ -1,12 +1,18 @@
 //! The `sessions` table: one row per (actor, session ID), keyed by the hash of the session's
 //! current token. One implementation over sqlx's `Any` driver with portable SQL serves SQLite
 //! and PostgreSQL.
+//!
+//! The table's writes tell the events service which sessions exist, through the event outbox
+//! in the same database ([`p2_outbox`]): storing a session queues `OpenSession` (plus whatever
+//! events the caller adds, e.g. op 3) and deleting one queues `CloseSession`, each in the
+//! transaction of the write, so the events service's list of sessions follows this table.
 
 use anyhow::Context as _;
 use p2_runtime::storage::{Database, Migration};
 use sqlx::Row as _;
 
 use crate::token::TokenHash;
+use p2_outbox::{Message, Outbox};
 
 /// The session schema, in order. Never edit a released migration; add a new one.
 ///
@@ -33,6 +39,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: "ALTER TABLE sessions ADD COLUMN expires_at BIGINT;
     UPDATE sessions SET expires_at = created_at + 5184000 WHERE expires_at IS NULL;",
     },
+    // The events this service causes, queued with the change that causes them.
+    Migration {
+        version: 3,
+        description: p2_outbox::MIGRATION_DESCRIPTION,
+        sql: p2_outbox::MIGRATION_SQL,
+    },
 ];
 
 /// One live session.
@@ -48,11 +60,12 @@ pub struct SessionRow {
     pub expires_at: u64,
 }
 
-/// Handle on the `sessions` table; cheap to clone.
+/// Handle on the `sessions` table (and the event outbox beside it); cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SessionStore {
     db: Database,
     index: Option<std::sync::Arc<MemoryIndex>>,
+    outbox: Outbox,
 }
 
 /// A write-through copy of the table in memory, for the embedded single-process mode: token
@@ -116,9 +129,25 @@ fn to_u64(value: i64) -> u64 {
 }
 
 impl SessionStore {
-    /// Wraps a database migrated with [`MIGRATIONS`].
+    /// Wraps a database migrated with [`MIGRATIONS`]; its outbox holds at most
+    /// [`p2_outbox::DEFAULT_CAPACITY`] events (see [`Self::with_outbox_capacity`]).
     pub fn new(db: Database) -> Self {
-        Self { db, index: None }
+        Self {
+            db,
+            index: None,
+            outbox: Outbox::new("session", p2_outbox::DEFAULT_CAPACITY),
+        }
+    }
+
+    /// The same store, its outbox bounded at `capacity` events.
+    pub fn with_outbox_capacity(mut self, capacity: u64) -> Self {
+        self.outbox = Outbox::new("session", capacity);
+        self
+    }
+
+    /// The event outbox of this store (its relay wakes when a write here queued something).
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     /// Like [`SessionStore::new`], plus an in-memory copy of every session that answers
@@ -147,6 +176,7 @@ impl SessionStore {
         Ok(Self {
             db,
             index: Some(index),
+            outbox: Outbox::new("session", p2_outbox::DEFAULT_CAPACITY),
         })
     }
 
@@ -157,8 +187,8 @@ impl SessionStore {
 
     /// Stores the session (fid, session_id) under `token_hash`, replacing the row of the same
     /// session if there is one: the old token dies in the same statement (renewal, re-login).
-    /// One upsert, so concurrent replacements of one session leave exactly one row.
-    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session put", otel.kind = "client", db.system = "sql"))]
+    /// One upsert, so concurrent replacements of one session leave exactly one row. Queues
+    /// `OpenSession` in the same transaction.
     pub async fn put(
         &self,
         fid: &str,
@@ -167,10 +197,39 @@ impl SessionStore {
         created_at: u64,
         expires_at: u64,
     ) -> anyhow::Result<()> {
+        self.put_with_events(
+            fid,
+            session_id,
+            token_hash,
+            created_at,
+            expires_at,
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Like [`Self::put`], queueing `events` after `OpenSession` in the same transaction:
+    /// the session and its events are stored together or not at all.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session put", otel.kind = "client", db.system = "sql"))]
+    pub async fn put_with_events(
+        &self,
+        fid: &str,
+        session_id: &str,
+        token_hash: &TokenHash,
+        created_at: u64,
+        expires_at: u64,
+        events: Vec<Message>,
+    ) -> anyhow::Result<()> {
         let _write = match &self.index {
             Some(index) => Some(index.writes.lock().await),
             None => None,
         };
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting to store a session")?;
         sqlx::query(
             "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at, expires_at) \
              VALUES ($1, $2, $3, 0, $4, $5) \
@@ -183,9 +242,15 @@ impl SessionStore {
         .bind(session_id)
         .bind(to_i64(created_at))
         .bind(to_i64(expires_at))
-        .execute(&self.db.pool)
+        .execute(&mut *tx)
         .await
         .context("storing a session")?;
+        let mut queued = Vec::with_capacity(events.len() + 1);
+        queued.push(Message::open_session(fid, session_id));
+        queued.extend(events);
+        self.outbox.enqueue(&mut tx, queued).await?;
+        tx.commit().await.context("committing a session")?;
+        self.outbox.wake();
         if let Some(index) = &self.index {
             index.replace(
                 token_hash.as_str(),
@@ -254,24 +319,42 @@ impl SessionStore {
             .context("reading a session row")
     }
 
-    /// Deletes the session (fid, session_id): its token fails from the next lookup on.
-    /// Returns whether there was such a session.
+    /// Deletes the session (fid, session_id): its token fails from the next lookup on. Returns
+    /// whether there was such a session; if there was, `CloseSession` is queued in the same
+    /// transaction (its event stream ends, its socket closes).
     #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session delete", otel.kind = "client", db.system = "sql"))]
     pub async fn delete(&self, fid: &str, session_id: &str) -> anyhow::Result<bool> {
         let _write = match &self.index {
             Some(index) => Some(index.writes.lock().await),
             None => None,
         };
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting to delete a session")?;
         let done = sqlx::query("DELETE FROM sessions WHERE fid = $1 AND session_id = $2")
             .bind(fid)
             .bind(session_id)
-            .execute(&self.db.pool)
+            .execute(&mut *tx)
             .await
             .context("deleting a session")?;
+        let existed = done.rows_affected() > 0;
+        // Nothing queued for a session that did not exist: unknown IDs cost no outbox row.
+        if existed {
+            self.outbox
+                .enqueue(&mut tx, vec![Message::close_session(fid, session_id)])
+                .await?;
+        }
+        tx.commit().await.context("committing a session deletion")?;
+        if existed {
+            self.outbox.wake();
+        }
         if let Some(index) = &self.index {
             index.remove(fid, session_id);
         }
-        Ok(done.rows_affected() > 0)
+        Ok(existed)
     }
 
     /// Every session of `fid`, ordered by session ID.

@@ -653,6 +653,7 @@ async fn challenges_live_in_redis_under_p2_challenge_with_the_configured_expiry(
         pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: Some(crate::common::redis_url()),
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
+        outbox: p2_outbox::OutboxConfig::new(crate::common::DEAD_EVENTS_URL),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         options: p2_session::SessionOptions {
             challenge_ttl_secs: 120,
@@ -723,6 +724,7 @@ async fn the_challenge_caps_hold_across_replicas_sharing_redis() {
         pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: Some(crate::common::redis_url()),
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
+        outbox: p2_outbox::OutboxConfig::new(crate::common::DEAD_EVENTS_URL),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         options: p2_session::SessionOptions {
             challenge_ttl_secs: 60,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use p2_proto::events::v1::events_client::EventsClient;
 use p2_proto::identity::v1::identity_client::IdentityClient;
 use p2_runtime::grpc::TracedChannel;
 use p2_runtime::internal::{Component, InternalKey};
@@ -12,6 +13,8 @@ use p2_session::storage::{ChallengeStore, MIGRATIONS, MemoryChallengeStore, Sess
 
 /// A URL where nothing listens: identity calls fail with UNAVAILABLE at once.
 pub const DEAD_IDENTITY_URL: &str = "http://127.0.0.1:1";
+/// A URL where nothing listens, for handlers whose outbox relay is not under test.
+pub const DEAD_EVENTS_URL: &str = "http://127.0.0.1:1";
 
 /// A name no other test (or test run) uses.
 pub fn unique(prefix: &str) -> String {
@@ -73,17 +76,34 @@ pub fn identity_client(url: &str, key: &InternalKey) -> IdentityClient<TracedCha
     )
 }
 
+/// An events client over a lazily connecting channel, presenting the session component's
+/// credential of the deployment whose internal key is `key` (as the session's relay does).
+pub fn events_client(url: &str, key: &InternalKey) -> EventsClient<TracedChannel> {
+    EventsClient::new(p2_runtime::grpc::channel(url, &key.credential(Component::Session)).unwrap())
+}
+
 /// Handlers of the deployment whose internal key is `key`, over a fresh SQLite store, the
-/// in-process challenge store, and identity at `identity_url`.
+/// in-process challenge store, and identity at `identity_url` (events: nowhere).
 pub async fn service_with_identity(
     key: InternalKey,
     identity_url: &str,
     challenge_ttl: Duration,
 ) -> (SessionGrpc, tempfile::TempDir) {
+    service_with_identity_and_events(key, identity_url, DEAD_EVENTS_URL, challenge_ttl).await
+}
+
+/// Like [`service_with_identity`], the outbox relaying (when run) to `events_url`.
+pub async fn service_with_identity_and_events(
+    key: InternalKey,
+    identity_url: &str,
+    events_url: &str,
+    challenge_ttl: Duration,
+) -> (SessionGrpc, tempfile::TempDir) {
     let (store, dir) = sqlite_store().await;
     let challenges: Arc<dyn ChallengeStore> = Arc::new(MemoryChallengeStore::default());
     let identity = identity_client(identity_url, &key);
-    let grpc = SessionGrpc::new(key, store, challenges, identity, challenge_ttl);
+    let events = events_client(events_url, &key);
+    let grpc = SessionGrpc::new(key, store, challenges, identity, events, challenge_ttl);
     (grpc, dir)
 }
 

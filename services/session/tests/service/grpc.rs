@@ -682,6 +682,7 @@ async fn an_assertion_of_another_deployment_is_refused_by_a_service_sharing_its_
         ours.sessions().clone(),
         std::sync::Arc::new(p2_session::storage::MemoryChallengeStore::default()),
         crate::common::identity_client(crate::common::DEAD_IDENTITY_URL, &InternalKey::generate()),
+        crate::common::events_client(crate::common::DEAD_EVENTS_URL, &InternalKey::generate()),
         Duration::from_secs(300),
     );
     let foreign = assertion_of(&theirs, &token).await;
@@ -1196,6 +1197,7 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
         pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: None,
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
+        outbox: p2_outbox::OutboxConfig::new(crate::common::DEAD_EVENTS_URL),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
         options: p2_session::SessionOptions::default(),
         internal: p2_runtime::internal::InternalKeyConfig::with_key(&key),
@@ -1279,6 +1281,16 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
                 ..config.clone()
             },
             "P2_INTERNAL_KEY",
+        ),
+        (
+            p2_session::SessionConfig {
+                outbox: p2_outbox::OutboxConfig {
+                    capacity: 0,
+                    ..p2_outbox::OutboxConfig::new(crate::common::DEAD_EVENTS_URL)
+                },
+                ..config.clone()
+            },
+            "P2_OUTBOX_CAPACITY",
         ),
     ] {
         let err = p2_session::SessionGrpc::open(&broken).await.err().unwrap();
