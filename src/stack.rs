@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// Token cache lifetime of `polyproto up`'s single gateway, in milliseconds.
-pub const DEFAULT_UP_TOKEN_CACHE_MS: u64 = 5_000;
+pub const DEFAULT_UP_TOKEN_CACHE_MS: u64 = p2_gateway::DEFAULT_TOKEN_CACHE_MS;
 
 /// File name of the generated key encryption key inside an embedded data directory.
 pub const KEY_FILE_NAME: &str = "key-encryption.key";
@@ -53,8 +53,8 @@ pub struct StackConfig {
     pub session: p2_session::SessionOptions,
     /// Gateway settings.
     pub gateway: p2_gateway::GatewayOptions,
-    /// Lifetime of cached token resolutions in the gateway, in milliseconds (0: off). Safe
-    /// here: the stack has exactly one gateway, which handles every session mutation.
+    /// Lifetime of cached token resolutions in the gateway, in milliseconds (0: off); used
+    /// while the events service's invalidation feed is live.
     pub token_cache_ms: u64,
     /// Where to serve every component's metrics (`GET /metrics`, one listener for all; port 0
     /// picks a free one); none (the default of [`StackConfig::embedded`]) binds nothing.

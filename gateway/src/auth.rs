@@ -4,6 +4,8 @@
 //! rights: admin checks and sensitive-action solutions are checked by the service that owns
 //! the data (API.md "Internal boundary"); it only reads the headers.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -78,28 +80,49 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Authenticated
 
 /// Resolved tokens, for `--token-cache-ms`: the gateway's one [`BoundedCache`], bounded by
 /// `--token-cache-max-bytes`. Keys are SHA-256 digests, so no token text stays in memory; an
-/// entry lives at most the TTL and never past 5 s before its assertion expires. Every
-/// successful session change handled by the gateway (login, new or renewed cert, session
-/// deletion) clears it, and a resolution that raced a clear is not stored (generation check):
-/// a deleted session's token fails at once *through this gateway*. That makes it safe only
-/// where one gateway handles every mutation (`polyproto up`); with several replicas keep it off.
+/// entry lives at most the TTL and never past 5 s before its assertion expires.
+///
+/// Safe with any number of gateways: the cache is used only while the invalidation feed of
+/// the events service is live ([`crate::invalidation`]), which tells every gateway the moment
+/// any service ends a session. Without a live feed every lookup misses and nothing is stored,
+/// and when a feed goes live again everything cached before is dropped. Per session, a
+/// generation counter (one of [`crate::cache::STRIPES`], hashed by FID and session ID) is
+/// stored with each entry; ending a session bumps its counter, so its entries are never
+/// served again, and a resolution that was in flight while any session ended or the feed
+/// changed is not stored at all. Session changes handled by this gateway also clear the
+/// whole cache at once, before the feed's word arrives.
 pub struct TokenCache {
-    cache: BoundedCache<Authenticated>,
+    cache: BoundedCache<Resolved>,
+    live: AtomicBool,
+    /// Bumped whenever a session ends or the feed goes live or is lost.
+    epoch: AtomicU64,
+    sessions: Box<[AtomicU64]>,
+    hasher: std::hash::RandomState,
 }
 
-/// A token cache miss (remembers the generation it happened in).
+/// A cached resolution and the generation of its session's counter when it was stored.
 #[derive(Debug, Clone)]
-pub struct TokenMiss(crate::cache::Miss);
+struct Resolved {
+    authenticated: Authenticated,
+    generation: u64,
+}
+
+/// A token cache miss (remembers the generations it happened in).
+#[derive(Debug, Clone)]
+pub struct TokenMiss {
+    miss: crate::cache::Miss,
+    epoch: u64,
+}
 
 /// How long before its assertion expires a cached resolution is dropped, in milliseconds.
 const ASSERTION_MARGIN_MS: u64 = 5_000;
 
-impl Weigh for Authenticated {
+impl Weigh for Resolved {
     fn weight(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.caller.fid.len()
-            + self.caller.session_id.len()
-            + self.assertion.token.len()
+            + self.authenticated.caller.fid.len()
+            + self.authenticated.caller.session_id.len()
+            + self.authenticated.assertion.token.len()
     }
 }
 
@@ -115,7 +138,8 @@ fn key(token: &str) -> CacheKey {
 }
 
 impl TokenCache {
-    /// A cache whose entries live `ttl` (zero disables it), holding at most `max_bytes`.
+    /// A cache whose entries live `ttl` (zero disables it), holding at most `max_bytes`; it
+    /// serves nothing until [`TokenCache::set_live`] says the invalidation feed is live.
     pub fn new(ttl: std::time::Duration, max_bytes: u64) -> Self {
         Self {
             // Token entries are small and fixed in shape: the byte budget is their only bound.
@@ -125,26 +149,98 @@ impl TokenCache {
                 max_bytes,
                 usize::MAX,
             ),
+            live: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            sessions: (0..crate::cache::STRIPES)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            hasher: std::hash::RandomState::new(),
         }
     }
 
-    /// The resolution of `token` if cached and fresh.
+    fn session_stripe(&self, fid: &str, session_id: &str) -> &AtomicU64 {
+        use std::hash::BuildHasher as _;
+        let hash = self.hasher.hash_one((fid, session_id));
+        let index = usize::try_from(hash % crate::cache::STRIPES as u64).unwrap_or(0);
+        &self.sessions[index]
+    }
+
+    /// The resolution of `token` if cached, fresh, its session not ended since, and the feed
+    /// live.
     pub fn get(&self, token: &str) -> Result<Authenticated, TokenMiss> {
-        self.cache.get(key(token)).map_err(TokenMiss)
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let found = self.cache.get(key(token));
+        let miss = match found {
+            Ok(resolved) if self.live.load(Ordering::Acquire) => {
+                let caller = &resolved.authenticated.caller;
+                let stripe = self.session_stripe(&caller.fid, &caller.session_id);
+                if stripe.load(Ordering::Acquire) == resolved.generation {
+                    return Ok(resolved.authenticated);
+                }
+                // Ended (or shares a stripe with one that ended): resolve again.
+                return Err(TokenMiss {
+                    miss: self.cache.miss_for(key(token)),
+                    epoch,
+                });
+            }
+            Ok(_) => self.cache.miss_for(key(token)),
+            Err(miss) => miss,
+        };
+        Err(TokenMiss { miss, epoch })
     }
 
     /// Remembers `resolved` for the token of `miss` (its assertion expiring at UNIX ms
-    /// `assertion_expires_ms`), unless the cache was cleared since `miss`.
+    /// `assertion_expires_ms`), unless the feed is not live, or a session ended or the cache
+    /// was cleared since `miss`.
     pub fn insert(&self, miss: TokenMiss, resolved: Authenticated, assertion_expires_ms: u64) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let generation = self
+            .session_stripe(&resolved.caller.fid, &resolved.caller.session_id)
+            .load(Ordering::Acquire);
+        // Read after the stripe: an invalidation that bumped the stripe after `miss` is seen
+        // here even if its stripe bump came before the load above.
+        if self.epoch.load(Ordering::Acquire) != miss.epoch {
+            return;
+        }
         let left_ms = assertion_expires_ms
             .saturating_sub(p2_runtime::internal::unix_now_ms())
             .saturating_sub(ASSERTION_MARGIN_MS);
-        self.cache
-            .insert(miss.0, resolved, std::time::Duration::from_millis(left_ms));
+        self.cache.insert(
+            miss.miss,
+            Resolved {
+                authenticated: resolved,
+                generation,
+            },
+            std::time::Duration::from_millis(left_ms),
+        );
+    }
+
+    /// The session (`fid`, `session_id`) ended: its token is never served from here again.
+    pub fn invalidate_session(&self, fid: &str, session_id: &str) {
+        self.session_stripe(fid, session_id)
+            .fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether the invalidation feed is live: the cache serves and stores only while it is.
+    /// Every change drops what is cached.
+    pub fn set_live(&self, live: bool) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.cache.clear();
+        self.live.store(live, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether the cache is in use now (on, and the feed live).
+    pub fn active(&self) -> bool {
+        self.cache.enabled() && self.live.load(Ordering::Acquire)
     }
 
     /// Forgets every token (after a session change).
     pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
     }
 
@@ -236,9 +332,67 @@ mod tests {
 
     const FAR: u64 = u64::MAX;
 
+    /// A cache whose invalidation feed is live.
+    fn live_cache(ttl: std::time::Duration, max_bytes: u64) -> TokenCache {
+        let cache = TokenCache::new(ttl, max_bytes);
+        cache.set_live(true);
+        cache
+    }
+
+    fn caller_of(session_id: &str) -> Authenticated {
+        let mut caller = caller();
+        caller.caller.session_id = session_id.into();
+        caller
+    }
+
+    #[test]
+    fn nothing_is_served_or_stored_while_the_feed_is_not_live() {
+        let cache = TokenCache::new(std::time::Duration::from_secs(60), 1 << 20);
+        let miss = cache.get("tok").unwrap_err();
+        cache.insert(miss, caller(), FAR);
+        assert!(cache.get("tok").is_err());
+        cache.set_live(true);
+        let miss = cache.get("tok").unwrap_err();
+        cache.insert(miss, caller(), FAR);
+        assert!(cache.get("tok").is_ok());
+        // The feed is lost: everything goes, nothing is served until it is back.
+        cache.set_live(false);
+        assert!(cache.get("tok").is_err());
+        cache.set_live(true);
+        assert!(
+            cache.get("tok").is_err(),
+            "dropped when the feed went live again"
+        );
+    }
+
+    #[test]
+    fn an_ended_session_is_never_served_again_and_its_inflight_resolution_not_stored() {
+        let cache = live_cache(std::time::Duration::from_secs(60), 1 << 20);
+        // Enough sessions that some land on other stripes than the ended one.
+        for i in 0..200 {
+            let token = format!("tok-{i}");
+            let miss = cache.get(&token).unwrap_err();
+            cache.insert(miss, caller_of(&format!("s{i}")), FAR);
+        }
+        cache.invalidate_session("a@b.test", "s7");
+        assert!(cache.get("tok-7").is_err());
+        let kept = (0..200)
+            .filter(|i| cache.get(&format!("tok-{i}")).is_ok())
+            .count();
+        assert!(
+            kept > 150,
+            "only the ended session's stripe goes ({kept} of 200 kept)"
+        );
+        // A resolution in flight while a session ended is not stored.
+        let miss = cache.get("late").unwrap_err();
+        cache.invalidate_session("a@b.test", "other");
+        cache.insert(miss, caller_of("late"), FAR);
+        assert!(cache.get("late").is_err());
+    }
+
     #[test]
     fn cached_tokens_are_answered_until_a_clear() {
-        let cache = TokenCache::new(std::time::Duration::from_secs(60), 1 << 20);
+        let cache = live_cache(std::time::Duration::from_secs(60), 1 << 20);
         let miss = cache.get("tok").unwrap_err();
         cache.insert(miss, caller(), FAR);
         assert_eq!(cache.get("tok").unwrap().caller.fid, "a@b.test");
@@ -249,12 +403,12 @@ mod tests {
 
     #[test]
     fn a_resolution_that_raced_a_clear_is_not_cached_and_zero_ttl_caches_nothing() {
-        let cache = TokenCache::new(std::time::Duration::from_secs(60), 1 << 20);
+        let cache = live_cache(std::time::Duration::from_secs(60), 1 << 20);
         let miss = cache.get("tok").unwrap_err();
         cache.clear();
         cache.insert(miss, caller(), FAR);
         assert!(cache.get("tok").is_err());
-        let off = TokenCache::new(std::time::Duration::ZERO, 1 << 20);
+        let off = live_cache(std::time::Duration::ZERO, 1 << 20);
         let miss = off.get("tok").unwrap_err();
         off.insert(miss, caller(), FAR);
         assert!(off.get("tok").is_err());
@@ -262,7 +416,7 @@ mod tests {
 
     #[test]
     fn a_resolution_is_never_cached_past_its_assertion() {
-        let cache = TokenCache::new(std::time::Duration::from_secs(60), 1 << 20);
+        let cache = live_cache(std::time::Duration::from_secs(60), 1 << 20);
         let miss = cache.get("tok").unwrap_err();
         // Expires within the safety margin: not stored at all.
         let soon = p2_runtime::internal::unix_now_ms() + 1_000;
@@ -273,7 +427,7 @@ mod tests {
     #[test]
     fn the_token_cache_stays_within_its_byte_budget() {
         let budget = 64 * 1024;
-        let cache = TokenCache::new(std::time::Duration::from_secs(60), budget);
+        let cache = live_cache(std::time::Duration::from_secs(60), budget);
         for i in 0..5_000 {
             let token = format!("token-{i}");
             let miss = cache.get(&token).unwrap_err();

@@ -285,6 +285,15 @@ impl<V: Weigh + Clone + Send + Sync + 'static> BoundedCache<V> {
         Err(Miss { key })
     }
 
+    /// The [`Miss`] for `key` in the current generation, without a lookup (for a caller that
+    /// found an entry it cannot use).
+    pub fn miss_for(&self, key: CacheKey) -> Miss {
+        let generation = self.stripe(&key.scope).load(Ordering::Acquire);
+        Miss {
+            key: (key, generation),
+        }
+    }
+
     /// Stores `value` for at most `ttl` (capped at the cache's TTL), unless its scope was
     /// invalidated since `miss` or it weighs more than the per-entry limit.
     pub fn insert(&self, miss: Miss, value: V, ttl: Duration) {

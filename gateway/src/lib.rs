@@ -42,6 +42,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod error;
+pub mod invalidation;
 pub mod openapi;
 pub mod params;
 pub mod proxy;
@@ -56,6 +57,8 @@ pub use error::ApiError;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default lifetime of cached public read responses, in milliseconds.
 pub const DEFAULT_PUBLIC_CACHE_MS: u64 = 1000;
+/// Default lifetime of a resolved session token in the token cache (`--token-cache-ms`).
+pub const DEFAULT_TOKEN_CACHE_MS: u64 = 5_000;
 /// Default request body limit, in bytes (API.md "Limits").
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Default time a client has to send a complete request header, in milliseconds.
@@ -107,13 +110,13 @@ pub struct GatewayConfig {
         default_value = "http://127.0.0.1:50054"
     )]
     pub events_url: String,
-    /// How long resolved session tokens are cached, in milliseconds; 0 (default) disables.
-    /// Only safe with a single gateway: a session deleted through another replica stays usable
-    /// here for up to this long. `polyproto up` (one gateway) turns it on.
+    /// How long resolved session tokens are cached, in milliseconds; 0 disables. Safe with
+    /// any number of gateways: the cache is used only while the events service's
+    /// invalidation feed is live, which ends a session's cached token on every gateway.
     #[arg(
         long = "token-cache-ms",
         env = "P2_TOKEN_CACHE_MS",
-        default_value_t = 0
+        default_value_t = DEFAULT_TOKEN_CACHE_MS
     )]
     pub token_cache_ms: u64,
     /// The deployment's internal key, from which the gateway derives its component credential.
@@ -505,6 +508,8 @@ pub async fn serve(
     // Trailing-slash leniency must run before routing, so it wraps the whole router.
     let app = tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash()
         .layer(router(state.clone()));
+    // The token cache serves only while this feed is live (see `invalidation`).
+    let feed = tokio::spawn(invalidation::follow(state.clone(), shutdown.clone()));
     let sweeper = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -547,5 +552,6 @@ pub async fn serve(
         closer.abort();
     }
     sweeper.abort();
+    feed.abort();
     result
 }

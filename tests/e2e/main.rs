@@ -17,6 +17,7 @@ mod events_rest;
 mod gateway_hardening;
 mod gateway_ws;
 mod interop;
+mod invalidation_feed;
 mod metrics;
 mod openapi;
 mod operations;

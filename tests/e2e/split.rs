@@ -296,8 +296,13 @@ impl SplitStackBuilder {
             match component {
                 Component::Identity => {
                     args.extend(["--key-encryption-key".into(), SPLIT_KEK.into()]);
+                    args.extend(["--events-url".into(), urls(Component::Events)]);
                 }
-                Component::Session | Component::Discovery => {
+                Component::Session => {
+                    args.extend(["--identity-url".into(), urls(Component::Identity)]);
+                    args.extend(["--events-url".into(), urls(Component::Events)]);
+                }
+                Component::Discovery => {
                     args.extend(["--identity-url".into(), urls(Component::Identity)]);
                 }
                 Component::Events => {}
@@ -335,6 +340,7 @@ impl SplitStackBuilder {
                 metrics: metrics.clone(),
                 log,
                 child: Some(child),
+                command: (args, env),
             });
         }
         let mut stack = SplitStack {
@@ -390,6 +396,8 @@ pub struct Process {
     /// Its stderr (unless `TEST_LOG` is set).
     pub log: PathBuf,
     child: Option<std::process::Child>,
+    /// Its arguments and environment, to start it again.
+    command: (Vec<String>, Vec<(String, String)>),
 }
 
 impl Process {
@@ -580,6 +588,22 @@ impl SplitStack {
         self.process_mut(component, replica).terminate(timeout)
     }
 
+    /// Starts replica `replica` of `component` again, as it was started (killing it first if
+    /// it still runs), its log going on in `<log>.restarted`; does not wait for it.
+    pub fn restart(&mut self, component: Component, replica: usize) {
+        let process = self.process_mut(component, replica);
+        process.kill();
+        process.log.set_extension("restarted.log");
+        let (args, env) = &process.command;
+        let child = spawn(
+            args,
+            env,
+            &process.log,
+            std::env::var_os("TEST_LOG").is_some(),
+        );
+        process.child = Some(child);
+    }
+
     /// Starts one more process of the binary — `polyproto <args>`, with the stack's domain
     /// and [`SplitStackBuilder::env`] variables plus `env`, no key, no metrics listener
     /// unless `args` name one — without waiting for it. Killed when dropped.
@@ -614,6 +638,7 @@ impl SplitStack {
             metrics: None,
             log,
             child: Some(child),
+            command: (all, vars),
         }
     }
 
@@ -714,5 +739,49 @@ impl SplitStack {
             session_id,
         )
         .await
+    }
+}
+
+impl SplitStack {
+    /// The base URL of gateway replica `replica` (`http://127.0.0.1:PORT`); [`SplitStack::base`]
+    /// is replica 0.
+    pub fn gateway_base(&self, replica: usize) -> String {
+        self.process(Component::Gateway, replica).url()
+    }
+
+    /// Waits until gateway replica `replica` answers `/readyz` with 200 ([`SplitStackBuilder::start`]
+    /// waits for replica 0 only); fails the test with every log after `timeout`.
+    pub async fn wait_gateway_ready(&self, replica: usize, timeout: Duration) {
+        let url = format!("{}/readyz", self.gateway_base(replica));
+        let start = Instant::now();
+        loop {
+            let ready = self.http.get(&url).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "gateway replica {replica} was not ready within {timeout:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sum of the samples of `metric` in the metrics of replica `replica` of `component`
+    /// whose line contains every one of `labels` (e.g. `method="RecordDelivered"`).
+    pub async fn metric_sum(
+        &self,
+        component: Component,
+        replica: usize,
+        metric: &str,
+        labels: &[&str],
+    ) -> f64 {
+        self.scrape(component, replica)
+            .await
+            .lines()
+            .filter(|line| line.starts_with(metric) && labels.iter().all(|l| line.contains(l)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 }

@@ -122,15 +122,18 @@ pub async fn complete_mutations(
 }
 
 /// Applies what a mutation declared.
+/// Applies what a mutation declared here, and tells the other gateways.
 fn invalidate(state: &AppState, invalidation: &crate::cache::Invalidation) {
     use crate::cache::Target;
-    for target in invalidation.targets() {
+    let targets = invalidation.targets();
+    for target in &targets {
         match target {
-            Target::Public(scope) => state.cache().invalidate(&scope),
+            Target::Public(scope) => state.cache().invalidate(scope),
             Target::AllPublic => state.cache().clear(),
             Target::AllTokens => state.token_cache().clear(),
         }
     }
+    crate::invalidation::forward(state, &targets);
 }
 
 /// The gateway's edge, one layer for what every request goes through first (one layer, not
@@ -264,6 +267,8 @@ mod tests {
 
     /// Caches one public answer per scope and one token.
     async fn fill(state: &AppState) -> Vec<CacheKey> {
+        // As when the invalidation feed is live.
+        state.token_cache().set_live(true);
         let keys = vec![
             CacheKey::new(Scope::Server, "cert"),
             crate::cache::discovery_key("alice@p2.test", None, None),

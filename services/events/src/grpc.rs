@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::EventsGrpc;
 use crate::error::EventsError;
 use crate::feed::{FeedItem, Start};
+use crate::invalidations::{Invalidation, MAX_PER_BATCH, Notice};
 use crate::model::{Audience, Delivered, Event, NewEvent, SessionKey, parse_fid};
 
 impl EventsGrpc {
@@ -87,6 +88,69 @@ fn delivery(item: FeedItem) -> pb::Delivery {
     pb::Delivery { kind: Some(kind) }
 }
 
+/// An actor named in an invalidation: a FID or a bare local name, without control
+/// characters (they would split the relayed batch), at most 512 bytes.
+fn actor_name(name: &str) -> Result<String, EventsError> {
+    if name.is_empty() || name.len() > 512 || name.chars().any(char::is_control) {
+        return Err(EventsError::InvalidArgument(
+            "an invalidated actor must be a FID or local name of 1 to 512 bytes without control characters".into(),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn invalidation(item: &pb::Invalidation) -> Result<Invalidation, EventsError> {
+    use pb::invalidation::Target;
+    match item.target.as_ref() {
+        Some(Target::Session(session)) => {
+            Ok(Invalidation::Session(session_ref(Some(session))?))
+        }
+        Some(Target::ActorCerts(name)) => Ok(Invalidation::ActorCerts(actor_name(name)?)),
+        Some(Target::ActorProviders(name)) => {
+            Ok(Invalidation::ActorProviders(actor_name(name)?))
+        }
+        Some(Target::Server(_)) => Ok(Invalidation::Server),
+        Some(Target::AllPublic(_)) => Ok(Invalidation::AllPublic),
+        None => Err(EventsError::InvalidArgument(
+            "each invalidation needs a target (session, actor_certs, actor_providers, server or all_public)".into(),
+        )),
+    }
+}
+
+fn invalidation_to_pb(item: &Invalidation) -> pb::Invalidation {
+    use pb::invalidation::Target;
+    let target = match item {
+        Invalidation::Session(session) => Target::Session(pb::SessionRef {
+            fid: session.fid().to_owned(),
+            session_id: session.session_id().to_owned(),
+        }),
+        Invalidation::ActorCerts(name) => Target::ActorCerts(name.clone()),
+        Invalidation::ActorProviders(name) => Target::ActorProviders(name.clone()),
+        Invalidation::Server => Target::Server(pb::ServerAudience {}),
+        Invalidation::AllPublic => Target::AllPublic(pb::ServerAudience {}),
+    };
+    pb::Invalidation {
+        target: Some(target),
+    }
+}
+
+fn notice(notice: Notice) -> pb::InvalidationNotice {
+    match notice {
+        Notice::Live => pb::InvalidationNotice {
+            live: true,
+            invalidations: Vec::new(),
+        },
+        Notice::Batch(batch) => pb::InvalidationNotice {
+            live: false,
+            invalidations: batch.iter().map(invalidation_to_pb).collect(),
+        },
+    }
+}
+
+/// The stream type of `WatchInvalidations`.
+pub type InvalidationStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::InvalidationNotice, Status>> + Send>>;
+
 /// The stream type of `Subscribe`.
 pub type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Delivery, Status>> + Send>>;
@@ -94,6 +158,38 @@ pub type EventStream =
 #[tonic::async_trait]
 impl pb::events_server::Events for EventsGrpc {
     type SubscribeStream = EventStream;
+    type WatchInvalidationsStream = InvalidationStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn invalidate(
+        &self,
+        request: Request<pb::InvalidateRequest>,
+    ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        let items = &request.get_ref().invalidations;
+        if items.is_empty() || items.len() > MAX_PER_BATCH {
+            return Err(EventsError::InvalidArgument(format!(
+                "give 1 to {MAX_PER_BATCH} invalidations"
+            ))
+            .into());
+        }
+        let batch = items
+            .iter()
+            .map(invalidation)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.log.invalidate(batch.into()).await?;
+        Ok(Response::new(pb::InvalidateResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_invalidations(
+        &self,
+        _request: Request<pb::WatchInvalidationsRequest>,
+    ) -> Result<Response<Self::WatchInvalidationsStream>, Status> {
+        let feed = self.log.watch_invalidations();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(feed)
+            .map(|item| item.map(notice).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     #[tracing::instrument(skip_all)]
     async fn publish(

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub mod error;
 pub mod feed;
 pub mod grpc;
+pub mod invalidations;
 pub mod model;
 pub mod service;
 pub mod store;
@@ -64,6 +65,14 @@ pub const CALLERS: CallerPolicy = &[
     ),
     (
         "/polyproto.events.v1.Events/ResumeFrom",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.events.v1.Events/Invalidate",
+        &[Component::Gateway],
+    ),
+    (
+        "/polyproto.events.v1.Events/WatchInvalidations",
         &[Component::Gateway],
     ),
 ];

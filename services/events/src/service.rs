@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::EventsError;
 use crate::feed::{Feed, Start};
+use crate::invalidations::{Batch, Notice};
 use crate::model::{
     Audience, Delivered, NewEvent, PollOutcome, Resume, SessionKey, check_delivered,
     check_idempotency_key, resume_point,
@@ -34,6 +35,8 @@ pub struct Stats {
     pub appended: u64,
     /// Subscribe streams open in this process.
     pub subscribers: u64,
+    /// Invalidation feeds open in this process.
+    pub invalidation_feeds: u64,
 }
 
 /// Cancels the log's token when the last handle goes: the Pub/Sub listener and every stream
@@ -93,6 +96,8 @@ impl EventLog {
             repeats: self.counters.repeats.load(Ordering::Relaxed),
             appended: self.counters.appended.load(Ordering::Relaxed),
             subscribers: u64::try_from(self.store.wakeups().subscribers()).unwrap_or(u64::MAX),
+            invalidation_feeds: u64::try_from(self.store.invalidations().feeds())
+                .unwrap_or(u64::MAX),
         }
     }
 
@@ -110,6 +115,11 @@ impl EventLog {
         let counters = self.counters.clone();
         let task = tokio::spawn(async move {
             let published = store.publish(&audience, &event, &idempotency_key).await?;
+            // Also for a repeat: the first attempt may have failed before broadcasting.
+            let derived = crate::invalidations::derived_from_publish(&audience, &event);
+            if !derived.is_empty() {
+                store.broadcast(&derived.into()).await?;
+            }
             match published {
                 Some(reached) => {
                     counters.publications.fetch_add(1, Ordering::Relaxed);
@@ -135,9 +145,30 @@ impl EventLog {
         Ok(self.store.open(session).await?)
     }
 
-    /// Closes `session`: its data goes and its streams end with `closed`.
+    /// Closes `session`: its data goes, its streams end with `closed`, and every gateway
+    /// forgets its token. Runs to completion even when the caller goes away.
     pub async fn close(&self, session: &SessionKey) -> Result<(), EventsError> {
-        Ok(self.store.close(session).await?)
+        let store = self.store.clone();
+        let session = session.clone();
+        let task = tokio::spawn(async move {
+            store.close(&session).await?;
+            store
+                .broadcast(&crate::invalidations::derived_from_close(&session).into())
+                .await
+        });
+        task.await
+            .map_err(|e| anyhow::anyhow!("the close task failed: {e}"))??;
+        Ok(())
+    }
+
+    /// Hands `batch` (already checked) to every gateway's invalidation feed.
+    pub async fn invalidate(&self, batch: Batch) -> Result<(), EventsError> {
+        Ok(self.store.broadcast(&batch).await?)
+    }
+
+    /// An invalidation feed of this process (see [`crate::invalidations::Hub::watch`]).
+    pub fn watch_invalidations(&self) -> tokio::sync::mpsc::Receiver<Result<Notice, EventsError>> {
+        self.store.invalidations().watch(self.stop.clone())
     }
 
     /// A stream of `session`'s log from `start` (see [`crate::feed`]).

@@ -108,6 +108,7 @@ fn not_here() -> Status {
 #[tonic::async_trait]
 impl pb::events_server::Events for Handlers {
     type SubscribeStream = tonic::codegen::BoxStream<pb::Delivery>;
+    type WatchInvalidationsStream = tonic::codegen::BoxStream<pb::InvalidationNotice>;
 
     async fn publish(
         &self,
@@ -158,6 +159,20 @@ impl pb::events_server::Events for Handlers {
         &self,
         _request: Request<pb::ResumeFromRequest>,
     ) -> Result<Response<pb::ResumeFromResponse>, Status> {
+        Err(not_here())
+    }
+
+    async fn invalidate(
+        &self,
+        _request: Request<pb::InvalidateRequest>,
+    ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        Err(not_here())
+    }
+
+    async fn watch_invalidations(
+        &self,
+        _request: Request<pb::WatchInvalidationsRequest>,
+    ) -> Result<Response<Self::WatchInvalidationsStream>, Status> {
         Err(not_here())
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{BoxFuture, EventStore, Limits};
+use crate::invalidations::{Batch, Hub};
 use crate::model::{
     Audience, Delivered, Event, LogRead, NewEvent, PollOutcome, ResumeState, SessionKey,
 };
@@ -31,6 +32,7 @@ pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct MemoryEventStore {
     limits: Limits,
     wakeups: Arc<Wakeups>,
+    hub: Arc<Hub>,
     inner: Mutex<Inner>,
 }
 
@@ -269,6 +271,7 @@ impl MemoryEventStore {
         Self {
             limits,
             wakeups,
+            hub: Hub::new(true),
             inner: Mutex::new(Inner {
                 sessions: HashMap::new(),
                 actors: HashMap::new(),
@@ -566,6 +569,15 @@ impl EventStore for MemoryEventStore {
 
     fn wakeups(&self) -> &Arc<Wakeups> {
         &self.wakeups
+    }
+
+    fn invalidations(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    fn broadcast<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, anyhow::Result<()>> {
+        self.hub.deliver(batch.clone());
+        Box::pin(async { Ok(()) })
     }
 
     fn limits(&self) -> &Limits {

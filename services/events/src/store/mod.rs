@@ -37,6 +37,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::invalidations::{Batch, Hub};
 use crate::model::{Audience, Delivered, LogRead, NewEvent, PollOutcome, ResumeState, SessionKey};
 use crate::wake::Wakeups;
 
@@ -173,6 +174,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The registry this store's appends and closes wake.
     fn wakeups(&self) -> &Arc<Wakeups>;
+
+    /// This process's hub of the gateways' invalidation feeds, which [`EventStore::broadcast`]s
+    /// of every replica reach.
+    fn invalidations(&self) -> &Arc<Hub>;
+
+    /// Hands `batch` to every invalidation feed of every replica (in process: this one's).
+    fn broadcast<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, anyhow::Result<()>>;
 
     /// The bounds this store was built with.
     fn limits(&self) -> &Limits;

@@ -20,6 +20,8 @@
 //!   `<p>idem:<key>`: SET of the sessions one publication reached so far (gone when it
 //!   completes; expires with the key otherwise), so a retry skips them.
 //! - Pub/Sub channel `<p>wake`: the message is `<s>`, published by the append and close scripts.
+//! - Pub/Sub channel `<p>inval`: a batch of the gateways' invalidations
+//!   ([`crate::invalidations::encode`]), published by [`EventStore::broadcast`].
 //!
 //! A session's data keys expire when its membership does (`PEXPIREAT` last refresh + TTL;
 //! appends only reach members), the sorted sets with their newest entry, the closed mark and
@@ -31,7 +33,8 @@
 //! ranges, `ZADD … NX` with `ZRANGE … WITHSCORES`).
 //!
 //! The Pub/Sub listener ([`RedisEventStore::connect`] spawns it): one connection per store
-//! (per process), subscribed to `<p>wake`; it wakes the local subscribers of the named session.
+//! (per process), subscribed to `<p>wake` and `<p>inval`; it wakes the local subscribers of the
+//! named session and relays invalidations to this process's feeds ([`crate::invalidations`]).
 //! It pings every [`PING_INTERVAL`]; when the connection fails or a ping goes unanswered it
 //! reconnects with a backoff ([`RECONNECT_BACKOFF_MIN`] doubling to [`RECONNECT_BACKOFF_MAX`])
 //! and, once subscribed again, wakes every local subscriber, which re-reads its log: nothing
@@ -50,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::{BoxFuture, EventStore, Limits, millis};
+use crate::invalidations::{Batch, Hub};
 use crate::model::{
     Audience, Delivered, Event, LogRead, NewEvent, PollOutcome, ResumeState, SessionKey,
 };
@@ -326,8 +330,10 @@ pub struct RedisEventStore {
     conn: ConnectionManager,
     prefix: String,
     channel: String,
+    inval_channel: String,
     limits: Limits,
     wakeups: Arc<Wakeups>,
+    hub: Arc<Hub>,
     subscriptions: Arc<AtomicU64>,
 }
 
@@ -359,20 +365,28 @@ impl RedisEventStore {
         })?;
         let wakeups = Wakeups::new();
         let channel = format!("{prefix}wake");
+        let inval_channel = format!("{prefix}inval");
+        let hub = Hub::new(false);
         let subscriptions = Arc::new(AtomicU64::new(0));
         tokio::spawn(listen(
             client,
-            channel.clone(),
-            wakeups.clone(),
-            subscriptions.clone(),
+            Listener {
+                wake_channel: channel.clone(),
+                inval_channel: inval_channel.clone(),
+                wakeups: wakeups.clone(),
+                hub: hub.clone(),
+                subscriptions: subscriptions.clone(),
+            },
             stop,
         ));
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
             channel,
+            inval_channel,
             limits,
             wakeups,
+            hub,
             subscriptions,
         })
     }
@@ -862,6 +876,24 @@ impl EventStore for RedisEventStore {
         &self.wakeups
     }
 
+    fn invalidations(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    fn broadcast<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            redis::cmd("PUBLISH")
+                .arg(&self.inval_channel)
+                .arg(crate::invalidations::encode(batch))
+                .query_async::<Value>(&mut conn)
+                .instrument(p2_runtime::kv::span("PUBLISH"))
+                .await
+                .context("cannot publish invalidations to Redis")?;
+            Ok(())
+        })
+    }
+
     fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -871,20 +903,27 @@ impl EventStore for RedisEventStore {
     }
 }
 
-/// The Pub/Sub listener: subscribes to `channel`, wakes the named sessions' subscribers,
-/// reconnects with a backoff, and wakes everyone after each (re)subscription.
-async fn listen(
-    client: redis::Client,
-    channel: String,
+/// What the Pub/Sub listener serves.
+struct Listener {
+    wake_channel: String,
+    inval_channel: String,
     wakeups: Arc<Wakeups>,
+    hub: Arc<Hub>,
     subscriptions: Arc<AtomicU64>,
-    stop: CancellationToken,
-) {
+}
+
+/// The Pub/Sub listener: subscribes to the wake-up and invalidation channels, wakes the named
+/// sessions' subscribers and relays invalidations to this process's feeds, reconnects with a
+/// backoff, and after each (re)subscription wakes everyone and lets feeds go live again (the
+/// ones open when the connection was lost ended: what was published meanwhile is lost).
+async fn listen(client: redis::Client, listener: Listener, stop: CancellationToken) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
         let attempt = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub
+                .subscribe(&[&listener.wake_channel, &listener.inval_channel])
+                .await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let outcome = tokio::select! {
@@ -895,9 +934,11 @@ async fn listen(
             Ok(Ok(pubsub)) => {
                 backoff = RECONNECT_BACKOFF_MIN;
                 // Whatever was appended while no subscription was in place: re-read it.
-                wakeups.wake_all();
-                subscriptions.fetch_add(1, Ordering::Relaxed);
-                let lost = pump(pubsub, &wakeups, &stop).await;
+                listener.wakeups.wake_all();
+                listener.hub.source_up();
+                listener.subscriptions.fetch_add(1, Ordering::Relaxed);
+                let lost = pump(pubsub, &listener, &stop).await;
+                listener.hub.source_down();
                 if stop.is_cancelled() {
                     return;
                 }
@@ -910,13 +951,13 @@ async fn listen(
             }
             Ok(Err(error)) => {
                 p2_runtime::metrics::redis_error(COMPONENT, "events_pubsub");
-                tracing::warn!(%error, ?backoff, "cannot subscribe to the events Pub/Sub channel");
+                tracing::warn!(%error, ?backoff, "cannot subscribe to the events Pub/Sub channels");
             }
             Err(_) => {
                 p2_runtime::metrics::redis_error(COMPONENT, "events_pubsub");
                 tracing::warn!(
                     ?backoff,
-                    "subscribing to the events Pub/Sub channel timed out"
+                    "subscribing to the events Pub/Sub channels timed out"
                 );
             }
         }
@@ -928,11 +969,11 @@ async fn listen(
     }
 }
 
-/// Wakes sessions as their messages arrive until the connection is lost (or `stop`); returns
-/// why it ended.
+/// Wakes sessions and relays invalidations as their messages arrive until the connection is
+/// lost (or `stop`); returns why it ended.
 async fn pump(
     pubsub: redis::aio::PubSub,
-    wakeups: &Wakeups,
+    listener: &Listener,
     stop: &CancellationToken,
 ) -> &'static str {
     let (mut sink, mut stream) = pubsub.split();
@@ -944,8 +985,13 @@ async fn pump(
             () = stop.cancelled() => return "stopped",
             message = stream.next() => match message {
                 Some(message) => {
-                    if let Ok(session) = std::str::from_utf8(message.get_payload_bytes()) {
-                        wakeups.wake(session);
+                    let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
+                        continue;
+                    };
+                    if message.get_channel_name() == listener.inval_channel {
+                        listener.hub.deliver(crate::invalidations::decode(payload).into());
+                    } else {
+                        listener.wakeups.wake(payload);
                     }
                 }
                 None => return "the connection closed",

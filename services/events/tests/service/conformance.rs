@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use p2_events::EventLog;
 use p2_events::feed::{FeedItem, Start};
+use p2_events::invalidations::{Invalidation, Notice};
 use p2_events::model::{Audience, Delivered, Resume};
 use p2_events::store::Limits;
 
@@ -838,6 +839,82 @@ async fn a_lagging_subscriber_is_told_what_the_log_dropped(log: EventLog) {
     );
 }
 
+type InvalidationFeed =
+    tokio::sync::mpsc::Receiver<Result<p2_events::invalidations::Notice, p2_events::EventsError>>;
+
+/// The next batch of an invalidation feed (within the patience of the suite).
+async fn next_batch(feed: &mut InvalidationFeed) -> Vec<Invalidation> {
+    let notice = tokio::time::timeout(crate::common::PATIENCE, feed.recv())
+        .await
+        .expect("an invalidation in time")
+        .expect("the feed is open")
+        .expect("the feed is healthy");
+    match notice {
+        Notice::Batch(batch) => batch.to_vec(),
+        Notice::Live => panic!("a second live notice"),
+    }
+}
+
+async fn invalidation_feeds_go_live_then_carry_derived_and_explicit_invalidations(log: EventLog) {
+    let mut feed = log.watch_invalidations();
+    let first = tokio::time::timeout(crate::common::PATIENCE, feed.recv())
+        .await
+        .expect("the live notice in time")
+        .expect("the feed is open")
+        .expect("the feed is healthy");
+    assert!(matches!(first, Notice::Live), "{first:?}");
+    let a = session(ALICE, "a");
+    log.open(&a).await.unwrap();
+    // A closed session: its token and its actor's certs.
+    log.close(&a).await.unwrap();
+    assert_eq!(
+        next_batch(&mut feed).await,
+        vec![
+            Invalidation::Session(a.clone()),
+            Invalidation::ActorCerts(ALICE.into())
+        ]
+    );
+    // Core op 4 to an actor: its certs; repeated, again (the first may not have got through).
+    let op4 = key();
+    log.publish(actor(BOB), event(4, 1), op4.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_batch(&mut feed).await,
+        vec![Invalidation::ActorCerts(BOB.into())]
+    );
+    log.publish(actor(BOB), event(4, 1), op4).await.unwrap();
+    assert_eq!(
+        next_batch(&mut feed).await,
+        vec![Invalidation::ActorCerts(BOB.into())]
+    );
+    // Core op 6 to everyone: the server's certs.
+    log.publish(Audience::Server, event(6, 1), key())
+        .await
+        .unwrap();
+    assert_eq!(next_batch(&mut feed).await, vec![Invalidation::Server]);
+    // Other events invalidate nothing: the next batch is the explicit one.
+    log.publish(actor(ALICE), event(1, 1), key()).await.unwrap();
+    publish_to(&log, &session(ALICE, "b"), 1).await;
+    let explicit = vec![
+        Invalidation::ActorProviders("bob".into()),
+        Invalidation::AllPublic,
+    ];
+    log.invalidate(explicit.clone().into()).await.unwrap();
+    assert_eq!(next_batch(&mut feed).await, explicit);
+    // A second feed sees what is broadcast after it went live.
+    let mut second = log.watch_invalidations();
+    assert!(matches!(
+        second.recv().await.unwrap().unwrap(),
+        Notice::Live
+    ));
+    log.invalidate(vec![Invalidation::Server].into())
+        .await
+        .unwrap();
+    assert_eq!(next_batch(&mut feed).await, vec![Invalidation::Server]);
+    assert_eq!(next_batch(&mut second).await, vec![Invalidation::Server]);
+}
+
 macro_rules! conformance {
     ($($name:ident: $limits:ident),* $(,)?) => {
         mod memory {
@@ -889,6 +966,7 @@ conformance!(
     closing_ends_every_stream_of_the_session_with_closed: defaults,
     a_slow_subscriber_blocks_neither_a_fast_one_nor_publishing: defaults,
     a_lagging_subscriber_is_told_what_the_log_dropped: small,
+    invalidation_feeds_go_live_then_carry_derived_and_explicit_invalidations: defaults,
 );
 
 #[tokio::test(start_paused = true)]

@@ -169,6 +169,69 @@ async fn a_stream_survives_redis_going_away_for_a_while() {
     assert_eq!(next_position(&mut feed).await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_feeds_on_every_replica_get_every_replicas_invalidations_and_end_when_cut_off()
+{
+    use p2_events::invalidations::{Invalidation, Notice};
+    let url = redis_url();
+    let mut proxy = Proxy::start(0, addr_of(&url)).await;
+    let prefix = redis_prefix();
+    let a_store = redis_store(
+        &format!("redis://127.0.0.1:{}/", proxy.port),
+        &prefix,
+        Limits::default(),
+    )
+    .await;
+    wait_subscribed(&a_store, 1).await;
+    let a = log_over(a_store.clone());
+    let b = log_over(redis_store(&url, &prefix, Limits::default()).await);
+    async fn notice(
+        feed: &mut tokio::sync::mpsc::Receiver<Result<Notice, p2_events::EventsError>>,
+    ) -> Result<Notice, p2_events::EventsError> {
+        tokio::time::timeout(PATIENCE, feed.recv())
+            .await
+            .expect("a notice in time")
+            .expect("the feed is open")
+    }
+    let mut feed = a.watch_invalidations();
+    assert!(matches!(notice(&mut feed).await, Ok(Notice::Live)));
+    // Closed through replica B: replica A's feed hears of it.
+    let alice = session("alice@p2.test", "a1");
+    b.open(&alice).await.unwrap();
+    b.close(&alice).await.unwrap();
+    match notice(&mut feed).await {
+        Ok(Notice::Batch(batch)) => {
+            assert_eq!(batch[0], Invalidation::Session(alice.clone()));
+        }
+        other => panic!("expected the close's invalidations, got {other:?}"),
+    }
+    // A's Pub/Sub connection is cut: its feed ends (what B broadcasts now, A never hears).
+    proxy.cut().await;
+    let ended = notice(&mut feed).await;
+    assert!(
+        matches!(&ended, Err(p2_events::EventsError::Unavailable(_))),
+        "{ended:?}"
+    );
+    // A new feed goes live only once A is subscribed again, and then hears B.
+    let mut again = a.watch_invalidations();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), again.recv())
+            .await
+            .is_err(),
+        "a feed went live without a subscription"
+    );
+    proxy.restore().await;
+    wait_subscribed(&a_store, 2).await;
+    assert!(matches!(notice(&mut again).await, Ok(Notice::Live)));
+    b.invalidate(vec![Invalidation::Server].into())
+        .await
+        .unwrap();
+    match notice(&mut again).await {
+        Ok(Notice::Batch(batch)) => assert_eq!(batch.to_vec(), vec![Invalidation::Server]),
+        other => panic!("expected the server invalidation, got {other:?}"),
+    }
+}
+
 /// Every key under `prefix` with its remaining lifetime in milliseconds.
 async fn keys_under(prefix: &str) -> Vec<(String, i64)> {
     let mut conn = p2_runtime::kv::connect(&redis_url(), "events-test")
