@@ -233,9 +233,9 @@ impl TokenCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Whether the cache is in use now (on, and the feed live).
-    pub fn active(&self) -> bool {
-        self.cache.enabled() && self.live.load(Ordering::Acquire)
+    /// Whether the invalidation feed is live.
+    pub fn live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
     }
 
     /// Forgets every token (after a session change).

@@ -284,6 +284,7 @@ impl p2_runtime::metrics::Sampled for Inner {
         samples.cache_weighted_bytes(cache::PUBLIC_CACHE_LABEL, self.cache.weighted_bytes());
         samples.cache_weighted_bytes(cache::TOKEN_CACHE_LABEL, self.tokens.weighted_bytes());
         samples.websockets_open(u64::try_from(self.websockets.open()).unwrap_or(u64::MAX));
+        samples.invalidation_feed_live(self.tokens.live());
     }
 }
 

@@ -246,7 +246,16 @@ async fn without_the_feed_the_token_cache_serves_nothing_and_comes_back_with_it(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let feed_live = async |stack: &SplitStack| {
+        sum(
+            &stack.scrape(Component::Gateway, 0).await,
+            "polyproto_gateway_invalidation_feed_live",
+            "",
+        )
+    };
+    assert_eq!(feed_live(&stack).await, 0.0);
     // It comes back: the feed goes live again and the cache is used again.
     stack.restart(Component::Events, 0);
     warm(&stack).await;
+    assert_eq!(feed_live(&stack).await, 1.0);
 }

@@ -220,15 +220,16 @@ async fn every_process_of_a_split_deployment_serves_its_own_metrics() {
         ) >= 1.0,
         "{identity}"
     );
-    for (text, service) in [
-        (identity, "identity"),
-        (session, "session"),
-        (discovery, "discovery"),
-        (events, "events"),
+    // Nothing in flight but the gateway's invalidation feed (a stream open all along).
+    for (text, service, in_flight) in [
+        (identity, "identity", 0),
+        (session, "session", 0),
+        (discovery, "discovery", 0),
+        (events, "events", 1),
     ] {
         assert!(
             text.contains(&format!(
-                "polyproto_grpc_server_requests_in_flight{{service=\"polyproto.{service}.v1.{}\"}} 0",
+                "polyproto_grpc_server_requests_in_flight{{service=\"polyproto.{service}.v1.{}\"}} {in_flight}",
                 capitalised(service)
             )),
             "{text}"
@@ -262,12 +263,21 @@ async fn every_process_of_a_split_deployment_serves_its_own_metrics() {
     // The event log's counters and streams, sampled at the scrape.
     for series in [
         "polyproto_events_subscribers",
+        "polyproto_events_invalidation_feeds",
         "polyproto_events_total{kind=\"appended\"}",
     ] {
         assert!(has_series(events, series), "{series}:\n{events}");
         assert!(!has_series(identity, series));
     }
     assert!(!has_series(gateway, "polyproto_db_pool_connections"));
+    assert!(has_series(
+        gateway,
+        "polyproto_gateway_invalidation_feed_live"
+    ));
+    assert!(!has_series(
+        events,
+        "polyproto_gateway_invalidation_feed_live"
+    ));
     // Each process shows its own calls only.
     assert!(!has_series(gateway, "polyproto_grpc_server_requests_total"));
     assert!(!has_series(identity, "polyproto_http_requests_total"));

@@ -175,6 +175,7 @@ impl p2_runtime::metrics::Sampled for LogGauges {
             stats.appended,
             stats.subscribers,
         );
+        samples.invalidation_feeds(stats.invalidation_feeds);
     }
 }
 

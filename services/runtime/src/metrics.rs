@@ -21,6 +21,8 @@
 //! | `polyproto_websockets_open` | gauge | – | open gateway WebSockets (sampled) |
 //! | `polyproto_events_total` | counter | `kind` | the events service's `published` publications, `repeated` ones (idempotency key seen, nothing appended) and events `appended` to session logs (sampled) |
 //! | `polyproto_events_subscribers` | gauge | – | Subscribe streams open in the events process (sampled) |
+//! | `polyproto_events_invalidation_feeds` | gauge | – | gateways' invalidation feeds open in the events process (sampled) |
+//! | `polyproto_gateway_invalidation_feed_live` | gauge | – | 1 while the gateway's invalidation feed is live (its token cache in use), else 0 (sampled) |
 //! | `polyproto_outbox_events_total` | counter | `component`, `outcome` | event outbox rows `delivered` to the events service, `dropped` at the outbox's bound, `rejected` for good |
 //!
 //! Cardinality is bounded by construction, never by what clients send: `route` is the axum
@@ -260,6 +262,22 @@ impl Samples<'_> {
             .inc_by(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
+    /// Open invalidation feeds of the events process.
+    pub fn invalidation_feeds(&self, feeds: u64) {
+        self.metrics
+            .invalidation_feeds
+            .get_or_create(&Vec::new())
+            .inc_by(i64::try_from(feeds).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the gateway's invalidation feed is live.
+    pub fn invalidation_feed_live(&self, live: bool) {
+        self.metrics
+            .invalidation_feed_live
+            .get_or_create(&Vec::new())
+            .inc_by(i64::from(live));
+    }
+
     /// The events service's counters since the process started, and its open streams.
     pub fn events(&self, published: u64, repeated: u64, appended: u64, subscribers: u64) {
         let metrics = self.metrics;
@@ -453,6 +471,8 @@ pub struct Metrics {
     websockets_open: Family<NoLabels, Gauge>,
     events_total: Family<KindLabels, Counter>,
     events_subscribers: Family<NoLabels, Gauge>,
+    invalidation_feeds: Family<NoLabels, Gauge>,
+    invalidation_feed_live: Family<NoLabels, Gauge>,
     /// Sampled sources; the lock also serialises scrapes (sampled gauges are rebuilt by each).
     sampled: Mutex<Vec<Weak<dyn Sampled>>>,
     /// gRPC method names given a label of their own.
@@ -586,6 +606,18 @@ impl Metrics {
             "Subscribe streams open in this events process",
             events_subscribers.clone(),
         );
+        let invalidation_feeds = Family::default();
+        registry.register(
+            "events_invalidation_feeds",
+            "Gateways' invalidation feeds open in this events process",
+            invalidation_feeds.clone(),
+        );
+        let invalidation_feed_live = Family::default();
+        registry.register(
+            "gateway_invalidation_feed_live",
+            "1 while the gateway's invalidation feed is live (its token cache in use)",
+            invalidation_feed_live.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -605,6 +637,8 @@ impl Metrics {
             websockets_open,
             events_total,
             events_subscribers,
+            invalidation_feeds,
+            invalidation_feed_live,
             sampled: Mutex::new(Vec::new()),
             grpc_methods: RwLock::new(HashSet::new()),
         }
@@ -630,6 +664,8 @@ impl Metrics {
         // WebSocket hub), rebuilt at every scrape.
         self.websockets_open.clear();
         self.events_subscribers.clear();
+        self.invalidation_feeds.clear();
+        self.invalidation_feed_live.clear();
         let samples = Samples { metrics: self };
         sampled.retain(|source| match source.upgrade() {
             Some(source) => {
