@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::compress::{self, Compression};
 use super::protocol::{
     self, ChannelAction, ClientMessage, Close, CloseCode, MinifiedNumberList, op,
 };
@@ -175,6 +176,7 @@ struct Connection<U: Upstream> {
     pending: VecDeque<pb::DeliveredEvent>,
     recording: Option<JoinHandle<Recorded>>,
     dropped_records: bool,
+    compression: Compression,
 }
 
 /// Runs one connection on `transport` until it closes; `closing` is the gateway's shutdown
@@ -184,6 +186,21 @@ pub async fn run<T, E, U>(
     upstream: U,
     settings: Arc<Settings>,
     closing: CancellationToken,
+) where
+    T: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
+    E: std::fmt::Display + Send,
+    U: Upstream,
+{
+    run_with(transport, upstream, settings, closing, Compression::None).await;
+}
+
+/// [`run`], with the framing the client asked for ([`crate::ws::compress`]).
+pub async fn run_with<T, E, U>(
+    transport: T,
+    upstream: U,
+    settings: Arc<Settings>,
+    closing: CancellationToken,
+    compression: Compression,
 ) where
     T: Stream<Item = Result<Message, E>> + Sink<Message> + Send + 'static,
     E: std::fmt::Display + Send,
@@ -200,7 +217,7 @@ pub async fn run<T, E, U>(
     async move {
         let (sink, mut stream) = transport.split();
         let (out, rx) = mpsc::channel(settings.queue.max(1));
-        let mut writer = Some(tokio::spawn(write_loop(sink, rx)));
+        let mut writer = Some(tokio::spawn(write_loop(sink, rx, compression)));
         let now = Instant::now();
         let mut connection = Connection {
             id,
@@ -220,6 +237,7 @@ pub async fn run<T, E, U>(
             pending: VecDeque::new(),
             recording: None,
             dropped_records: false,
+            compression,
         };
         tracing::debug!("websocket opened");
         let exit = connection.drive(&mut stream, &mut writer, &closing).await;
@@ -235,14 +253,23 @@ pub async fn run<T, E, U>(
 }
 
 /// Writes what the queue gives, flushing when it runs dry; stops at a close frame or an error.
-async fn write_loop<S>(mut sink: S, mut rx: mpsc::Receiver<Outgoing>)
+/// With zstd, each message becomes one binary frame (compressed here, off the connection's
+/// own task, so a slow compression never holds up reading the client).
+async fn write_loop<S>(mut sink: S, mut rx: mpsc::Receiver<Outgoing>, compression: Compression)
 where
     S: Sink<Message> + Unpin,
 {
     while let Some(item) = rx.recv().await {
         match item {
             Outgoing::Text(text) => {
-                if sink.feed(Message::Text(text)).await.is_err() {
+                let message = match compression {
+                    Compression::None => Message::Text(text),
+                    Compression::Zstd { .. } => match compress::compress(text.as_bytes()) {
+                        Some(frame) => Message::Binary(frame.into()),
+                        None => Message::Text(text),
+                    },
+                };
+                if sink.feed(message).await.is_err() {
                     return;
                 }
                 if rx.is_empty() && sink.flush().await.is_err() {
@@ -468,7 +495,20 @@ impl<U: Upstream> Connection<U> {
                 return self.count_message();
             }
             Some(Ok(Message::Text(text))) => axum::body::Bytes::from(text),
-            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Binary(bytes))) => match self.compression {
+                Compression::Zstd { max_inflated } if compress::is_zstd(&bytes) => {
+                    match compress::decompress(&bytes, max_inflated) {
+                        Some(inflated) => axum::body::Bytes::from(inflated),
+                        None => {
+                            return Err(Exit::close(
+                                CloseCode::InvalidPayload,
+                                "unreadable zstd frame (malformed, or too large inflated)",
+                            ));
+                        }
+                    }
+                }
+                _ => bytes,
+            },
         };
         self.count_message()?;
         let message = protocol::parse_client_message(&bytes)?;
@@ -647,8 +687,21 @@ impl<U: Upstream> Connection<U> {
             .collect();
         let d = protocol::json_array(texts.iter().map(String::as_str));
         let resumed = self.send_core(op::RESUMED, &d, true)?;
-        for event in &replayed {
-            self.note_delivered(resumed, event.position);
+        // The Resumed carries every replayed event under one sequence number, but a delivery
+        // record holds one position per number, numbers strictly increasing (RecordDelivered
+        // refuses anything else). A later Resume needs two things from it: the smallest
+        // position delivered after the number it names, and the highest position delivered.
+        // The first replayed position under `resumed` and the last one under `resumed - 1`
+        // (Hello's or a heartbeat ACK's number: never an event's) keep both right — after
+        // `resumed` or later, the replay continues behind the last; after anything earlier,
+        // it starts again at the first.
+        match (replayed.first(), replayed.last(), resumed.checked_sub(1)) {
+            (Some(first), Some(last), Some(before)) if replayed.len() > 1 => {
+                self.note_delivered(before, last.position);
+                self.note_delivered(resumed, first.position);
+            }
+            (Some(first), ..) => self.note_delivered(resumed, first.position),
+            (None, ..) => {}
         }
         tracing::debug!(
             replayed = replayed.len(),

@@ -43,6 +43,7 @@ use crate::AppState;
 use crate::error::{ApiError, PROBLEM_JSON, Problem};
 use crate::openapi;
 
+pub mod compress;
 pub mod connection;
 pub mod protocol;
 pub mod state;
@@ -250,18 +251,31 @@ impl Hub {
         what `except` lists). `op` and `s` are decimal strings. Events: op 3 (new session), \
         op 4 (certificate invalidation), op 6 (server certificate change). Service channels: \
         op 8/9. Close codes 4000–4010 (see the README). The token travels in Identify, not \
-        in a header.",
+        in a header. `?compression=zstd`: every server message arrives as a binary frame \
+        holding one zstd frame of its JSON (spec 3.6); the client may send zstd frames too.",
+    params(
+        ("compression" = Option<String>, Query, description = "`zstd` for zstd-compressed binary frames; absent or `none` for JSON text frames."),
+    ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol."),
-        (status = 400, description = "Not a WebSocket handshake (missing `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or version 13).", body = Problem, content_type = PROBLEM_JSON),
+        (status = 400, description = "Not a WebSocket handshake (missing `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` or version 13), or an unknown `compression`.", body = Problem, content_type = PROBLEM_JSON),
         (status = 426, description = "The connection cannot be upgraded (e.g. HTTP/2).", body = Problem, content_type = PROBLEM_JSON),
     ),
 )]
 pub async fn gateway(
     State(state): State<AppState>,
     slot: Option<axum::Extension<crate::server::ConnectionSlot>>,
+    axum::extract::Query(query): axum::extract::Query<GatewayQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let Some(compression) =
+        compress::Compression::requested(query.compression.as_deref(), state.max_body_bytes())
+    else {
+        return ApiError::bad_request(
+            "compression must be `zstd` or `none` (permessage-deflate is not offered)",
+        )
+        .into_response();
+    };
     let hub = state.websockets().clone();
     if hub.is_closing() {
         let mut refused = ApiError::new(
@@ -283,8 +297,15 @@ pub async fn gateway(
             // The socket holds its connection slot (the caps count it) and its count.
             let _slot = slot;
             let _counted = counted;
-            connection::run(socket, upstream, settings, closing).await;
+            connection::run_with(socket, upstream, settings, closing, compression).await;
         })
+}
+
+/// The query of `GET /.p2/core/v1/gateway`.
+#[derive(Debug, serde::Deserialize)]
+pub struct GatewayQuery {
+    /// `zstd` for zstd-compressed binary frames ([`compress`]); absent or `none` for text.
+    pub compression: Option<String>,
 }
 
 #[cfg(test)]

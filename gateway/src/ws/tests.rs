@@ -214,6 +214,15 @@ impl Upstream for Fake {
         _connection_id: String,
         delivered: Vec<pb::DeliveredEvent>,
     ) -> Result<(), tonic::Status> {
+        // As the events service does: one position per sequence number, in the order sent.
+        if delivered
+            .windows(2)
+            .any(|pair| pair[0].sequence >= pair[1].sequence)
+        {
+            return Err(tonic::Status::invalid_argument(
+                "sequence numbers strictly increasing",
+            ));
+        }
         self.0.records.lock().unwrap().extend(delivered);
         Ok(())
     }
@@ -555,8 +564,10 @@ async fn resume_replays_the_missed_events_inside_resumed_then_goes_live() {
     assert_eq!(live["d"]["cert"], "nine");
     client.send(heartbeat(0, 2, &[])).await;
     client.recv().await;
+    // The Resumed's positions as a record takes them (one per sequence number, increasing):
+    // the last under Hello's 0, the first under the Resumed's 1.
     tokio::time::timeout(WAIT, async {
-        while fake.records() != [(1, 6), (1, 7), (2, 9)] {
+        while fake.records() != [(0, 7), (1, 6), (2, 9)] {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })

@@ -469,6 +469,22 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_connections_record_resumes_neither_twice_nor_short() {
+        // A resumed connection: Hello 0, Resumed 1 replaying positions 6 and 7 (recorded by
+        // the gateway as the last under 0 and the first under 1), then position 9 live as 2.
+        let live = state(&[(0, 7), (1, 6), (2, 9)], 1, 9);
+        let at = |seq| resume_point(&live, None, seq).after_position;
+        assert_eq!(at(0), 5, "the Resumed was not seen: replay it all");
+        assert_eq!(at(1), 8, "the Resumed was seen: continue behind it");
+        assert_eq!(at(2), 9);
+        // Nothing live after the Resumed yet.
+        let replayed = state(&[(0, 7), (1, 6)], 1, 7);
+        assert_eq!(resume_point(&replayed, None, 0).after_position, 5);
+        assert_eq!(resume_point(&replayed, None, 1).after_position, 7);
+        assert_eq!(resume_point(&replayed, None, 5).after_position, 7);
+    }
+
+    #[test]
     fn resume_is_refused_when_nothing_is_recorded_or_retained() {
         assert!(!resume_point(&ResumeState::default(), None, 0).resumable);
         let mut empty = state(&[], 1, 3);
