@@ -4,7 +4,7 @@
 //!
 //! Where invalidations come from: the events service derives them from what the owning
 //! services tell it anyway through their durable outboxes (a closed session, core ops 3, 4
-//! and 6; see [`derived_from_close`] and [`derived_from_publish`]), and gateways add what a
+//! and 6; see [`derived_from_open`], [`derived_from_close`] and [`derived_from_publish`]), and gateways add what a
 //! mutation they served affects (`Invalidate`). A derived invalidation is broadcast before
 //! the RPC that caused it answers, so a publisher's retry repeats it rather than losing it.
 //!
@@ -58,6 +58,12 @@ pub fn derived_from_close(session: &SessionKey) -> Vec<Invalidation> {
         Invalidation::Session(session.clone()),
         Invalidation::ActorCerts(session.fid().to_owned()),
     ]
+}
+
+/// What an opened session invalidates: its token (a login that reuses a session ID replaces
+/// the session's token, and the old one must stop resolving everywhere).
+pub fn derived_from_open(session: &SessionKey) -> Vec<Invalidation> {
+    vec![Invalidation::Session(session.clone())]
 }
 
 /// What a published event invalidates: core op 3 (New Session) and op 4 (Actor Certificate

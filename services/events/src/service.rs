@@ -140,9 +140,14 @@ impl EventLog {
         Ok(published.unwrap_or(0))
     }
 
-    /// Opens `session`.
+    /// Opens `session`, and tells every gateway to forget its token (a login may have replaced
+    /// it).
     pub async fn open(&self, session: &SessionKey) -> Result<(), EventsError> {
-        Ok(self.store.open(session).await?)
+        self.store.open(session).await?;
+        Ok(self
+            .store
+            .broadcast(&crate::invalidations::derived_from_open(session).into())
+            .await?)
     }
 
     /// Closes `session`: its data goes, its streams end with `closed`, and every gateway

@@ -864,7 +864,12 @@ async fn invalidation_feeds_go_live_then_carry_derived_and_explicit_invalidation
         .expect("the feed is healthy");
     assert!(matches!(first, Notice::Live), "{first:?}");
     let a = session(ALICE, "a");
+    // An opened session: its token (a login may have replaced it).
     log.open(&a).await.unwrap();
+    assert_eq!(
+        next_batch(&mut feed).await,
+        vec![Invalidation::Session(a.clone())]
+    );
     // A closed session: its token and its actor's certs.
     log.close(&a).await.unwrap();
     assert_eq!(
