@@ -741,7 +741,8 @@ impl<U: Upstream> Connection<U> {
                     );
                     Ok(())
                 }
-                None => Ok(()),
+                // The end of a Resume's replay (collected before): nothing to do live.
+                Some(Kind::CaughtUp(_)) | None => Ok(()),
             },
         }
     }
@@ -817,8 +818,9 @@ async fn record<U: Upstream>(
     Recorded::Done
 }
 
-/// The events a Resume replays: what the feed yields until it is quiet for
-/// [`Settings::replay_idle`] (the log's backlog arrives at once; live events trickle), at most
+/// The events a Resume replays: what the feed yields until it says it caught up with the log
+/// (`caught_up`, which the Resume's Subscribe asks for), or — from an events service that
+/// does not say it — until it is quiet for [`Settings::replay_idle`], at most
 /// [`Settings::replay_max_events`] or [`Settings::replay_max_bytes`] (the event that does not
 /// fit is returned to be sent live) and [`REPLAY_MAX_WAIT`] in all. A gap means missed events
 /// are gone: 4010.
@@ -875,6 +877,8 @@ async fn collect_replay(
                 ));
             }
             Some(Kind::Closed(_)) => return Err(Exit::session_ended()),
+            // Everything logged before the Resume was read: the replay is complete.
+            Some(Kind::CaughtUp(_)) => return Ok((events, None)),
             None => {}
         }
     }

@@ -740,3 +740,39 @@ async fn one_stuck_client_does_not_delay_another() {
     let event = live.recv().await;
     assert_eq!(event["d"]["to"], "live");
 }
+
+#[tokio::test]
+async fn caught_up_ends_the_replay_at_once_and_later_events_go_live() {
+    let fake = Fake::default();
+    *fake.0.resume.lock().unwrap() = Some(pb::ResumeFromResponse {
+        resumable: true,
+        after_position: 5,
+    });
+    let feed = fake.feed();
+    feed.unbounded_send(event(3, json!({"cert": "six"}), 6))
+        .unwrap();
+    feed.unbounded_send(Ok(pb::Delivery {
+        kind: Some(Kind::CaughtUp(pb::CaughtUp {})),
+    }))
+    .unwrap();
+    // Right behind the mark, before any quiet time: live, not part of the replay.
+    feed.unbounded_send(event(3, json!({"cert": "seven"}), 7))
+        .unwrap();
+    let mut settings = settings();
+    // Far longer than the test may wait: only the mark can end the replay.
+    settings.replay_idle = Duration::from_secs(60);
+    let (mut client, _closing, _task) = start_with(&fake, settings, 64);
+    client.recv().await;
+    client
+        .send(json!({"n": "core", "op": "5", "d": {"s": "3", "token": "t"}}))
+        .await;
+    let resumed = client.recv().await;
+    assert_eq!(resumed["op"], "10");
+    assert_eq!(
+        resumed["d"],
+        json!([{"n": "core", "op": "3", "d": {"cert": "six"}}])
+    );
+    let live = client.recv().await;
+    assert_eq!(live["s"], "2");
+    assert_eq!(live["d"]["cert"], "seven");
+}

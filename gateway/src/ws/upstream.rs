@@ -96,6 +96,8 @@ impl Upstream for GrpcUpstream {
                 caller: Some(caller),
                 after_position,
                 only_new,
+                // A replay (Resume) ends exactly where the log's backlog does.
+                mark_caught_up: !only_new,
             })
             .await?
             .into_inner();

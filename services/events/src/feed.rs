@@ -62,6 +62,8 @@ pub enum FeedItem {
     },
     /// The session was closed; nothing follows.
     Closed,
+    /// Everything logged when the stream started was sent (only when asked for).
+    CaughtUp,
 }
 
 /// A stream's receiving end (bounded by [`FEED_BUFFER`]).
@@ -74,6 +76,19 @@ pub async fn subscribe(
     store: Arc<dyn EventStore>,
     session: SessionKey,
     start: Start,
+    stop: CancellationToken,
+) -> Result<Feed, EventsError> {
+    subscribe_marked(store, session, start, false, stop).await
+}
+
+/// [`subscribe`], sending [`FeedItem::CaughtUp`] once when `mark_caught_up`: after the first
+/// read of the log that came back short, i.e. once everything logged when the stream started
+/// (and perhaps a little more) was sent.
+pub async fn subscribe_marked(
+    store: Arc<dyn EventStore>,
+    session: SessionKey,
+    start: Start,
+    mark_caught_up: bool,
     stop: CancellationToken,
 ) -> Result<Feed, EventsError> {
     let (tx, rx) = mpsc::channel(FEED_BUFFER);
@@ -98,6 +113,7 @@ pub async fn subscribe(
         last,
         gap_on_first,
         refresh_every,
+        mark_caught_up,
     };
     tokio::spawn(stream.run());
     Ok(rx)
@@ -112,6 +128,7 @@ struct Stream {
     last: u64,
     gap_on_first: bool,
     refresh_every: Duration,
+    mark_caught_up: bool,
 }
 
 /// Why a stream stops.
@@ -217,6 +234,11 @@ impl Stream {
             }
             if more {
                 continue;
+            }
+            if std::mem::take(&mut self.mark_caught_up)
+                && let Err(end) = self.send(FeedItem::CaughtUp).await
+            {
+                return end;
             }
             tokio::select! {
                 () = self.registration.changed() => {}

@@ -84,6 +84,7 @@ fn delivery(item: FeedItem) -> pb::Delivery {
         FeedItem::Event(event) => Kind::Event(event_to_pb(event)),
         FeedItem::Gap { oldest_retained } => Kind::Gap(pb::Gap { oldest_retained }),
         FeedItem::Closed => Kind::Closed(pb::SessionClosed {}),
+        FeedItem::CaughtUp => Kind::CaughtUp(pb::CaughtUp {}),
     };
     pb::Delivery { kind: Some(kind) }
 }
@@ -289,6 +290,7 @@ impl pb::events_server::Events for EventsGrpc {
         let pb::SubscribeRequest {
             after_position,
             only_new,
+            mark_caught_up,
             ..
         } = request.into_inner();
         let start = if only_new {
@@ -296,7 +298,10 @@ impl pb::events_server::Events for EventsGrpc {
         } else {
             Start::After(after_position)
         };
-        let feed = self.log.subscribe(session, start).await?;
+        let feed = self
+            .log
+            .subscribe_marked(session, start, mark_caught_up)
+            .await?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(feed)
             .map(|item| item.map(delivery).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))

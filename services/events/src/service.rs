@@ -181,6 +181,24 @@ impl EventLog {
         crate::feed::subscribe(self.store.clone(), session, start, self.stop.clone()).await
     }
 
+    /// [`EventLog::subscribe`], marking where the backlog ends when `mark_caught_up` (see
+    /// [`crate::feed::subscribe_marked`]).
+    pub async fn subscribe_marked(
+        &self,
+        session: SessionKey,
+        start: Start,
+        mark_caught_up: bool,
+    ) -> Result<Feed, EventsError> {
+        crate::feed::subscribe_marked(
+            self.store.clone(),
+            session,
+            start,
+            mark_caught_up,
+            self.stop.clone(),
+        )
+        .await
+    }
+
     /// What `session` has not seen yet, at most `limit` (already checked), advancing its
     /// cursor. Opens the session implicitly.
     pub async fn poll(

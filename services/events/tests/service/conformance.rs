@@ -753,6 +753,43 @@ async fn subscribe_only_new_skips_the_backlog(log: EventLog) {
     assert_eq!(next_position(&mut feed).await, 3);
 }
 
+async fn caught_up_marks_the_end_of_the_backlog_once_when_asked(log: EventLog) {
+    let a = session(ALICE, "a");
+    log.open(&a).await.unwrap();
+    // More than one read of the log holds.
+    publish_to(&log, &a, 100).await;
+    let mut feed = log
+        .subscribe_marked(a.clone(), Start::After(10), true)
+        .await
+        .unwrap();
+    for expected in 11..=100 {
+        assert_eq!(
+            next(&mut feed).await,
+            FeedItem::Event(p2_events::model::Event {
+                namespace: "core".into(),
+                op: 9,
+                data_json: format!("{{\"i\":{expected}}}"),
+                position: expected,
+            })
+        );
+    }
+    assert_eq!(next(&mut feed).await, FeedItem::CaughtUp);
+    publish_to(&log, &a, 1).await;
+    assert_eq!(next_position(&mut feed).await, 101);
+    quiet(&mut feed).await;
+    // An empty backlog: caught up at once. Unmarked streams never say it.
+    let b = session(ALICE, "b");
+    let mut marked = log
+        .subscribe_marked(b.clone(), Start::OnlyNew, true)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut marked).await, FeedItem::CaughtUp);
+    let mut plain = log.subscribe(b.clone(), Start::After(0)).await.unwrap();
+    publish_to(&log, &b, 1).await;
+    assert_eq!(next_position(&mut plain).await, 1);
+    assert_eq!(next_position(&mut marked).await, 1);
+}
+
 async fn closing_ends_every_stream_of_the_session_with_closed(log: EventLog) {
     let (a, b) = (session(ALICE, "a"), session(ALICE, "b"));
     let mut a1 = log.subscribe(a.clone(), Start::After(0)).await.unwrap();
@@ -830,7 +867,7 @@ async fn a_lagging_subscriber_is_told_what_the_log_dropped(log: EventLog) {
                 assert_eq!(next_position(&mut slow).await, oldest_retained);
                 last = oldest_retained;
             }
-            FeedItem::Closed => panic!("closed"),
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert!(
@@ -969,6 +1006,7 @@ conformance!(
     subscribe_replays_the_backlog_then_streams_live_events: defaults,
     subscribe_only_new_skips_the_backlog: defaults,
     closing_ends_every_stream_of_the_session_with_closed: defaults,
+    caught_up_marks_the_end_of_the_backlog_once_when_asked: defaults,
     a_slow_subscriber_blocks_neither_a_fast_one_nor_publishing: defaults,
     a_lagging_subscriber_is_told_what_the_log_dropped: small,
     invalidation_feeds_go_live_then_carry_derived_and_explicit_invalidations: defaults,

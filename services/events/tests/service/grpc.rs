@@ -175,6 +175,7 @@ async fn forged_expired_or_missing_assertions_are_unauthenticated() {
                     caller: caller.clone(),
                     after_position: 0,
                     only_new: false,
+                    mark_caught_up: false,
                 })
                 .await
                 .map(drop),
@@ -303,6 +304,7 @@ async fn a_gateway_reaches_only_the_session_its_assertion_names() {
             caller: server.assertion(BOB, "b1"),
             after_position: 0,
             only_new: false,
+            mark_caught_up: false,
         })
         .await
         .unwrap()
@@ -550,6 +552,7 @@ async fn a_subscribe_stream_carries_backlog_gap_live_events_and_the_close() {
             caller: server.assertion(ALICE, "a1"),
             after_position: 1,
             only_new: false,
+            mark_caught_up: false,
         })
         .await
         .unwrap()
@@ -575,6 +578,7 @@ async fn a_subscribe_stream_carries_backlog_gap_live_events_and_the_close() {
             caller: server.assertion(ALICE, "a1"),
             after_position: 2,
             only_new: true,
+            mark_caught_up: false,
         })
         .await
         .unwrap()
@@ -610,6 +614,7 @@ async fn shutdown_ends_subscribe_streams_with_unavailable() {
             caller: server.assertion(ALICE, "a1"),
             after_position: 0,
             only_new: false,
+            mark_caught_up: false,
         })
         .await
         .unwrap()

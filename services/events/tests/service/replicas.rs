@@ -48,6 +48,7 @@ async fn a_stream_on_one_replica_gets_what_another_publishes_and_closes() {
             caller: a.assertion("alice@p2.test", "a1"),
             after_position: 0,
             only_new: false,
+            mark_caught_up: false,
         })
         .await
         .unwrap()
