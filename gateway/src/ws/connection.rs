@@ -37,9 +37,9 @@ use crate::auth::Authenticated;
 
 /// Most entries of one `RecordDelivered` call.
 pub const RECORD_BATCH: usize = 256;
-/// Most unrecorded deliveries a connection keeps while the events service does not answer;
-/// beyond, the oldest are dropped (a Resume then replays from further back: duplicates, not
-/// losses).
+/// Most unrecorded deliveries a connection keeps while the events service does not answer
+/// (a failed batch is kept and sent again with the next one); beyond, the oldest are dropped
+/// (a Resume then replays from further back: duplicates, not losses).
 pub const MAX_PENDING_RECORDS: usize = 8192;
 /// How long a closing connection may spend recording its last deliveries.
 pub const RECORD_ON_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -154,10 +154,12 @@ struct Session {
 }
 
 /// What a background `RecordDelivered` ended with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Recorded {
     Done,
-    Failed,
+    /// The events service did not take these (from the first unrecorded one on): kept, to be
+    /// sent again with the next batch.
+    Failed(Vec<pb::DeliveredEvent>),
     /// The token no longer resolves: the session was deleted or expired.
     SessionGone,
 }
@@ -340,7 +342,7 @@ impl<U: Upstream> Connection<U> {
                 }
                 recorded = finished(&mut self.recording) => {
                     self.recording = None;
-                    self.on_recorded(recorded.unwrap_or(Recorded::Failed))
+                    self.on_recorded(recorded.unwrap_or(Recorded::Failed(Vec::new())))
                 }
                 delivery = next_delivery(&mut deliveries) => self.on_delivery(delivery),
             };
@@ -750,9 +752,26 @@ impl<U: Upstream> Connection<U> {
     fn on_recorded(&mut self, recorded: Recorded) -> Result<(), Exit> {
         match recorded {
             Recorded::SessionGone => Err(Exit::session_ended()),
-            Recorded::Done | Recorded::Failed => {
+            Recorded::Done => {
                 if self.pending.len() >= RECORD_BATCH {
                     self.start_recording();
+                }
+                Ok(())
+            }
+            Recorded::Failed(unrecorded) => {
+                // Ahead of what was delivered since, in order; the bound still holds (the
+                // oldest go first), and the next heartbeat tries again.
+                for delivered in unrecorded.into_iter().rev() {
+                    self.pending.push_front(delivered);
+                }
+                while self.pending.len() > MAX_PENDING_RECORDS {
+                    self.pending.pop_front();
+                    if !self.dropped_records {
+                        self.dropped_records = true;
+                        tracing::warn!(
+                            "the events service does not take delivery records; dropping the oldest"
+                        );
+                    }
                 }
                 Ok(())
             }
@@ -796,9 +815,9 @@ async fn record<U: Upstream>(
     let caller = match upstream.authenticate(&token).await {
         Ok(caller) => caller,
         Err(AuthFailure::Invalid) => return Recorded::SessionGone,
-        Err(AuthFailure::Unavailable) => return Recorded::Failed,
+        Err(AuthFailure::Unavailable) => return Recorded::Failed(batch),
     };
-    for chunk in batch.chunks(RECORD_BATCH) {
+    for (index, chunk) in batch.chunks(RECORD_BATCH).enumerate() {
         if let Err(status) = upstream
             .record_delivered(
                 caller.assertion.clone(),
@@ -807,12 +826,22 @@ async fn record<U: Upstream>(
             )
             .await
         {
+            // A refusal (a malformed record) would be refused again: dropped. Anything else
+            // may pass: kept for the next try (a repeat of a batch that did get through
+            // changes no resume point).
+            if status.code() == tonic::Code::InvalidArgument {
+                tracing::error!(
+                    message = status.message(),
+                    "the events service refused delivery records; dropped"
+                );
+                return Recorded::Done;
+            }
             tracing::warn!(
                 code = ?status.code(),
                 message = status.message(),
-                "recording deliveries failed; a resume may replay them again"
+                "recording deliveries failed; kept for the next try"
             );
-            return Recorded::Failed;
+            return Recorded::Failed(batch[index * RECORD_BATCH..].to_vec());
         }
     }
     Recorded::Done

@@ -112,6 +112,8 @@ struct FakeInner {
     resume: Mutex<Option<pb::ResumeFromResponse>>,
     records: Mutex<Vec<pb::DeliveredEvent>>,
     invalid: Mutex<HashSet<String>>,
+    /// RecordDelivered calls still to fail with UNAVAILABLE.
+    failing_records: std::sync::atomic::AtomicUsize,
 }
 
 /// Fake services: every token but `bad` (and those revoked) resolves to alice's session.
@@ -214,6 +216,18 @@ impl Upstream for Fake {
         _connection_id: String,
         delivered: Vec<pb::DeliveredEvent>,
     ) -> Result<(), tonic::Status> {
+        if self
+            .0
+            .failing_records
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |left| left.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(tonic::Status::unavailable("events down"));
+        }
         // As the events service does: one position per sequence number, in the order sent.
         if delivered
             .windows(2)
@@ -775,4 +789,42 @@ async fn caught_up_ends_the_replay_at_once_and_later_events_go_live() {
     let live = client.recv().await;
     assert_eq!(live["s"], "2");
     assert_eq!(live["d"]["cert"], "seven");
+}
+
+#[tokio::test]
+async fn deliveries_the_events_service_did_not_take_are_recorded_with_the_next_batch() {
+    let fake = Fake::default();
+    let feed = fake.feed();
+    fake.0
+        .failing_records
+        .store(1, std::sync::atomic::Ordering::Release);
+    let (mut client, _closing, _task) = start(&fake);
+    identified(&mut client, "t").await;
+    feed.unbounded_send(event(3, json!({"cert": "a"}), 5))
+        .unwrap();
+    assert_eq!(client.recv().await["s"], "2");
+    // The heartbeat's record fails (events down)...
+    client.send(heartbeat(0, 2, &[])).await;
+    client.recv().await;
+    tokio::time::timeout(WAIT, async {
+        while fake.0.failing_records.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the heartbeat tried to record");
+    assert!(fake.records().is_empty());
+    feed.unbounded_send(event(3, json!({"cert": "b"}), 6))
+        .unwrap();
+    assert_eq!(client.recv().await["s"], "4");
+    // ... and the next one carries both deliveries, in order.
+    client.send(heartbeat(0, 4, &[])).await;
+    client.recv().await;
+    tokio::time::timeout(WAIT, async {
+        while fake.records() != [(2, 5), (4, 6)] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("recorded {:?}", fake.records()));
 }

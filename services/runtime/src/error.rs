@@ -6,10 +6,78 @@
 /// The message every unexpected failure carries to the caller.
 pub const INTERNAL_MESSAGE: &str = "internal error; see the server log";
 
-/// Logs `error` with its whole context chain and returns the opaque status for it.
+/// The message of a failure of a storage backend that should pass (Redis or the database
+/// unreachable, a dropped connection being re-established, a full pool).
+pub const UNAVAILABLE_MESSAGE: &str = "a storage backend is briefly unavailable; try again shortly";
+
+/// Logs `error` with its whole context chain and returns the opaque status for it:
+/// `UNAVAILABLE` with a 1 s retry hint when its cause is a storage backend that is down or
+/// reconnecting ([`is_transient`]: the gateway answers 503 and the client retries), else
+/// `INTERNAL`.
 pub fn internal(error: &anyhow::Error) -> tonic::Status {
+    if is_transient(error) {
+        tracing::warn!(error = format!("{error:#}"), "storage backend unavailable");
+        return retry_after(tonic::Status::unavailable(UNAVAILABLE_MESSAGE), 1);
+    }
     tracing::error!(error = format!("{error:#}"), "internal error");
     tonic::Status::internal(INTERNAL_MESSAGE)
+}
+
+/// Whether anything in `error`'s chain is a Redis or database failure that retrying later can
+/// cure: an I/O error, a dropped or refused connection, a timeout, an exhausted pool.
+pub fn is_transient(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if let Some(redis) = cause.downcast_ref::<redis::RedisError>() {
+            return redis.is_io_error()
+                || redis.is_connection_dropped()
+                || redis.is_connection_refusal()
+                || redis.is_timeout();
+        }
+        if let Some(sql) = cause.downcast_ref::<sqlx::Error>() {
+            return matches!(
+                sql,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            );
+        }
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::TimedOut
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use super::*;
+
+    #[test]
+    fn backend_outages_are_unavailable_and_other_failures_internal() {
+        let dropped = anyhow::Error::new(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )))
+        .context("reading password failures from Redis");
+        let status = internal(&dropped);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(retry_after_of(&status), Some(1));
+        assert!(!status.message().contains("Redis"));
+        let pool = anyhow::Error::new(sqlx::Error::PoolTimedOut).context("a query");
+        assert_eq!(internal(&pool).code(), tonic::Code::Unavailable);
+        let bug = anyhow::anyhow!("a row that cannot be").context("decoding");
+        let status = internal(&bug);
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), INTERNAL_MESSAGE);
+        let redis_type = anyhow::Error::new(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected reply",
+        )));
+        assert_eq!(internal(&redis_type).code(), tonic::Code::Internal);
+    }
 }
 
 /// Metadata key of a retry hint in seconds (the gateway answers it as `Retry-After`).
