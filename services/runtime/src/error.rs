@@ -34,10 +34,8 @@ pub fn is_transient(error: &anyhow::Error) -> bool {
                 || redis.is_timeout();
         }
         if let Some(sql) = cause.downcast_ref::<sqlx::Error>() {
-            return matches!(
-                sql,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            );
+            // Not `PoolClosed`: that pool is gone for good (the process is stopping).
+            return matches!(sql, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut);
         }
         cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
             matches!(
