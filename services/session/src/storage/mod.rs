@@ -21,7 +21,7 @@ pub mod sql;
 
 pub use self::redis::RedisChallengeStore;
 pub use memory::MemoryChallengeStore;
-pub use sql::{MIGRATIONS, SessionRow, SessionStore};
+pub use sql::{ForeignCert, KeyTrialRow, MIGRATIONS, SessionRow, SessionStore};
 
 /// A boxed, sendable future: what [`ChallengeStore`] methods return, so the store can be
 /// chosen at start (`Arc<dyn ChallengeStore>`).
