@@ -176,6 +176,36 @@ async fn alice_signs_in_on_b_uses_it_renews_and_is_ended_by_a_revocation(backend
     let detail = expect_problem(sign_in(&b, &again).await, 401).await;
     assert!(detail.contains("key trial unknown"), "{detail}");
 
+    // b now answers alice's cert from its verified cache, exactly as a serves it.
+    let served: Vec<Value> = a
+        .http
+        .get(a.url(&format!("/.p2/core/v1/idcert/actor/{}", alice.fid)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let response = b
+        .http
+        .get(b.url(&format!("/.p2/core/v1/idcert/actor/{}", alice.fid)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(polyproto::is_canonicalized_json(&text), "{text}");
+    let cached: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(cached.len(), 1);
+    assert!(served.contains(&cached[0]), "{cached:?} not in {served:?}");
+    let response = b
+        .http
+        .get(b.url("/.p2/core/v1/idcert/actor/nobody@a.test"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(response, 404).await;
+
     // b's Bearer routes that make sense for a foreign session...
     let response = get(&b, "/.p2/core/v1/challenge", &token).await;
     assert_eq!(response.status(), 200);

@@ -108,6 +108,9 @@ pub enum SessionError {
         "your ID-Cert could not be verified again with your home server: {0}; try again shortly"
     )]
     HomeServerUnavailable(String),
+    /// No verified cert of this foreign actor is cached here (or the actor is ours).
+    #[error("no verified ID-Cert of {0} is cached on this server; ask its home server")]
+    ForeignCertsNotCached(String),
     /// A foreign session asked for something only its home server can do (or a local one
     /// for something only foreign sessions do); the text says what.
     #[error("{0}")]
@@ -174,6 +177,7 @@ impl From<SessionError> for tonic::Status {
                 Status::resource_exhausted(error.to_string())
             }
             SessionError::ForeignCertRefused(_) => Status::invalid_argument(error.to_string()),
+            SessionError::ForeignCertsNotCached(_) => Status::not_found(error.to_string()),
             SessionError::NotForThisSession(_) => Status::permission_denied(error.to_string()),
             SessionError::Internal(error) => p2_runtime::error::internal(&error),
         }
@@ -295,6 +299,11 @@ mod tests {
                 SessionError::HomeServerUnavailable("timed out".into()),
                 Code::Unavailable,
                 "timed out",
+            ),
+            (
+                SessionError::ForeignCertsNotCached("a@b".into()),
+                Code::NotFound,
+                "no verified ID-Cert of a@b",
             ),
             (
                 SessionError::NotForThisSession("home only".into()),

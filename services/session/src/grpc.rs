@@ -288,4 +288,35 @@ impl pb::session_server::Session for SessionGrpc {
         .await?;
         Ok(Response::new(pb::UpdateForeignIdCertResponse {}))
     }
+
+    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid))]
+    async fn get_foreign_actor_id_certs(
+        &self,
+        request: Request<pb::GetForeignActorIdCertsRequest>,
+    ) -> Result<Response<pb::GetForeignActorIdCertsResponse>, Status> {
+        let pb::GetForeignActorIdCertsRequest {
+            fid,
+            timestamp,
+            session_id,
+            not_before,
+            not_after,
+        } = request.into_inner();
+        let fid = FederationId::parse(&fid)
+            .map_err(|e| SessionError::InvalidArgument(format!("fid: {e}")))?;
+        let session_id = session_id
+            .as_deref()
+            .map(|id| parse_session_id("session_id", id))
+            .transpose()?;
+        let query = crate::federation::ForeignCertQuery {
+            timestamp,
+            session_id,
+            not_before,
+            not_after,
+        };
+        let (certs, fresh_until) = self.cached_foreign_certs(&fid, &query).await?;
+        Ok(Response::new(pb::GetForeignActorIdCertsResponse {
+            certs_json: certs.iter().map(ToString::to_string).collect(),
+            fresh_until,
+        }))
+    }
 }

@@ -108,6 +108,10 @@ pub const CALLERS: CallerPolicy = &[
         "/polyproto.session.v1.Session/UpdateForeignIdCert",
         &[Component::Gateway],
     ),
+    (
+        "/polyproto.session.v1.Session/GetForeignActorIdCerts",
+        &[Component::Gateway],
+    ),
 ];
 
 /// Flags of the session service.
@@ -303,7 +307,7 @@ impl SessionGrpc {
             SessionStore::new(db)
         }
         .with_outbox_capacity(config.outbox.capacity);
-        Ok(Self::new(
+        Self::new(
             internal_key,
             store,
             challenges,
@@ -313,7 +317,7 @@ impl SessionGrpc {
         )
         .with_assertion_ttl_ms(options.assertion_ttl_ms)
         .with_max_challenges_per_session(options.max_challenges_per_session)
-        .with_federation(&config.domain, federation)?)
+        .with_federation(&config.domain, federation)
     }
 
     /// Handlers over ready parts: the deployment's internal key, the sessions table, a

@@ -70,6 +70,8 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2000;
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default bound on concurrent requests to one foreign domain.
 pub const DEFAULT_MAX_FETCHES_PER_DOMAIN: usize = 8;
+/// Most certs of one foreign actor listed in the cache's index (the newest are kept).
+pub const MAX_INDEXED_CERTS: usize = 32;
 /// Most foreign sessions one foreign actor may hold here; a sign-in beyond is refused.
 pub const MAX_FOREIGN_SESSIONS_PER_ACTOR: usize = 256;
 
@@ -244,6 +246,19 @@ pub struct KeyTrialAnswer {
     pub id_cert_pem: Option<String>,
     /// The trial; `None`: the last one issued to this client address.
     pub trial: Option<String>,
+}
+
+/// The filters of a foreign actor's cached certs (those of `GET idcert/actor/{fid}`).
+#[derive(Debug, Clone, Default)]
+pub struct ForeignCertQuery {
+    /// Valid at this UNIX time.
+    pub timestamp: Option<u64>,
+    /// Of this session.
+    pub session_id: Option<SessionId>,
+    /// Issued at or after.
+    pub not_before: Option<u64>,
+    /// Issued at or before.
+    pub not_after: Option<u64>,
 }
 
 /// A successful foreign sign-in.
@@ -549,7 +564,121 @@ impl SessionGrpc {
             .cache
             .put(&key, &entry.to_string(), ttl)
             .await?;
+        self.index_foreign_cert(fid, serial).await?;
         Ok((entry, verified))
+    }
+
+    /// Adds `serial` to the cached list of `fid`'s certs (the newest [`MAX_INDEXED_CERTS`];
+    /// lives as long as the longest trust, 12 h). Concurrent writers may drop one another's
+    /// serial: a cache, not a record (the entry itself is still found by sign-ins).
+    async fn index_foreign_cert(
+        &self,
+        fid: &FederationId,
+        serial: &str,
+    ) -> Result<(), SessionError> {
+        let cache = &self.federation()?.cache;
+        let key = format!("actors:{fid}");
+        let mut serials: Vec<String> = match cache.get(&key).await? {
+            Some(text) => serde_json::from_str(&text).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        serials.retain(|s| s != serial);
+        serials.push(serial.to_owned());
+        if serials.len() > MAX_INDEXED_CERTS {
+            let drop = serials.len() - MAX_INDEXED_CERTS;
+            serials.drain(..drop);
+        }
+        let text = serde_json::to_string(&serials)
+            .map_err(|e| SessionError::Internal(anyhow::Error::new(e)))?;
+        cache
+            .put(
+                &key,
+                &text,
+                Duration::from_secs(p2_model::MAX_CACHE_TRUST_SECS),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The verified root of `domain` from the cache only (never fetched).
+    async fn cached_root(&self, domain: &str, now: u64) -> Result<Option<IdCert>, SessionError> {
+        let max_trust = self.federation()?.max_trust_secs;
+        let Some(entry) = self
+            .federation()?
+            .cache
+            .get(&format!("root:{domain}"))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_str::<Value>(&entry)
+            .ok()
+            .and_then(|entry| {
+                let cert = entry.get("cert")?;
+                let fields = cache_fields(cert).ok()?;
+                p2_model::verify_foreign_root(&fields, domain, now, max_trust).ok()
+            })
+            .map(|root| root.cert))
+    }
+
+    /// The cached, still verified certs of the foreign actor `fid` matching `query`, each as
+    /// its home server served it, newest first; [`SessionError::ForeignCertsNotCached`] when
+    /// `fid` is ours or none is cached. Nothing is fetched for this public read.
+    pub async fn cached_foreign_certs(
+        &self,
+        fid: &FederationId,
+        query: &ForeignCertQuery,
+    ) -> Result<(Vec<Value>, u64), SessionError> {
+        let not_cached = || SessionError::ForeignCertsNotCached(fid.to_string());
+        if !self.is_foreign(fid) {
+            return Err(not_cached());
+        }
+        let now = p2_runtime::unix_now();
+        let Some(root) = self.cached_root(fid.domain(), now).await? else {
+            return Err(not_cached());
+        };
+        let cache = &self.federation()?.cache;
+        let max_trust = self.federation()?.max_trust_secs;
+        let serials: Vec<String> = match cache.get(&format!("actors:{fid}")).await? {
+            Some(text) => serde_json::from_str(&text).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut found = Vec::new();
+        for serial in serials {
+            let Some(text) = cache.get(&format!("actor:{fid}:{serial}")).await? else {
+                continue;
+            };
+            let Ok(entry) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            let Ok(fields) = cache_fields(&entry) else {
+                continue;
+            };
+            let Ok(verified) =
+                p2_model::verify_foreign_actor(&fields, fid, &root, &root, now, max_trust)
+            else {
+                continue;
+            };
+            let cert = &verified.cert;
+            let keep = query
+                .timestamp
+                .is_none_or(|t| cert.not_before() <= t && t < cert.not_after())
+                && query.session_id.as_ref().is_none_or(|sid| {
+                    cert.session_id()
+                        .is_ok_and(|own| own.as_str() == sid.as_str())
+                })
+                && query.not_before.is_none_or(|t| cert.not_before() >= t)
+                && query.not_after.is_none_or(|t| cert.not_before() <= t);
+            if keep {
+                found.push((cert.not_before(), fields.not_valid_after, entry.clone()));
+            }
+        }
+        if found.is_empty() {
+            return Err(not_cached());
+        }
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let fresh_until = found.iter().map(|f| f.1).min().unwrap_or(now);
+        Ok((found.into_iter().map(|f| f.2).collect(), fresh_until))
     }
 
     /// Completes a key trial and signs the actor in (see the module documentation).
