@@ -341,6 +341,69 @@ fn describe(url: &Url, error: &reqwest::Error) -> FetchError {
 mod tests {
     use super::*;
 
+    fn client(hosts: &[(&str, &str)], max: usize) -> FederationClient {
+        FederationClient::new(ClientSettings {
+            hosts: hosts
+                .iter()
+                .map(|(d, u)| ((*d).to_owned(), Url::parse(u).unwrap()))
+                .collect(),
+            connect_timeout: Duration::from_millis(500),
+            timeout: Duration::from_millis(1000),
+            max_response_bytes: 1024,
+            max_fetches_per_domain: max,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unmapped_hosts_must_be_https_and_public_after_resolution() {
+        let client = client(&[], 8);
+        for (url, expected) in [
+            ("http://example.com/", "not an https URL"),
+            ("https://127.0.0.1/", "not a public address"),
+            ("https://[::1]:8443/", "not a public address"),
+            ("https://169.254.169.254/latest/meta-data/", "not a public address"),
+            // Resolved, then refused: localhost names loopback addresses only.
+            ("https://localhost:1/", "no public address"),
+        ] {
+            let error = client
+                .get("x.test", &Url::parse(url).unwrap(), "application/json")
+                .await
+                .unwrap_err();
+            assert!(matches!(error, FetchError::Refused(_)), "{url}: {error:?}");
+            assert!(error.to_string().contains(expected), "{url}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mapped_origin_may_be_plain_http_on_loopback_but_only_that_origin() {
+        let client = client(&[("a.test", "http://127.0.0.1:9/")], 8);
+        // The mapped origin is tried (nothing listens on port 9: unreachable, not refused)...
+        let error = client
+            .get("a.test", &Url::parse("http://127.0.0.1:9/x").unwrap(), "*/*")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, FetchError::Unreachable(_)), "{error:?}");
+        // ...another port of loopback is not.
+        let error = client
+            .get("a.test", &Url::parse("http://127.0.0.1:10/x").unwrap(), "*/*")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, FetchError::Refused(_)), "{error:?}");
+    }
+
+    #[test]
+    fn fetches_per_domain_are_bounded_and_fail_fast_at_the_bound() {
+        let client = client(&[], 2);
+        let first = client.permit("a.test").unwrap();
+        let _second = client.permit("a.test").unwrap();
+        assert!(matches!(client.permit("a.test"), Err(FetchError::Busy(_))));
+        // Other domains are not affected; a permit given back is free again.
+        let _other = client.permit("b.test").unwrap();
+        drop(first);
+        assert!(client.permit("a.test").is_ok());
+    }
+
     #[test]
     fn only_globally_routable_addresses_are_public() {
         for private in [

@@ -517,6 +517,29 @@ async fn requests_without_a_valid_caller_or_target_are_refused() {
 }
 
 #[tokio::test]
+async fn one_client_holds_at_most_its_bound_of_pending_key_trials() {
+    let (grpc, _dir) = service_without_identity().await;
+    for _ in 0..p2_session::federation::DEFAULT_MAX_KEY_TRIALS_PER_CLIENT {
+        grpc.create_key_trial(Request::new(pb::CreateKeyTrialRequest {}))
+            .await
+            .unwrap();
+    }
+    let status = grpc
+        .create_key_trial(Request::new(pb::CreateKeyTrialRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("pending key trials"), "{}", status.message());
+    // Another client address is not affected.
+    let other = p2_runtime::internal::with_client_address(
+        Some("192.0.2.7".parse().unwrap()),
+        grpc.create_key_trial(Request::new(pb::CreateKeyTrialRequest {})),
+    )
+    .await;
+    assert!(other.is_ok());
+}
+
+#[tokio::test]
 async fn key_trials_are_issued_single_use_and_local_actors_cannot_use_them() {
     let (grpc, _dir) = service_without_identity().await;
     let trial = grpc
