@@ -125,8 +125,8 @@ impl From<StoreError> for SessionError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Full { .. } => Self::Busy,
-            // The store's only owners are sessions holding challenges (key trials will name
-            // their own variant when they arrive).
+            // Sessions holding challenges; key trials map their owner's bound themselves
+            // (`TooManyKeyTrials`) before this conversion.
             StoreError::OwnerFull { limit } => Self::TooManyChallenges { limit },
             StoreError::Backend(error) => Self::Internal(error),
         }

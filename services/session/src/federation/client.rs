@@ -362,7 +362,10 @@ mod tests {
             ("http://example.com/", "not an https URL"),
             ("https://127.0.0.1/", "not a public address"),
             ("https://[::1]:8443/", "not a public address"),
-            ("https://169.254.169.254/latest/meta-data/", "not a public address"),
+            (
+                "https://169.254.169.254/latest/meta-data/",
+                "not a public address",
+            ),
             // Resolved, then refused: localhost names loopback addresses only.
             ("https://localhost:1/", "no public address"),
         ] {
@@ -380,13 +383,21 @@ mod tests {
         let client = client(&[("a.test", "http://127.0.0.1:9/")], 8);
         // The mapped origin is tried (nothing listens on port 9: unreachable, not refused)...
         let error = client
-            .get("a.test", &Url::parse("http://127.0.0.1:9/x").unwrap(), "*/*")
+            .get(
+                "a.test",
+                &Url::parse("http://127.0.0.1:9/x").unwrap(),
+                "*/*",
+            )
             .await
             .unwrap_err();
         assert!(matches!(error, FetchError::Unreachable(_)), "{error:?}");
         // ...another port of loopback is not.
         let error = client
-            .get("a.test", &Url::parse("http://127.0.0.1:10/x").unwrap(), "*/*")
+            .get(
+                "a.test",
+                &Url::parse("http://127.0.0.1:10/x").unwrap(),
+                "*/*",
+            )
             .await
             .unwrap_err();
         assert!(matches!(error, FetchError::Refused(_)), "{error:?}");

@@ -27,7 +27,8 @@
 //! A foreign session is one whose FID's domain is not this server's. Its token checks go
 //! through [`SessionGrpc::authenticate_token`] like any other; once its cert's trust runs
 //! out (`verified_until`), the next check asks the home server again: a revoked cert ends
-//! the session there and then (CloseSession: its WebSockets close with 4003).
+//! the session there and then (CloseSession: its WebSockets close with 4003), and op 4 with
+//! the home server's signed revocation goes to the actor's other sessions here.
 //! Routes only a home server may serve refuse foreign sessions with PERMISSION_DENIED (new
 //! ID-Certs, deleting another session; identity and discovery refuse them on their side).
 //!
@@ -808,8 +809,8 @@ impl SessionGrpc {
         if cert.verified_until > now {
             return Ok(cert);
         }
-        let verified = match self.foreign_actor_cert(fid, &cert.serial, now).await {
-            Ok((_, verified)) => verified,
+        let (served, verified) = match self.foreign_actor_cert(fid, &cert.serial, now).await {
+            Ok(found) => found,
             // A home server that does not answer (properly) leaves the session waiting...
             Err(SessionError::HomeServerBusy(reason) | SessionError::HomeServerFailed(reason)) => {
                 return Err(SessionError::HomeServerUnavailable(reason));
@@ -817,13 +818,16 @@ impl SessionGrpc {
             // ...one that answers but no longer vouches for the cert (gone from its list, no
             // longer verifying) ends it.
             Err(SessionError::ForeignAuthRefused(reason)) => {
-                self.end_foreign_session(fid, session_id, &reason).await?;
+                self.end_foreign_session(fid, session_id, &reason, Vec::new())
+                    .await?;
                 return Err(SessionError::UnknownToken);
             }
             Err(other) => return Err(other),
         };
         if let Some(at) = verified.invalidated_at {
-            self.end_foreign_session(fid, session_id, &format!("revoked at {at}"))
+            let op4 =
+                crate::events::foreign_cert_invalidated(fid, session_id, &served, &cert.serial, at);
+            self.end_foreign_session(fid, session_id, &format!("revoked at {at}"), vec![op4])
                 .await?;
             return Err(SessionError::UnknownToken);
         }
@@ -847,8 +851,11 @@ impl SessionGrpc {
         fid: &FederationId,
         session_id: &str,
         reason: &str,
+        events: Vec<p2_outbox::Message>,
     ) -> Result<(), SessionError> {
-        self.sessions().delete(fid.as_str(), session_id).await?;
+        self.sessions()
+            .delete_with_events(fid.as_str(), session_id, events)
+            .await?;
         tracing::info!(fid = %fid, session_id, reason, "ended a foreign session: its home server no longer vouches for its cert");
         Ok(())
     }

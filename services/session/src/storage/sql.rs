@@ -377,8 +377,19 @@ impl SessionStore {
     /// Deletes the session (fid, session_id): its token fails from the next lookup on. Returns
     /// whether there was such a session; if there was, `CloseSession` is queued in the same
     /// transaction (its event stream ends, its socket closes).
-    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session delete", otel.kind = "client", db.system = "sql"))]
     pub async fn delete(&self, fid: &str, session_id: &str) -> anyhow::Result<bool> {
+        self.delete_with_events(fid, session_id, Vec::new()).await
+    }
+
+    /// Like [`Self::delete`], queueing `events` before `CloseSession` in the same transaction
+    /// (nothing when there was no such session).
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session delete", otel.kind = "client", db.system = "sql"))]
+    pub async fn delete_with_events(
+        &self,
+        fid: &str,
+        session_id: &str,
+        events: Vec<Message>,
+    ) -> anyhow::Result<bool> {
         let _write = match &self.index {
             Some(index) => Some(index.writes.lock().await),
             None => None,
@@ -404,9 +415,9 @@ impl SessionStore {
             .context("deleting a foreign session's cert")?;
         // Nothing queued for a session that did not exist: unknown IDs cost no outbox row.
         if existed {
-            self.outbox
-                .enqueue(&mut tx, vec![Message::close_session(fid, session_id)])
-                .await?;
+            let mut queued = events;
+            queued.push(Message::close_session(fid, session_id));
+            self.outbox.enqueue(&mut tx, queued).await?;
         }
         tx.commit().await.context("committing a session deletion")?;
         if existed {

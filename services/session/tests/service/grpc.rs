@@ -529,7 +529,11 @@ async fn one_client_holds_at_most_its_bound_of_pending_key_trials() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(status.message().contains("pending key trials"), "{}", status.message());
+    assert!(
+        status.message().contains("pending key trials"),
+        "{}",
+        status.message()
+    );
     // Another client address is not affected.
     let other = p2_runtime::internal::with_client_address(
         Some("192.0.2.7".parse().unwrap()),
