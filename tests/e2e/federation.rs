@@ -668,3 +668,111 @@ async fn a_hanging_home_server_delays_nobody_else() {
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     }
 }
+
+/// A home server for `home.test` built by hand, counting the requests it answers: its root,
+/// one actor cert for `alice@home.test` (session `laptop`), and the actor's key.
+async fn counting_home() -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    p2_model::SigningKey,
+    u64,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let now = crate::helpers::now();
+    let root_key = p2_model::generate_signing_key();
+    let root =
+        p2_model::issue_root_cert(&root_key, "home.test", 1, now - 60, now + 86_400).unwrap();
+    let actor_key = p2_model::generate_signing_key();
+    let fid = p2_model::FederationId::parse("alice@home.test").unwrap();
+    let csr = p2_model::build_csr(
+        &actor_key,
+        &fid,
+        &p2_model::SessionId::parse("laptop").unwrap(),
+    )
+    .unwrap();
+    let serial = 4242;
+    let actor = p2_model::issue_actor_cert(
+        &root,
+        &root_key,
+        &p2_model::IdCsr::from_pem(&csr).unwrap(),
+        serial,
+        now - 60,
+        now + 3600,
+    )
+    .unwrap();
+    let cacheable = |cert: &p2_model::IdCert| {
+        let (nb, na) = (now - 60, now + 3000);
+        json!({
+            "idCertPem": cert.to_pem(), "cacheNotValidBefore": nb.to_string(),
+            "cacheNotValidAfter": na.to_string(), "invalidated": false,
+            "cacheSignature": p2_model::sign_cache(&root_key, &cert.serial(), nb, na, None),
+        })
+    };
+    let (server, certs) = (cacheable(&root), json!([cacheable(&actor)]));
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let api = format!("{base}/.p2/core/");
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/polyproto-core",
+            axum::routing::get(move || async move { axum::Json(json!({ "api": api })) }),
+        )
+        .route(
+            "/.p2/core/v1/idcert/server",
+            axum::routing::get(move || async move { axum::Json(server) }),
+        )
+        .route(
+            "/.p2/core/v1/idcert/actor/{fid}",
+            axum::routing::get(move || async move { axum::Json(certs) }),
+        )
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    next.run(request).await
+                }
+            },
+        ));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, count, actor_key, serial)
+}
+
+/// Outbound requests per sign-in: three cold (well-known, root cert, actor certs), none warm;
+/// and the sign-in times of both (debug build: figures only, not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_sign_in_makes_no_outbound_request_and_a_cold_one_three() {
+    use std::sync::atomic::Ordering;
+    let (home, count, key, serial) = counting_home().await;
+    let b = spawn_stack_for(Backend::Sqlite, B, move |config| {
+        config.session.federation.hosts = format!("home.test={home}");
+    })
+    .await;
+    let session = HomeSession {
+        fid: "alice@home.test".into(),
+        token: String::new(),
+        key,
+        pem: String::new(),
+    };
+    let sign_in_once = || async {
+        let trial = key_trial(&b).await;
+        let started = Instant::now();
+        let response = sign_in(&b, &answer(&trial, &session.key, &session.fid, serial)).await;
+        assert_eq!(response.status(), 200);
+        started.elapsed()
+    };
+    let cold = sign_in_once().await;
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    let mut warm = Duration::ZERO;
+    for _ in 0..10 {
+        warm += sign_in_once().await;
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 3, "warm sign-ins fetched");
+    println!(
+        "foreign sign-in: cold {cold:?}, warm {:?} (mean of 10)",
+        warm / 10
+    );
+}
