@@ -671,7 +671,9 @@ async fn a_hanging_home_server_delays_nobody_else() {
 
 /// A home server for `home.test` built by hand, counting the requests it answers: its root,
 /// one actor cert for `alice@home.test` (session `laptop`), and the actor's key.
-async fn counting_home() -> (
+async fn counting_home(
+    rotated: bool,
+) -> (
     String,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     p2_model::SigningKey,
@@ -682,9 +684,19 @@ async fn counting_home() -> (
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let now = crate::helpers::now();
+    // With `rotated`, the actor's cert was issued under an earlier key: the server serves its
+    // current root, and the earlier one for `?timestamp=` before the rotation.
+    let old_key = p2_model::generate_signing_key();
+    let old_root =
+        p2_model::issue_root_cert(&old_key, "home.test", 1, now - 120, now + 86_400).unwrap();
     let root_key = p2_model::generate_signing_key();
     let root =
-        p2_model::issue_root_cert(&root_key, "home.test", 1, now - 60, now + 86_400).unwrap();
+        p2_model::issue_root_cert(&root_key, "home.test", 2, now - 90, now + 86_400).unwrap();
+    let (issuer, issuer_key) = if rotated {
+        (&old_root, &old_key)
+    } else {
+        (&root, &root_key)
+    };
     let actor_key = p2_model::generate_signing_key();
     let fid = p2_model::FederationId::parse("alice@home.test").unwrap();
     let csr = p2_model::build_csr(
@@ -695,23 +707,29 @@ async fn counting_home() -> (
     .unwrap();
     let serial = 4242;
     let actor = p2_model::issue_actor_cert(
-        &root,
-        &root_key,
+        issuer,
+        issuer_key,
         &p2_model::IdCsr::from_pem(&csr).unwrap(),
         serial,
-        now - 60,
+        // Issued before the rotation (at now - 90) when rotated.
+        if rotated { now - 100 } else { now - 60 },
         now + 3600,
     )
     .unwrap();
-    let cacheable = |cert: &p2_model::IdCert| {
+    let cacheable = |cert: &p2_model::IdCert, key: &p2_model::SigningKey| {
         let (nb, na) = (now - 60, now + 3000);
         json!({
             "idCertPem": cert.to_pem(), "cacheNotValidBefore": nb.to_string(),
             "cacheNotValidAfter": na.to_string(), "invalidated": false,
-            "cacheSignature": p2_model::sign_cache(&root_key, &cert.serial(), nb, na, None),
+            "cacheSignature": p2_model::sign_cache(key, &cert.serial(), nb, na, None),
         })
     };
-    let (server, certs) = (cacheable(&root), json!([cacheable(&actor)]));
+    let (server, certs) = (
+        cacheable(&root, &root_key),
+        json!([cacheable(&actor, &root_key)]),
+    );
+    let earlier = cacheable(&old_root, &old_key);
+    let rotation = now - 90;
     let count = Arc::new(AtomicUsize::new(0));
     let counted = count.clone();
     let api = format!("{base}/.p2/core/");
@@ -722,7 +740,17 @@ async fn counting_home() -> (
         )
         .route(
             "/.p2/core/v1/idcert/server",
-            axum::routing::get(move || async move { axum::Json(server) }),
+            axum::routing::get(
+                move |axum::extract::Query(query): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move {
+                    let at = query.get("timestamp").and_then(|t| t.parse::<u64>().ok());
+                    match at {
+                        Some(at) if at < rotation => axum::Json(earlier),
+                        _ => axum::Json(server),
+                    }
+                },
+            ),
         )
         .route(
             "/.p2/core/v1/idcert/actor/{fid}",
@@ -746,7 +774,7 @@ async fn counting_home() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_sign_in_makes_no_outbound_request_and_a_cold_one_three() {
     use std::sync::atomic::Ordering;
-    let (home, count, key, serial) = counting_home().await;
+    let (home, count, key, serial) = counting_home(false).await;
     let b = spawn_stack_for(Backend::Sqlite, B, move |config| {
         config.session.federation.hosts = format!("home.test={home}");
     })
@@ -775,4 +803,29 @@ async fn a_warm_sign_in_makes_no_outbound_request_and_a_cold_one_three() {
         "foreign sign-in: cold {cold:?}, warm {:?} (mean of 10)",
         warm / 10
     );
+}
+
+/// An actor cert issued before its home server rotated its key verifies against the root of
+/// its issue time (fetched once: four requests cold), and warm sign-ins still fetch nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cert_issued_before_a_key_rotation_signs_in() {
+    use std::sync::atomic::Ordering;
+    let (home, count, key, serial) = counting_home(true).await;
+    let b = spawn_stack_for(Backend::Sqlite, B, move |config| {
+        config.session.federation.hosts = format!("home.test={home}");
+    })
+    .await;
+    for _ in 0..2 {
+        let trial = key_trial(&b).await;
+        let response = sign_in(&b, &answer(&trial, &key, "alice@home.test", serial)).await;
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+    let response = b
+        .http
+        .get(b.url("/.p2/core/v1/idcert/actor/alice@home.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }

@@ -11,7 +11,8 @@
 //!    self-signed, valid, with a current, correctly signed cache window
 //!    ([`p2_model::verify_foreign_root`]);
 //! 4. the actor's cert with that serial (`GET idcert/actor/{fid}?timestamp=now`) must be
-//!    issued and signed by that root, valid, in a current cache window signed by the home
+//!    issued and signed by that root (or by the root current at its `notBefore`, for certs from
+//!    before a key rotation: `idcert/server?timestamp=`), valid, in a current cache window signed by the home
 //!    server, and not revoked ([`p2_model::verify_foreign_actor`]); a cert sent along
 //!    (`idCertPem`) must be that very cert;
 //! 5. the trial's signature must verify with the cert's key;
@@ -519,8 +520,11 @@ impl SessionGrpc {
         if let Some(entry) = self.federation()?.cache.get(&key).await?
             && let Ok(entry) = serde_json::from_str::<Value>(&entry)
             && let Ok(fields) = cache_fields(&entry)
+            && let Ok(Some(issuer)) = self
+                .issuer_of(domain, None, fields.id_cert_pem, root, now)
+                .await
             && let Ok(verified) =
-                p2_model::verify_foreign_actor(&fields, fid, root, root, now, max_trust)
+                p2_model::verify_foreign_actor(&fields, fid, &issuer, root, now, max_trust)
         {
             return Ok((entry, verified));
         }
@@ -554,7 +558,13 @@ impl SessionGrpc {
                 "the cert {serial} served for {fid} is unusable: {reason}"
             ))
         })?;
-        let verified = p2_model::verify_foreign_actor(&fields, fid, root, root, now, max_trust)
+        // Issued under an earlier key of the home server (before a rotation): checked against
+        // the root that was current when it was issued.
+        let issuer = self
+            .issuer_of(domain, Some(&home.api), fields.id_cert_pem, root, now)
+            .await?
+            .unwrap_or_else(|| root.clone());
+        let verified = p2_model::verify_foreign_actor(&fields, fid, &issuer, root, now, max_trust)
             .map_err(|e| {
                 refused(format!(
                     "the cert {serial} of {fid} does not verify with its home server: {e}"
@@ -567,6 +577,69 @@ impl SessionGrpc {
             .await?;
         self.index_foreign_cert(fid, serial).await?;
         Ok((entry, verified))
+    }
+
+    /// The root cert of `domain` whose key signed the actor cert `actor_pem`: the current
+    /// `root`, else (a cert issued before the home server rotated its key) the root that was
+    /// current at the cert's `notBefore`, from the cache or — with `api` — fetched from
+    /// `idcert/server?timestamp=` and verified like the current one. `None` when neither
+    /// signed it.
+    async fn issuer_of(
+        &self,
+        domain: &str,
+        api: Option<&Url>,
+        actor_pem: &str,
+        root: &IdCert,
+        now: u64,
+    ) -> Result<Option<IdCert>, SessionError> {
+        let Ok(actor) = IdCert::from_pem(actor_pem) else {
+            return Ok(None);
+        };
+        let signed_by = |issuer: &IdCert| {
+            issuer
+                .public_key()
+                .is_ok_and(|key| actor.verify_signature(&key).is_ok())
+        };
+        if signed_by(root) {
+            return Ok(Some(root.clone()));
+        }
+        let max_trust = self.federation()?.max_trust_secs;
+        let key = format!("issuer:{domain}:{}", actor.serial());
+        let cache = &self.federation()?.cache;
+        if let Some(entry) = cache.get(&key).await?
+            && let Ok(entry) = serde_json::from_str::<Value>(&entry)
+            && let Ok(fields) = cache_fields(&entry)
+            && let Ok(issuer) = p2_model::verify_foreign_root(&fields, domain, now, max_trust)
+            && signed_by(&issuer.cert)
+        {
+            return Ok(Some(issuer.cert));
+        }
+        let Some(api) = api else {
+            return Ok(None);
+        };
+        let mut url = api
+            .join("v1/idcert/server")
+            .map_err(|_| refused(format!("no idcert/server URL for {domain}")))?;
+        url.query_pairs_mut()
+            .append_pair("timestamp", &actor.not_before().to_string());
+        let served = self.fetch_json(domain, &url).await?;
+        let Ok(fields) = cache_fields(&served) else {
+            return Ok(None);
+        };
+        let Ok(issuer) = p2_model::verify_foreign_root(&fields, domain, now, max_trust) else {
+            return Ok(None);
+        };
+        if !signed_by(&issuer.cert) {
+            return Ok(None);
+        }
+        cache
+            .put(
+                &key,
+                &served.to_string(),
+                Duration::from_secs(issuer.trusted_until.saturating_sub(now)),
+            )
+            .await?;
+        Ok(Some(issuer.cert))
     }
 
     /// Adds `serial` to the cached list of `fid`'s certs (the newest [`MAX_INDEXED_CERTS`];
@@ -655,8 +728,14 @@ impl SessionGrpc {
             let Ok(fields) = cache_fields(&entry) else {
                 continue;
             };
+            let Some(issuer) = self
+                .issuer_of(fid.domain(), None, fields.id_cert_pem, &root, now)
+                .await?
+            else {
+                continue;
+            };
             let Ok(verified) =
-                p2_model::verify_foreign_actor(&fields, fid, &root, &root, now, max_trust)
+                p2_model::verify_foreign_actor(&fields, fid, &issuer, &root, now, max_trust)
             else {
                 continue;
             };
