@@ -559,6 +559,8 @@ mod tests {
             database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
             pool: p2_runtime::storage::PoolConfig::default(),
             redis_url: None,
+            redis_prefix: p2_session::storage::redis::DEFAULT_PREFIX.to_owned(),
+            domain: "admin.example".to_owned(),
             identity_url: "http://127.0.0.1:1".into(),
             options: p2_session::SessionOptions::default(),
             outbox: p2_outbox::OutboxConfig::new(events.url.clone()),

@@ -227,6 +227,8 @@ pub async fn start(config: StackConfig) -> anyhow::Result<Stack> {
         database_url: session_db,
         pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: redis_url.clone(),
+        redis_prefix: format!("{}{tag}", p2_session::storage::redis::DEFAULT_PREFIX),
+        domain: config.identity.domain.clone(),
         identity_url: url(grpc_addrs[0]),
         options: config.session.clone(),
         outbox: p2_outbox::OutboxConfig::new(url(grpc_addrs[3])),

@@ -31,7 +31,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, OpenApi as Document, Ref, R
 use utoipa::{IntoParams, Modify, OpenApi, Path as _};
 
 use crate::error::{ApiError, PROBLEM_JSON};
-use crate::routes::{actors, core, events, health, services, sessions};
+use crate::routes::{actors, core, events, federation, health, services, sessions};
 
 /// Tag of the identity routes: server and actor certs, keys.
 pub const TAG_IDENTITY: &str = "identity";
@@ -43,6 +43,8 @@ pub const TAG_SERVICES: &str = "services";
 pub const TAG_AUTH: &str = "auth";
 /// Tag of the event routes: the WebSocket gateway and events over HTTP.
 pub const TAG_EVENTS: &str = "events";
+/// Tag of the federation routes: key trials and foreign sessions.
+pub const TAG_FEDERATION: &str = "federation";
 /// Tag of the operator endpoints and this document.
 pub const TAG_OPERATORS: &str = "operators";
 
@@ -132,6 +134,10 @@ pub struct SensitiveSolutionOptional {
         actors::actor_id_certs,
         sessions::challenge,
         sessions::delete_session,
+        federation::key_trial,
+        federation::complete_key_trial,
+        federation::update_foreign_id_cert,
+        federation::key_trials,
         actors::register,
         actors::login,
         services::add_service,
@@ -149,6 +155,7 @@ pub struct SensitiveSolutionOptional {
         (name = TAG_IDENTITY, description = "Server and actor ID-Certs, the server's key."),
         (name = TAG_SESSIONS, description = "Challenge strings and sessions."),
         (name = TAG_SERVICES, description = "Discoverable services (spec 9)."),
+        (name = TAG_FEDERATION, description = "Signing in as an actor of another home server with key trials (spec 4.1.1), foreign sessions' ID-Certs, completed key trials (spec 4.3)."),
         (name = TAG_EVENTS, description = "Gateway events: the WebSocket gateway (spec 3.2) and events over HTTP (spec 3.3)."),
         (name = TAG_AUTH, description = "The polyproto-auth extension: registration and login."),
         (name = TAG_OPERATORS, description = "Liveness, readiness and this document."),
@@ -424,7 +431,7 @@ mod tests {
     async fn every_documented_operation_is_served_with_the_documented_auth() {
         let app = app();
         let documented = documented();
-        assert_eq!(documented.len(), 21, "{documented:?}");
+        assert_eq!(documented.len(), 25, "{documented:?}");
         for (method, path, bearer) in &documented {
             // Without a token: 401 exactly where the document asks for one. (A 404 of the
             // fallback would be 404 too, but no documented route answers 404 without an

@@ -56,6 +56,10 @@ const WITHOUT_ASSERTION: &[(&str, &str)] = &[
         "/polyproto.session.v1.Session/ListKeyTrials",
         "public (spec 4.3)",
     ),
+    (
+        "/polyproto.session.v1.Session/GetForeignActorIdCerts",
+        "public data (idcert/actor of a foreign actor)",
+    ),
     ("/polyproto.discovery.v1.Discovery/Discover", "public data"),
     (
         "/polyproto.events.v1.Events/Publish",

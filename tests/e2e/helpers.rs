@@ -81,6 +81,15 @@ pub async fn fresh_postgres_database(label: &str) -> String {
 
 /// Starts a stack on `backend`.
 pub async fn spawn_stack(backend: Backend) -> TestStack {
+    spawn_stack_for(backend, DOMAIN, |_| {}).await
+}
+
+/// Starts a stack on `backend` serving `domain`, its configuration changed by `configure`.
+pub async fn spawn_stack_for(
+    backend: Backend,
+    domain: &str,
+    configure: impl FnOnce(&mut StackConfig),
+) -> TestStack {
     p2_runtime::telemetry::init_for_tests();
     let (storage, dir) = match backend {
         Backend::Sqlite => {
@@ -102,7 +111,13 @@ pub async fn spawn_stack(backend: Backend) -> TestStack {
             None,
         ),
     };
-    let stack = stack::start(stack_config(storage.clone()))
+    let mut config = stack_config(storage.clone());
+    config.identity = p2_identity::IdentityOptions {
+        domain: domain.to_owned(),
+        ..config.identity
+    };
+    configure(&mut config);
+    let stack = stack::start(config)
         .await
         .expect("the stack failed to start");
     TestStack {

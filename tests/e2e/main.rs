@@ -14,6 +14,7 @@ mod compression;
 mod contract;
 mod discovery;
 mod events_rest;
+mod federation;
 mod gateway_compression;
 mod gateway_hardening;
 mod gateway_resume;

@@ -236,7 +236,9 @@ pub async fn request_id_cert(
     operation_id = "actorIdCerts",
     summary = "Get an actor's ID-Certs",
     description = "Every ID-Cert of the actor matching the filters, newest first, at most 100 \
-                   per answer (page back with `notAfter`); revoked ones carry `invalidatedAt`.",
+                   per answer (page back with `notAfter`); revoked ones carry `invalidatedAt`. \
+                   For an actor of another home server: the certs this server verified and \
+                   cached (sign-ins), exactly as its home server served them.",
     params(
         openapi::FidPath,
         openapi::TimestampQuery,
@@ -245,7 +247,7 @@ pub async fn request_id_cert(
     responses(
         (status = 200, description = "The matching certs (maybe none).", body = Vec<CacheableIdCertJson>),
         (status = 400, description = "A malformed FID or parameter.", body = Problem, content_type = PROBLEM_JSON),
-        (status = 404, description = "No such actor is registered here.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such actor is registered here, and no verified cert of that foreign actor is cached here.", body = Problem, content_type = PROBLEM_JSON),
     ),
 )]
 #[tracing::instrument(level = "debug", skip_all, fields(fid = %fid))]
@@ -272,12 +274,47 @@ pub async fn actor_id_certs(
         Ok(hit) => return Ok(hit),
         Err(miss) => miss,
     };
-    let certs = state
-        .identity()
-        .get_actor_id_certs(request)
-        .await?
-        .into_inner()
-        .certs;
+    let foreign = session::GetForeignActorIdCertsRequest {
+        fid: request.fid.clone(),
+        timestamp: request.timestamp,
+        session_id: request.session_id.clone(),
+        not_before: request.not_before,
+        not_after: request.not_after,
+    };
+    let certs = match state.identity().get_actor_id_certs(request).await {
+        Ok(response) => response.into_inner().certs,
+        // Not an actor of this server: an actor of another home server whose certs the
+        // session service verified and cached (sign-ins) is answered from there, each object
+        // exactly as its home server served it. The session service decides; NOT_FOUND from
+        // it too keeps identity's answer.
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            match state.session().get_foreign_actor_id_certs(foreign).await {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let mut json = Vec::with_capacity(response.certs_json.len());
+                    for text in &response.certs_json {
+                        let value: serde_json::Value =
+                            serde_json::from_str(text).map_err(|_| {
+                                ApiError::new(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "the server failed to read a cached certificate",
+                                )
+                            })?;
+                        json.push(value);
+                    }
+                    return Ok(state
+                        .cache()
+                        .store(miss, canonical_json(&json), Some(response.fresh_until))
+                        .await);
+                }
+                Err(foreign) if foreign.code() == tonic::Code::NotFound => {
+                    return Err(status.into());
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(status) => return Err(status.into()),
+    };
     let fresh_until = certs.iter().map(|c| c.cache_not_valid_after).min();
     let json: Vec<CacheableIdCertJson> = certs.into_iter().map(Into::into).collect();
     Ok(state

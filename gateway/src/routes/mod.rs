@@ -13,6 +13,7 @@ use crate::error::ApiError;
 pub mod actors;
 pub mod core;
 pub mod events;
+pub mod federation;
 pub mod health;
 pub mod services;
 pub mod sessions;
@@ -38,6 +39,15 @@ pub fn router() -> Router<AppState> {
             "/.p2/core/v1/session",
             axum::routing::delete(sessions::delete_session),
         )
+        .route(
+            "/.p2/core/v1/session/auth",
+            get(federation::key_trial).post(federation::complete_key_trial),
+        )
+        .route(
+            "/.p2/core/v1/session/idcert/extern",
+            axum::routing::put(federation::update_foreign_id_cert),
+        )
+        .route("/.p2/core/v1/keytrial/{fid}", get(federation::key_trials))
         .route("/.p2/core/v1/events", get(events::events))
         .route("/.p2/core/v1/gateway", get(crate::ws::gateway))
         .route("/.p2/auth/v1/register", post(actors::register))

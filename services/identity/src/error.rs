@@ -78,6 +78,10 @@ pub enum IdentityError {
     /// An admin-only action by an actor that is not an administrator.
     #[error("this action needs an administrator of this home server")]
     NotAdmin,
+    /// A foreign session (an actor of another home server signed in here with a key trial)
+    /// asked for something only its own home server can do.
+    #[error("{0} is an actor of another home server: only its home server can do this for it")]
+    ForeignActor(String),
     /// A domain rule of polyproto rejected the input (bad FID, CSR, certificate...).
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -133,6 +137,7 @@ impl From<IdentityError> for tonic::Status {
                 Reason::SensitiveSolutionWrong.denied(error.to_string())
             }
             IdentityError::NotAdmin => Reason::NotAdmin.denied(error.to_string()),
+            IdentityError::ForeignActor(_) => tonic::Status::permission_denied(error.to_string()),
             IdentityError::Model(model) if model.is_internal() => {
                 p2_runtime::error::internal(&anyhow::Error::new(model))
             }
@@ -201,6 +206,10 @@ mod tests {
                 tonic::Code::PermissionDenied,
             ),
             (IdentityError::NotAdmin, tonic::Code::PermissionDenied),
+            (
+                IdentityError::ForeignActor("a@b".into()),
+                tonic::Code::PermissionDenied,
+            ),
             (IdentityError::Busy, tonic::Code::Unavailable),
             (IdentityError::Disabled, tonic::Code::PermissionDenied),
             (

@@ -51,6 +51,12 @@ impl IdentityGrpc {
             .assertion_key()
             .verify(token, p2_runtime::internal::unix_now_ms())?;
         let fid = FederationId::parse(&verified.fid)?;
+        // Foreign sessions (key trials, spec 4.1.1) hold assertions too; nothing identity does
+        // for an asserted caller (certs, revocation, sensitive actions, key rotation) is
+        // for them.
+        if fid.domain() != self.state.domain() {
+            return Err(IdentityError::ForeignActor(fid.to_string()));
+        }
         let session_id = SessionId::parse(&verified.session_id)?;
         Ok((fid, session_id))
     }

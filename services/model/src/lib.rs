@@ -23,12 +23,15 @@
 //! - `csr`: [`IdCsr`], validation of ID-CSRs; [`build_csr`] in the SDK's layout.
 //! - `cache`: `cacheSignature` payload, signing and verification (spec 6.4.1).
 //! - `challenge`: challenge strings (spec 4.3).
+//! - `federation`: key trials and the verification of a foreign home server's cacheable
+//!   ID-Certs (spec 4.1.1, 6.4.1).
 
 mod cache;
 mod cert;
 mod challenge;
 mod csr;
 mod error;
+mod federation;
 mod fid;
 mod keys;
 pub mod pdn;
@@ -43,6 +46,10 @@ pub use challenge::{CHALLENGE_LEN, generate_challenge};
 pub use csr::{IdCsr, OID_EXTENSION_REQUEST, build_csr};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{ModelError, Result};
+pub use federation::{
+    CacheFields, KEY_TRIAL_LEN, MAX_CACHE_TRUST_SECS, VerifiedCert, generate_key_trial,
+    verify_foreign_actor, verify_foreign_root, verify_key_trial,
+};
 pub use fid::{
     FederationId, MAX_DOMAIN_LEN, MAX_LOCAL_NAME_LEN, validate_domain, validate_local_name,
 };

@@ -171,7 +171,19 @@ impl SessionGrpc {
             return Err(SessionError::ChallengeOfAnotherSession);
         }
         let now = p2_runtime::unix_now();
-        let cert_pem = self.current_id_cert(caller, now).await?;
+        let cert_pem = if self.is_foreign(&caller.fid) {
+            // A foreign session's cert is the one it signed in with (or announced since),
+            // re-verified with its home server once its trust ran out.
+            self.check_foreign_session(&caller.fid, caller.session_id.as_str(), now)
+                .await
+                .map_err(|error| match error {
+                    SessionError::UnknownToken => SessionError::NoValidIdCert,
+                    other => other,
+                })?
+                .id_cert_pem
+        } else {
+            self.current_id_cert(caller, now).await?
+        };
         verify_solution(&cert_pem, caller, challenge, signature, now)?;
         tracing::info!(fid = %caller.fid, session_id = %caller.session_id, "challenge solved");
         Ok(())

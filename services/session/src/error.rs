@@ -73,6 +73,48 @@ pub enum SessionError {
     /// A service this one depends on did not answer.
     #[error("the {0} service is unavailable; try again shortly")]
     Unavailable(&'static str),
+    /// The key trial was never issued, was already used, or expired.
+    #[error(
+        "key trial unknown, already used or expired; request a new one with GET \
+         /.p2/core/v1/session/auth"
+    )]
+    KeyTrialUnknown,
+    /// This client address already holds its maximum of pending key trials
+    /// (`--max-key-trials-per-client`).
+    #[error(
+        "this client already has {limit} pending key trials; answer one of them or wait for \
+         one to expire"
+    )]
+    TooManyKeyTrials {
+        /// The per-client bound.
+        limit: usize,
+    },
+    /// Foreign-server authentication refused: the text says why (a bad signature, a revoked or
+    /// unknown cert, a home server that did not answer properly...).
+    #[error("foreign sign-in refused: {0}")]
+    ForeignAuthRefused(String),
+    /// The actor's home server could not be used (unreachable, too slow, garbage, too large,
+    /// a redirect, a refused address); the text says which.
+    #[error("foreign sign-in refused: {0}")]
+    HomeServerFailed(String),
+    /// A foreign session's new ID-Cert was refused; the text says why.
+    #[error("the ID-Cert was refused: {0}")]
+    ForeignCertRefused(String),
+    /// Too many fetches to one foreign home server are in flight (`--federation-max-fetches-per-domain`).
+    #[error("{0}")]
+    HomeServerBusy(String),
+    /// A foreign session's cert is due for re-verification and its home server did not answer.
+    #[error(
+        "your ID-Cert could not be verified again with your home server: {0}; try again shortly"
+    )]
+    HomeServerUnavailable(String),
+    /// No verified cert of this foreign actor is cached here (or the actor is ours).
+    #[error("no verified ID-Cert of {0} is cached on this server; ask its home server")]
+    ForeignCertsNotCached(String),
+    /// A foreign session asked for something only its home server can do (or a local one
+    /// for something only foreign sessions do); the text says what.
+    #[error("{0}")]
+    NotForThisSession(String),
     /// Anything unexpected (storage, Redis, an identity answer that breaks its contract):
     /// logged, never shown.
     #[error(transparent)]
@@ -83,8 +125,8 @@ impl From<StoreError> for SessionError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Full { .. } => Self::Busy,
-            // The store's only owners are sessions holding challenges (key trials will name
-            // their own variant when they arrive).
+            // Sessions holding challenges; key trials map their owner's bound themselves
+            // (`TooManyKeyTrials`) before this conversion.
             StoreError::OwnerFull { limit } => Self::TooManyChallenges { limit },
             StoreError::Backend(error) => Self::Internal(error),
         }
@@ -125,7 +167,18 @@ impl From<SessionError> for tonic::Status {
             SessionError::Busy | SessionError::TooManyChallenges { .. } => {
                 Status::resource_exhausted(error.to_string())
             }
-            SessionError::Unavailable(_) => Status::unavailable(error.to_string()),
+            SessionError::Unavailable(_) | SessionError::HomeServerUnavailable(_) => {
+                Status::unavailable(error.to_string())
+            }
+            SessionError::KeyTrialUnknown
+            | SessionError::ForeignAuthRefused(_)
+            | SessionError::HomeServerFailed(_) => Status::unauthenticated(error.to_string()),
+            SessionError::TooManyKeyTrials { .. } | SessionError::HomeServerBusy(_) => {
+                Status::resource_exhausted(error.to_string())
+            }
+            SessionError::ForeignCertRefused(_) => Status::invalid_argument(error.to_string()),
+            SessionError::ForeignCertsNotCached(_) => Status::not_found(error.to_string()),
+            SessionError::NotForThisSession(_) => Status::permission_denied(error.to_string()),
             SessionError::Internal(error) => p2_runtime::error::internal(&error),
         }
     }
@@ -211,6 +264,51 @@ mod tests {
                 SessionError::Unavailable("identity"),
                 Code::Unavailable,
                 "identity",
+            ),
+            (
+                SessionError::KeyTrialUnknown,
+                Code::Unauthenticated,
+                "key trial unknown",
+            ),
+            (
+                SessionError::TooManyKeyTrials { limit: 16 },
+                Code::ResourceExhausted,
+                "16 pending key trials",
+            ),
+            (
+                SessionError::ForeignAuthRefused("revoked".into()),
+                Code::Unauthenticated,
+                "foreign sign-in refused: revoked",
+            ),
+            (
+                SessionError::HomeServerFailed("timed out".into()),
+                Code::Unauthenticated,
+                "foreign sign-in refused: timed out",
+            ),
+            (
+                SessionError::ForeignCertRefused("expired".into()),
+                Code::InvalidArgument,
+                "refused: expired",
+            ),
+            (
+                SessionError::HomeServerBusy("busy".into()),
+                Code::ResourceExhausted,
+                "busy",
+            ),
+            (
+                SessionError::HomeServerUnavailable("timed out".into()),
+                Code::Unavailable,
+                "timed out",
+            ),
+            (
+                SessionError::ForeignCertsNotCached("a@b".into()),
+                Code::NotFound,
+                "no verified ID-Cert of a@b",
+            ),
+            (
+                SessionError::NotForThisSession("home only".into()),
+                Code::PermissionDenied,
+                "home only",
             ),
             (
                 SessionError::Internal(anyhow::anyhow!("disk on fire")),

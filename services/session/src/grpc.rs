@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use p2_model::SessionId;
+use p2_model::{FederationId, SessionId};
 use p2_proto::session::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
@@ -16,10 +16,6 @@ use tracing::Instrument as _;
 use crate::SessionGrpc;
 use crate::caller::Caller;
 use crate::error::SessionError;
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available on this server yet"))
-}
 
 fn parse_session_id(field: &str, value: &str) -> Result<SessionId, SessionError> {
     SessionId::parse(value).map_err(|e| SessionError::InvalidArgument(format!("{field}: {e}")))
@@ -186,33 +182,141 @@ impl pb::session_server::Session for SessionGrpc {
         Ok(Response::new(pb::VerifyChallengeSolutionResponse {}))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn create_key_trial(
         &self,
         _request: Request<pb::CreateKeyTrialRequest>,
     ) -> Result<Response<pb::CreateKeyTrialResponse>, Status> {
-        Err(not_yet("key trials"))
+        let issued = self.issue_key_trial().await?;
+        Ok(Response::new(pb::CreateKeyTrialResponse {
+            trial: issued.trial,
+            expires: issued.expires,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid))]
     async fn complete_key_trial(
         &self,
-        _request: Request<pb::CompleteKeyTrialRequest>,
+        request: Request<pb::CompleteKeyTrialRequest>,
     ) -> Result<Response<pb::CompleteKeyTrialResponse>, Status> {
-        Err(not_yet("key trials"))
+        let pb::CompleteKeyTrialRequest {
+            fid,
+            serial_number,
+            signature,
+            id_cert_pem,
+            trial,
+        } = request.into_inner();
+        let fid = FederationId::parse(&fid)
+            .map_err(|e| SessionError::InvalidArgument(format!("fid: {e}")))?;
+        let serial = serial_number.trim().parse::<u64>().map_err(|_| {
+            SessionError::InvalidArgument(
+                "serialNumber must be the decimal serial number of the actor's ID-Cert".into(),
+            )
+        })?;
+        if signature.is_empty() {
+            return Err(SessionError::InvalidArgument(
+                "signature is required: the hex signature of the key trial".into(),
+            )
+            .into());
+        }
+        let answer = crate::federation::KeyTrialAnswer {
+            fid,
+            serial,
+            signature,
+            id_cert_pem,
+            trial: Some(trial).filter(|t| !t.is_empty()),
+        };
+        let handlers = self.clone();
+        // Fetches, then one transaction: run to the end even if the caller goes away.
+        let signed_in =
+            to_completion(async move { handlers.sign_in_foreign(answer).await }).await?;
+        Ok(Response::new(pb::CompleteKeyTrialResponse {
+            token: signed_in.token.into_string(),
+            session_id: signed_in.session_id.to_string(),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid))]
     async fn list_key_trials(
         &self,
-        _request: Request<pb::ListKeyTrialsRequest>,
+        request: Request<pb::ListKeyTrialsRequest>,
     ) -> Result<Response<pb::ListKeyTrialsResponse>, Status> {
-        Err(not_yet("key trials"))
+        let pb::ListKeyTrialsRequest {
+            fid,
+            limit,
+            id,
+            not_before,
+            not_after,
+        } = request.into_inner();
+        let fid = FederationId::parse(&fid)
+            .map_err(|e| SessionError::InvalidArgument(format!("fid: {e}")))?;
+        let trials = self
+            .completed_key_trials(&fid, limit, id.as_deref(), not_before, not_after)
+            .await?;
+        Ok(Response::new(pb::ListKeyTrialsResponse {
+            trials: trials
+                .into_iter()
+                .map(|t| pb::KeyTrialRecord {
+                    trial: t.trial,
+                    signature: t.signature,
+                    serial_number: t.serial,
+                    completed_at: t.completed_at,
+                    expires: t.expires,
+                    fid: t.fid,
+                })
+                .collect(),
+        }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn update_foreign_id_cert(
         &self,
         request: Request<pb::UpdateForeignIdCertRequest>,
     ) -> Result<Response<pb::UpdateForeignIdCertResponse>, Status> {
-        // Born behind the boundary: an unproven caller learns nothing, not even "not yet".
-        self.caller(request.into_inner().caller)?;
-        Err(not_yet("foreign ID-Cert updates"))
+        let pb::UpdateForeignIdCertRequest {
+            caller,
+            id_cert_pem,
+        } = request.into_inner();
+        let caller = self.caller(caller)?;
+        self.require_live(&caller).await?;
+        let handlers = self.clone();
+        to_completion(async move {
+            handlers
+                .announce_foreign_id_cert(&caller, &id_cert_pem)
+                .await
+        })
+        .await?;
+        Ok(Response::new(pb::UpdateForeignIdCertResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(fid = %request.get_ref().fid))]
+    async fn get_foreign_actor_id_certs(
+        &self,
+        request: Request<pb::GetForeignActorIdCertsRequest>,
+    ) -> Result<Response<pb::GetForeignActorIdCertsResponse>, Status> {
+        let pb::GetForeignActorIdCertsRequest {
+            fid,
+            timestamp,
+            session_id,
+            not_before,
+            not_after,
+        } = request.into_inner();
+        let fid = FederationId::parse(&fid)
+            .map_err(|e| SessionError::InvalidArgument(format!("fid: {e}")))?;
+        let session_id = session_id
+            .as_deref()
+            .map(|id| parse_session_id("session_id", id))
+            .transpose()?;
+        let query = crate::federation::ForeignCertQuery {
+            timestamp,
+            session_id,
+            not_before,
+            not_after,
+        };
+        let (certs, fresh_until) = self.cached_foreign_certs(&fid, &query).await?;
+        Ok(Response::new(pb::GetForeignActorIdCertsResponse {
+            certs_json: certs.iter().map(ToString::to_string).collect(),
+            fresh_until,
+        }))
     }
 }

@@ -23,8 +23,9 @@
 //! - [`CALLERS`]: which component may call which RPC.
 //! - [`error`]: [`SessionError`] and its one mapping to `tonic::Status`.
 //!
-//! Key trials and foreign ID-Cert updates still answer `UNIMPLEMENTED` (behind the same
-//! boundary as everything else).
+//! - [`federation`]: key trials, foreign sessions (actors of other home servers signed in
+//!   here), the verified cache of their home servers' certs (Redis, or in process) and the
+//!   hardened outbound HTTP client.
 //!
 //! Entry points: [`serve`] runs the service on a pre-bound listener until shutdown;
 //! [`grpc_service`] builds the tonic service; [`SessionGrpc::open`] connects everything from
@@ -49,6 +50,7 @@ pub mod caller;
 pub mod challenge;
 pub mod error;
 pub mod events;
+pub mod federation;
 pub mod grpc;
 pub mod sessions;
 pub mod storage;
@@ -106,6 +108,10 @@ pub const CALLERS: CallerPolicy = &[
         "/polyproto.session.v1.Session/UpdateForeignIdCert",
         &[Component::Gateway],
     ),
+    (
+        "/polyproto.session.v1.Session/GetForeignActorIdCerts",
+        &[Component::Gateway],
+    ),
 ];
 
 /// Flags of the session service.
@@ -120,10 +126,18 @@ pub struct SessionConfig {
     /// The database connection pool.
     #[command(flatten)]
     pub pool: p2_runtime::storage::PoolConfig,
-    /// Redis URL for challenges and key trials (e.g. `redis://redis:6379/`); unset keeps them
-    /// in process memory (embedded mode, one replica only).
+    /// Redis URL for challenges, key trials and the verified cache of foreign certs (e.g.
+    /// `redis://redis:6379/`); unset keeps them in process memory (embedded mode, one replica
+    /// only).
     #[arg(long = "redis-url", env = "P2_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Prefix of this service's Redis keys; deployments sharing one Redis need their own.
+    #[arg(long = "redis-prefix", env = "P2_REDIS_PREFIX", default_value = storage::redis::DEFAULT_PREFIX)]
+    pub redis_prefix: String,
+    /// This home server's domain: actors of other domains are foreign (they sign in with key
+    /// trials).
+    #[arg(long = "domain", env = "P2_DOMAIN", default_value = "localhost")]
+    pub domain: String,
     /// URL of the identity service.
     #[arg(
         long = "identity-url",
@@ -167,6 +181,9 @@ pub struct SessionOptions {
     /// answers RESOURCE_EXHAUSTED (HTTP 429) until challenges are used or expire.
     #[arg(long = "max-pending-challenges", env = "P2_MAX_PENDING_CHALLENGES", default_value_t = DEFAULT_MAX_PENDING_CHALLENGES)]
     pub max_pending_challenges: usize,
+    /// Federation: key trials, the outbound client, the verified cache.
+    #[command(flatten)]
+    pub federation: federation::FederationOptions,
 }
 
 impl Default for SessionOptions {
@@ -176,6 +193,7 @@ impl Default for SessionOptions {
             assertion_ttl_ms: p2_runtime::internal::DEFAULT_ASSERTION_TTL_MS,
             max_challenges_per_session: DEFAULT_MAX_CHALLENGES_PER_SESSION,
             max_pending_challenges: DEFAULT_MAX_PENDING_CHALLENGES,
+            federation: federation::FederationOptions::default(),
         }
     }
 }
@@ -203,6 +221,11 @@ struct Inner {
     /// Set once by [`SessionGrpc::with_max_challenges_per_session`] before the handlers are
     /// shared (an atomic like `assertion_ttl_ms`, so the builder needs no `&mut`).
     max_challenges_per_session: std::sync::atomic::AtomicUsize,
+    /// This home server's domain ([`SessionGrpc::with_federation`]).
+    domain: String,
+    /// Key trials, the outbound client and the verified cache (`None` only when even the
+    /// defaults could not be built: then every federation call fails as internal).
+    federation: Option<federation::Federation>,
 }
 
 impl SessionGrpc {
@@ -248,18 +271,32 @@ impl SessionGrpc {
             &config.pool,
         )
         .await?;
-        let challenges: Arc<dyn ChallengeStore> = match &config.redis_url {
-            Some(url) => Arc::new(
-                storage::RedisChallengeStore::new(
-                    p2_runtime::kv::connect(url, "session").await?,
-                    storage::redis::DEFAULT_PREFIX,
-                )
-                .with_capacity(options.max_pending_challenges),
-            ),
-            None => Arc::new(storage::MemoryChallengeStore::new(
-                options.max_pending_challenges,
-            )),
-        };
+        let (challenges, cache): (Arc<dyn ChallengeStore>, Arc<dyn federation::VerifiedCache>) =
+            match &config.redis_url {
+                Some(url) => {
+                    let redis = p2_runtime::kv::connect(url, "session").await?;
+                    (
+                        Arc::new(
+                            storage::RedisChallengeStore::new(redis.clone(), &config.redis_prefix)
+                                .with_capacity(options.max_pending_challenges),
+                        ),
+                        Arc::new(federation::RedisVerifiedCache::new(
+                            redis,
+                            &config.redis_prefix,
+                            options.federation.cache_entries,
+                        )),
+                    )
+                }
+                None => (
+                    Arc::new(storage::MemoryChallengeStore::new(
+                        options.max_pending_challenges,
+                    )),
+                    Arc::new(federation::MemoryVerifiedCache::new(
+                        options.federation.cache_entries,
+                    )),
+                ),
+            };
+        let federation = federation::Federation::new(&options.federation, cache)?;
         // Embedded mode (SQLite, no Redis) is one process by definition: it may keep the
         // token index in memory, so token checks need no database round trip.
         let embedded =
@@ -270,7 +307,7 @@ impl SessionGrpc {
             SessionStore::new(db)
         }
         .with_outbox_capacity(config.outbox.capacity);
-        Ok(Self::new(
+        Self::new(
             internal_key,
             store,
             challenges,
@@ -279,7 +316,8 @@ impl SessionGrpc {
             Duration::from_secs(options.challenge_ttl_secs),
         )
         .with_assertion_ttl_ms(options.assertion_ttl_ms)
-        .with_max_challenges_per_session(options.max_challenges_per_session))
+        .with_max_challenges_per_session(options.max_challenges_per_session)
+        .with_federation(&config.domain, federation)
     }
 
     /// Handlers over ready parts: the deployment's internal key, the sessions table, a
@@ -309,8 +347,33 @@ impl SessionGrpc {
                 max_challenges_per_session: std::sync::atomic::AtomicUsize::new(
                     DEFAULT_MAX_CHALLENGES_PER_SESSION,
                 ),
+                domain: "localhost".to_owned(),
+                // Defaults with an in-process cache; `with_federation` replaces them.
+                federation: federation::Federation::in_memory().ok(),
             }),
         }
+    }
+
+    /// The same handlers serving `domain`, with `federation`. Call it before the handlers are
+    /// cloned (it fails otherwise).
+    pub fn with_federation(
+        mut self,
+        domain: &str,
+        federation: federation::Federation,
+    ) -> anyhow::Result<Self> {
+        let domain = p2_model::validate_domain(domain)
+            .map_err(|e| anyhow::anyhow!("--domain (P2_DOMAIN): {e}"))?;
+        let inner = Arc::get_mut(&mut self.inner).ok_or_else(|| {
+            anyhow::anyhow!("with_federation must be called before the handlers are shared")
+        })?;
+        inner.domain = domain;
+        inner.federation = Some(federation);
+        Ok(self)
+    }
+
+    /// This home server's domain.
+    pub fn domain(&self) -> &str {
+        &self.inner.domain
     }
 
     /// The same handlers (and every clone of them) minting assertions valid for `ttl_ms`.

@@ -66,6 +66,14 @@ impl SessionGrpc {
         if session.expires_at <= now {
             return Err(SessionError::UnknownToken);
         }
+        // A foreign session's cert is trusted only inside its cache window (spec 6.4.1):
+        // past it, its home server is asked again, and a revocation ends the session here.
+        if let Ok(fid) = FederationId::parse(&session.fid)
+            && self.is_foreign(&fid)
+        {
+            self.check_foreign_session(&fid, &session.session_id, now)
+                .await?;
+        }
         let expires_ms =
             p2_runtime::internal::unix_now_ms().saturating_add(self.assertion_ttl_ms());
         let assertion = self
@@ -181,6 +189,12 @@ impl SessionGrpc {
         csr: Vec<u8>,
         sensitive_solution: String,
     ) -> Result<LoginOutcome, SessionError> {
+        if self.is_foreign(&caller.fid) {
+            return Err(SessionError::NotForThisSession(format!(
+                "{} is an actor of another home server: new ID-Certs come from its home server",
+                caller.fid
+            )));
+        }
         self.require_live(caller).await?;
         let issued = self
             .identity()
@@ -208,7 +222,7 @@ impl SessionGrpc {
 
     /// An assertion outlives its session's deletion by up to its TTL: operations that change
     /// sessions or certs first check that the caller's session still exists.
-    async fn require_live(&self, caller: &Caller) -> Result<(), SessionError> {
+    pub(crate) async fn require_live(&self, caller: &Caller) -> Result<(), SessionError> {
         match self
             .sessions()
             .get(caller.fid.as_str(), caller.session_id.as_str())
@@ -315,6 +329,22 @@ impl SessionGrpc {
     ) -> Result<(), SessionError> {
         self.require_live(caller).await?;
         let target = target.unwrap_or_else(|| caller.session_id.clone());
+        if self.is_foreign(&caller.fid) {
+            // A foreign session may end itself here (its cert is its home server's business);
+            // the actor's other sessions here it cannot prove to own without a home server.
+            if target != caller.session_id {
+                return Err(SessionError::NotForThisSession(format!(
+                    "{} is an actor of another home server: a foreign session can delete only \
+                     itself here",
+                    caller.fid
+                )));
+            }
+            self.sessions()
+                .delete(caller.fid.as_str(), target.as_str())
+                .await?;
+            tracing::info!(fid = %caller.fid, session_id = %target, "deleted a foreign session");
+            return Ok(());
+        }
         if target != caller.session_id {
             let solution = sensitive_solution
                 .filter(|s| !s.is_empty())

@@ -1,12 +1,13 @@
 //! Storage of the session service, implementations side by side:
 //!
 //! - [`sql`]: [`SessionStore`], the `sessions` table (token hashes → fid, session ID, admin
-//!   flag) and, beside it, the event outbox its writes queue `OpenSession`/`CloseSession` (and
-//!   op 3) into. One portable implementation over sqlx's `Any` driver serves SQLite (embedded)
-//!   and PostgreSQL (production).
-//! - [`ChallengeStore`]: short-lived single-use values (challenge strings now, key trials
-//!   later): put-if-absent with a time to live, and take-once. [`redis`] for production
-//!   (shared by every replica), [`memory`] for embedded mode (one process).
+//!   flag), the current certs of foreign sessions (`foreign_certs`), completed key trials
+//!   (`key_trials`) and, beside them, the event outbox its writes queue
+//!   `OpenSession`/`CloseSession` (and op 3) into. One portable implementation over sqlx's
+//!   `Any` driver serves SQLite (embedded) and PostgreSQL (production).
+//! - [`ChallengeStore`]: short-lived single-use values (challenge strings and key trials):
+//!   put-if-absent with a time to live, and take-once. [`redis`] for production (shared by
+//!   every replica), [`memory`] for embedded mode (one process).
 //!
 //! Tests run one conformance suite against every implementation: `tests/session_store.rs`
 //! (SQLite, PostgreSQL) and `tests/challenge_store.rs` (memory, Redis).
@@ -21,7 +22,7 @@ pub mod sql;
 
 pub use self::redis::RedisChallengeStore;
 pub use memory::MemoryChallengeStore;
-pub use sql::{MIGRATIONS, SessionRow, SessionStore};
+pub use sql::{ForeignCert, KeyTrialRow, MIGRATIONS, SessionRow, SessionStore};
 
 /// A boxed, sendable future: what [`ChallengeStore`] methods return, so the store can be
 /// chosen at start (`Arc<dyn ChallengeStore>`).
@@ -54,7 +55,7 @@ pub enum StoreError {
 }
 
 /// Short-lived, single-use values keyed by text: challenge strings (`challenge:<challenge>`)
-/// and, later, key trials. Keys are logical; an implementation may prefix them (Redis stores
+/// and key trials (`keytrial:<trial>`, owned by the client address they were handed to). Keys are logical; an implementation may prefix them (Redis stores
 /// `p2:challenge:<challenge>`).
 ///
 /// Every value has an *owner* (for challenges: the session it was issued to), and the store

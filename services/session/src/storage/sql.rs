@@ -45,7 +45,62 @@ pub const MIGRATIONS: &[Migration] = &[
         description: p2_outbox::MIGRATION_DESCRIPTION,
         sql: p2_outbox::MIGRATION_SQL,
     },
+    // Federation: the current ID-Cert of each foreign session (an actor of another home
+    // server signed in with a key trial; its `sessions` row holds the token as for local
+    // ones), and the completed key trials, public (spec 4.3).
+    Migration {
+        version: 4,
+        description: "foreign sessions and key trials",
+        sql: "CREATE TABLE foreign_certs (
+        fid TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        id_cert_pem TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        verified_until BIGINT NOT NULL,
+        PRIMARY KEY (fid, session_id)
+    );
+    CREATE TABLE key_trials (
+        trial TEXT PRIMARY KEY,
+        fid TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        expires BIGINT NOT NULL,
+        completed_at BIGINT NOT NULL
+    );
+    CREATE INDEX key_trials_by_actor ON key_trials (fid, completed_at);",
+    },
 ];
+
+/// The current ID-Cert of a foreign session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignCert {
+    /// The cert, PEM, as its home server serves it.
+    pub id_cert_pem: String,
+    /// Its serial number, decimal.
+    pub serial: String,
+    /// UNIX seconds from which it must be verified with its home server again before use.
+    pub verified_until: u64,
+}
+
+/// A completed key trial (spec 4.3: public).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTrialRow {
+    /// The trial string.
+    pub trial: String,
+    /// The actor who completed it.
+    pub fid: String,
+    /// Serial of the cert whose key signed it.
+    pub serial: String,
+    /// Hex signature.
+    pub signature: String,
+    /// When the trial expired (UNIX seconds).
+    pub expires: u64,
+    /// When it was completed (UNIX seconds).
+    pub completed_at: u64,
+}
+
+/// Completed key trials kept per actor; older ones are deleted by the insert beyond it.
+pub const MAX_KEY_TRIALS_PER_ACTOR: i64 = 1000;
 
 /// One live session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,8 +377,19 @@ impl SessionStore {
     /// Deletes the session (fid, session_id): its token fails from the next lookup on. Returns
     /// whether there was such a session; if there was, `CloseSession` is queued in the same
     /// transaction (its event stream ends, its socket closes).
-    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session delete", otel.kind = "client", db.system = "sql"))]
     pub async fn delete(&self, fid: &str, session_id: &str) -> anyhow::Result<bool> {
+        self.delete_with_events(fid, session_id, Vec::new()).await
+    }
+
+    /// Like [`Self::delete`], queueing `events` before `CloseSession` in the same transaction
+    /// (nothing when there was no such session).
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session delete", otel.kind = "client", db.system = "sql"))]
+    pub async fn delete_with_events(
+        &self,
+        fid: &str,
+        session_id: &str,
+        events: Vec<Message>,
+    ) -> anyhow::Result<bool> {
         let _write = match &self.index {
             Some(index) => Some(index.writes.lock().await),
             None => None,
@@ -341,11 +407,17 @@ impl SessionStore {
             .await
             .context("deleting a session")?;
         let existed = done.rows_affected() > 0;
+        sqlx::query("DELETE FROM foreign_certs WHERE fid = $1 AND session_id = $2")
+            .bind(fid)
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await
+            .context("deleting a foreign session's cert")?;
         // Nothing queued for a session that did not exist: unknown IDs cost no outbox row.
         if existed {
-            self.outbox
-                .enqueue(&mut tx, vec![Message::close_session(fid, session_id)])
-                .await?;
+            let mut queued = events;
+            queued.push(Message::close_session(fid, session_id));
+            self.outbox.enqueue(&mut tx, queued).await?;
         }
         tx.commit().await.context("committing a session deletion")?;
         if existed {
@@ -372,6 +444,230 @@ impl SessionStore {
             .map(|row| Self::decode(row, 0))
             .collect::<Result<_, _>>()
             .context("reading a session row")
+    }
+
+    /// Stores the foreign session (fid, session_id) like [`Self::put_with_events`], with its
+    /// current cert, in one transaction (replacing an earlier sign-in of the same session).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one row of each table, written together"
+    )]
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session put_foreign", otel.kind = "client", db.system = "sql"))]
+    pub async fn put_foreign(
+        &self,
+        fid: &str,
+        session_id: &str,
+        token_hash: &TokenHash,
+        created_at: u64,
+        expires_at: u64,
+        cert: &ForeignCert,
+        trial: &KeyTrialRow,
+        events: Vec<Message>,
+    ) -> anyhow::Result<()> {
+        let _write = match &self.index {
+            Some(index) => Some(index.writes.lock().await),
+            None => None,
+        };
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting to store a foreign session")?;
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at, expires_at) \
+             VALUES ($1, $2, $3, 0, $4, $5) \
+             ON CONFLICT (fid, session_id) DO UPDATE SET \
+             token_hash = excluded.token_hash, created_at = excluded.created_at, \
+             expires_at = excluded.expires_at",
+        )
+        .bind(token_hash.as_str())
+        .bind(fid)
+        .bind(session_id)
+        .bind(to_i64(created_at))
+        .bind(to_i64(expires_at))
+        .execute(&mut *tx)
+        .await
+        .context("storing a foreign session")?;
+        Self::upsert_foreign_cert(&mut tx, fid, session_id, cert).await?;
+        sqlx::query(
+            "INSERT INTO key_trials (trial, fid, serial, signature, expires, completed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (trial) DO NOTHING",
+        )
+        .bind(&trial.trial)
+        .bind(&trial.fid)
+        .bind(&trial.serial)
+        .bind(&trial.signature)
+        .bind(to_i64(trial.expires))
+        .bind(to_i64(trial.completed_at))
+        .execute(&mut *tx)
+        .await
+        .context("recording a completed key trial")?;
+        sqlx::query(
+            "DELETE FROM key_trials WHERE fid = $1 AND trial NOT IN (SELECT trial FROM \
+             key_trials WHERE fid = $1 ORDER BY completed_at DESC, trial DESC LIMIT $2)",
+        )
+        .bind(&trial.fid)
+        .bind(MAX_KEY_TRIALS_PER_ACTOR)
+        .execute(&mut *tx)
+        .await
+        .context("bounding an actor's key trials")?;
+        let mut queued = Vec::with_capacity(events.len() + 1);
+        queued.push(Message::open_session(fid, session_id));
+        queued.extend(events);
+        self.outbox.enqueue(&mut tx, queued).await?;
+        tx.commit().await.context("committing a foreign session")?;
+        self.outbox.wake();
+        if let Some(index) = &self.index {
+            index.replace(
+                token_hash.as_str(),
+                SessionRow {
+                    fid: fid.to_owned(),
+                    session_id: session_id.to_owned(),
+                    created_at,
+                    expires_at,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn upsert_foreign_cert(
+        conn: &mut sqlx::AnyConnection,
+        fid: &str,
+        session_id: &str,
+        cert: &ForeignCert,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO foreign_certs (fid, session_id, id_cert_pem, serial, verified_until) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fid, session_id) DO UPDATE SET \
+             id_cert_pem = excluded.id_cert_pem, serial = excluded.serial, \
+             verified_until = excluded.verified_until",
+        )
+        .bind(fid)
+        .bind(session_id)
+        .bind(&cert.id_cert_pem)
+        .bind(&cert.serial)
+        .bind(to_i64(cert.verified_until))
+        .execute(&mut *conn)
+        .await
+        .context("storing a foreign session's cert")?;
+        Ok(())
+    }
+
+    /// Replaces the cert of the foreign session (fid, session_id) and moves its token's
+    /// expiry to `expires_at`. `false` when the session does not exist (any more).
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session update_foreign", otel.kind = "client", db.system = "sql"))]
+    pub async fn update_foreign(
+        &self,
+        fid: &str,
+        session_id: &str,
+        cert: &ForeignCert,
+        expires_at: u64,
+    ) -> anyhow::Result<bool> {
+        let _write = match &self.index {
+            Some(index) => Some(index.writes.lock().await),
+            None => None,
+        };
+        let mut tx = self
+            .db
+            .pool
+            .begin()
+            .await
+            .context("starting to update a foreign session")?;
+        let done =
+            sqlx::query("UPDATE sessions SET expires_at = $3 WHERE fid = $1 AND session_id = $2")
+                .bind(fid)
+                .bind(session_id)
+                .bind(to_i64(expires_at))
+                .execute(&mut *tx)
+                .await
+                .context("updating a foreign session")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        Self::upsert_foreign_cert(&mut tx, fid, session_id, cert).await?;
+        tx.commit()
+            .await
+            .context("committing a foreign session update")?;
+        if let Some(index) = &self.index
+            && let Ok(mut map) = index.by_token.write()
+        {
+            for row in map.values_mut() {
+                if row.fid == fid && row.session_id == session_id {
+                    row.expires_at = expires_at;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The current cert of the foreign session (fid, session_id).
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session foreign_cert", otel.kind = "client", db.system = "sql"))]
+    pub async fn foreign_cert(
+        &self,
+        fid: &str,
+        session_id: &str,
+    ) -> anyhow::Result<Option<ForeignCert>> {
+        let row = sqlx::query(
+            "SELECT id_cert_pem, serial, verified_until FROM foreign_certs \
+             WHERE fid = $1 AND session_id = $2",
+        )
+        .bind(fid)
+        .bind(session_id)
+        .fetch_optional(&self.db.pool)
+        .await
+        .context("looking up a foreign session's cert")?;
+        row.map(|row| -> Result<ForeignCert, sqlx::Error> {
+            Ok(ForeignCert {
+                id_cert_pem: row.try_get(0)?,
+                serial: row.try_get(1)?,
+                verified_until: to_u64(row.try_get(2)?),
+            })
+        })
+        .transpose()
+        .context("reading a foreign session's cert")
+    }
+
+    /// Completed key trials of `fid` that expired before `now`, newest first, filtered.
+    #[tracing::instrument(name = "db", level = "info", skip_all, fields(otel.name = "session key_trials", otel.kind = "client", db.system = "sql"))]
+    pub async fn key_trials(
+        &self,
+        fid: &str,
+        now: u64,
+        id: Option<&str>,
+        not_before: Option<u64>,
+        not_after: Option<u64>,
+        limit: u32,
+    ) -> anyhow::Result<Vec<KeyTrialRow>> {
+        let rows = sqlx::query(
+            "SELECT trial, fid, serial, signature, expires, completed_at FROM key_trials \
+             WHERE fid = $1 AND expires <= $2 AND completed_at >= $3 AND completed_at <= $4 \
+             AND ($5 = '' OR trial = $5) \
+             ORDER BY completed_at DESC, trial DESC LIMIT $6",
+        )
+        .bind(fid)
+        .bind(to_i64(now))
+        .bind(to_i64(not_before.unwrap_or(0)))
+        .bind(to_i64(not_after.unwrap_or(u64::MAX)))
+        .bind(id.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await
+        .context("listing key trials")?;
+        rows.iter()
+            .map(|row| -> Result<KeyTrialRow, sqlx::Error> {
+                Ok(KeyTrialRow {
+                    trial: row.try_get(0)?,
+                    fid: row.try_get(1)?,
+                    serial: row.try_get(2)?,
+                    signature: row.try_get(3)?,
+                    expires: to_u64(row.try_get(4)?),
+                    completed_at: to_u64(row.try_get(5)?),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .context("reading a key trial row")
     }
 
     /// Decodes (fid, session_id, created_at, expires_at) starting at column `first`.

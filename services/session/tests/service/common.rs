@@ -103,7 +103,12 @@ pub async fn service_with_identity_and_events(
     let challenges: Arc<dyn ChallengeStore> = Arc::new(MemoryChallengeStore::default());
     let identity = identity_client(identity_url, &key);
     let events = events_client(events_url, &key);
-    let grpc = SessionGrpc::new(key, store, challenges, identity, events, challenge_ttl);
+    let grpc = SessionGrpc::new(key, store, challenges, identity, events, challenge_ttl)
+        .with_federation(
+            "example.com",
+            p2_session::federation::Federation::in_memory().unwrap(),
+        )
+        .unwrap();
     (grpc, dir)
 }
 

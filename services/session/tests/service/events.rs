@@ -387,6 +387,8 @@ async fn the_outbox_bound_comes_from_the_configuration() {
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
         pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: None,
+        redis_prefix: p2_session::storage::redis::DEFAULT_PREFIX.to_owned(),
+        domain: "example.com".to_owned(),
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
         outbox: p2_outbox::OutboxConfig {
             capacity: 3,

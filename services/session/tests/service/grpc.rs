@@ -517,13 +517,73 @@ async fn requests_without_a_valid_caller_or_target_are_refused() {
 }
 
 #[tokio::test]
-async fn key_trials_and_foreign_cert_updates_are_not_implemented_yet() {
+async fn one_client_holds_at_most_its_bound_of_pending_key_trials() {
     let (grpc, _dir) = service_without_identity().await;
+    for _ in 0..p2_session::federation::DEFAULT_MAX_KEY_TRIALS_PER_CLIENT {
+        grpc.create_key_trial(Request::new(pb::CreateKeyTrialRequest {}))
+            .await
+            .unwrap();
+    }
     let status = grpc
         .create_key_trial(Request::new(pb::CreateKeyTrialRequest {}))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("pending key trials"),
+        "{}",
+        status.message()
+    );
+    // Another client address is not affected.
+    let other = p2_runtime::internal::with_client_address(
+        Some("192.0.2.7".parse().unwrap()),
+        grpc.create_key_trial(Request::new(pb::CreateKeyTrialRequest {})),
+    )
+    .await;
+    assert!(other.is_ok());
+}
+
+#[tokio::test]
+async fn key_trials_are_issued_single_use_and_local_actors_cannot_use_them() {
+    let (grpc, _dir) = service_without_identity().await;
+    let trial = grpc
+        .create_key_trial(Request::new(pb::CreateKeyTrialRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(trial.trial.len(), p2_model::KEY_TRIAL_LEN);
+    assert!(trial.expires > p2_runtime::unix_now());
+    // An actor of this server logs in with its password, not a key trial.
+    let status = grpc
+        .complete_key_trial(Request::new(pb::CompleteKeyTrialRequest {
+            fid: ALICE.into(),
+            serial_number: "1".into(),
+            signature: "00".into(),
+            id_cert_pem: None,
+            trial: trial.trial.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // A foreign actor with an unknown trial: refused before any outbound request.
+    let status = grpc
+        .complete_key_trial(Request::new(pb::CompleteKeyTrialRequest {
+            fid: "alice@elsewhere.test".into(),
+            serial_number: "1".into(),
+            signature: "00".into(),
+            id_cert_pem: None,
+            trial: "nosuchtrial".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().contains("key trial unknown"),
+        "{}",
+        status.message()
+    );
+    // A local session has no foreign cert to announce.
+    create(&grpc, ALICE, "laptop").await;
     let status = grpc
         .update_foreign_id_cert(Request::new(pb::UpdateForeignIdCertRequest {
             caller: Some(caller(&grpc, ALICE, "laptop")),
@@ -531,7 +591,7 @@ async fn key_trials_and_foreign_cert_updates_are_not_implemented_yet() {
         }))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }
 
 // ---- The caller boundary ----
@@ -684,7 +744,12 @@ async fn an_assertion_of_another_deployment_is_refused_by_a_service_sharing_its_
         crate::common::identity_client(crate::common::DEAD_IDENTITY_URL, &InternalKey::generate()),
         crate::common::events_client(crate::common::DEAD_EVENTS_URL, &InternalKey::generate()),
         Duration::from_secs(300),
-    );
+    )
+    .with_federation(
+        "example.com",
+        p2_session::federation::Federation::in_memory().unwrap(),
+    )
+    .unwrap();
     let foreign = assertion_of(&theirs, &token).await;
     let status = ours
         .create_challenge(Request::new(pb::CreateChallengeRequest {
@@ -1196,6 +1261,8 @@ async fn open_starts_on_sqlite_with_the_in_process_store_and_rejects_bad_flags()
         database_url: p2_runtime::storage::sqlite_url_in(dir.path(), "session"),
         pool: p2_runtime::storage::PoolConfig::default(),
         redis_url: None,
+        redis_prefix: p2_session::storage::redis::DEFAULT_PREFIX.to_owned(),
+        domain: "example.com".to_owned(),
         identity_url: crate::common::DEAD_IDENTITY_URL.into(),
         outbox: p2_outbox::OutboxConfig::new(crate::common::DEAD_EVENTS_URL),
         shutdown: p2_runtime::config::ShutdownConfig::immediate(),
