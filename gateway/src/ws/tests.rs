@@ -807,7 +807,12 @@ async fn deliveries_the_events_service_did_not_take_are_recorded_with_the_next_b
     client.send(heartbeat(0, 2, &[])).await;
     client.recv().await;
     tokio::time::timeout(WAIT, async {
-        while fake.0.failing_records.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        while fake
+            .0
+            .failing_records
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
