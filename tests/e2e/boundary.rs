@@ -73,6 +73,14 @@ const WITHOUT_ASSERTION: &[(&str, &str)] = &[
         "/polyproto.events.v1.Events/CloseSession",
         "the session service owns sessions (only it may call)",
     ),
+    (
+        "/polyproto.events.v1.Events/Invalidate",
+        "cache invalidations of the gateways, for no actor (only the gateway may call)",
+    ),
+    (
+        "/polyproto.events.v1.Events/WatchInvalidations",
+        "the gateways' invalidation feed, for no actor (only the gateway may call)",
+    ),
 ];
 
 /// One RPC from the descriptors.

@@ -253,6 +253,24 @@ async fn a_redis_restart_loses_no_acknowledged_event_and_clients_resume() {
     register(http, &base, "alice").await;
     // A session that never connects: it polls at the end.
     let poller = login(http, &base, domain, "alice", "poller").await;
+    // Its OpenSession and op 3 delivered before s1 exists: else s1, opened by its Identify
+    // before the relay caught up, would receive that op 3 as well.
+    tokio::time::timeout(WAIT, async {
+        while stack
+            .metric_sum(
+                Component::Session,
+                0,
+                "polyproto_outbox_events_total",
+                &["outcome=\"delivered\""],
+            )
+            .await
+            < 2.0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the session outbox delivered the poller's login");
     let s1 = login(http, &base, domain, "alice", "s1").await;
     let mut ws = connect(&base).await;
     identify(&mut ws, &s1.token).await;

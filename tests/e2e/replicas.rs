@@ -24,6 +24,8 @@ async fn two_session_replicas_behind_one_gateway_both_serve() {
         .redis(&helpers::redis_url())
         .replicas(Component::Session, 2)
         .env_for(Component::Gateway, "P2_RATE_LIMIT_BEARER", "0")
+        // Every request must reach a session replica: no token cache in between.
+        .env_for(Component::Gateway, "P2_TOKEN_CACHE_MS", "0")
         .env_for(
             Component::Session,
             "P2_MAX_CHALLENGES_PER_SESSION",
