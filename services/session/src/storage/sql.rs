@@ -285,21 +285,9 @@ impl SessionStore {
             .begin()
             .await
             .context("starting to store a session")?;
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at, expires_at) \
-             VALUES ($1, $2, $3, 0, $4, $5) \
-             ON CONFLICT (fid, session_id) DO UPDATE SET \
-             token_hash = excluded.token_hash, created_at = excluded.created_at, \
-             expires_at = excluded.expires_at",
-        )
-        .bind(token_hash.as_str())
-        .bind(fid)
-        .bind(session_id)
-        .bind(to_i64(created_at))
-        .bind(to_i64(expires_at))
-        .execute(&mut *tx)
-        .await
-        .context("storing a session")?;
+        Self::upsert_session(&mut tx, fid, session_id, token_hash, created_at, expires_at)
+            .await
+            .context("storing a session")?;
         let mut queued = Vec::with_capacity(events.len() + 1);
         queued.push(Message::open_session(fid, session_id));
         queued.extend(events);
@@ -474,21 +462,9 @@ impl SessionStore {
             .begin()
             .await
             .context("starting to store a foreign session")?;
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at, expires_at) \
-             VALUES ($1, $2, $3, 0, $4, $5) \
-             ON CONFLICT (fid, session_id) DO UPDATE SET \
-             token_hash = excluded.token_hash, created_at = excluded.created_at, \
-             expires_at = excluded.expires_at",
-        )
-        .bind(token_hash.as_str())
-        .bind(fid)
-        .bind(session_id)
-        .bind(to_i64(created_at))
-        .bind(to_i64(expires_at))
-        .execute(&mut *tx)
-        .await
-        .context("storing a foreign session")?;
+        Self::upsert_session(&mut tx, fid, session_id, token_hash, created_at, expires_at)
+            .await
+            .context("storing a foreign session")?;
         Self::upsert_foreign_cert(&mut tx, fid, session_id, cert).await?;
         sqlx::query(
             "INSERT INTO key_trials (trial, fid, serial, signature, expires, completed_at) \
@@ -529,6 +505,33 @@ impl SessionStore {
                 },
             );
         }
+        Ok(())
+    }
+
+    /// Stores the session (fid, session_id) with its token hash and lifetime, replacing an
+    /// ended one of the same ID (its old token no longer matches).
+    async fn upsert_session(
+        conn: &mut sqlx::AnyConnection,
+        fid: &str,
+        session_id: &str,
+        token_hash: &TokenHash,
+        created_at: u64,
+        expires_at: u64,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, fid, session_id, admin, created_at, expires_at) \
+             VALUES ($1, $2, $3, 0, $4, $5) \
+             ON CONFLICT (fid, session_id) DO UPDATE SET \
+             token_hash = excluded.token_hash, created_at = excluded.created_at, \
+             expires_at = excluded.expires_at",
+        )
+        .bind(token_hash.as_str())
+        .bind(fid)
+        .bind(session_id)
+        .bind(to_i64(created_at))
+        .bind(to_i64(expires_at))
+        .execute(conn)
+        .await?;
         Ok(())
     }
 
