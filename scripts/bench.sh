@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh [p2-bench flags]     # issues 3 and 4: wrk against the gateway's HTTP routes
 #   scripts/bench.sh ws [p2-ws-bench flags]  # issue 9: WebSocket connections and event latency
+#   scripts/bench.sh federation [flags]      # issue 10: foreign sign-ins and foreign cert reads
 #
 # Default: installs wrk (Debian package) when it is missing, builds `p2-bench` in release
 # mode, runs it with the arguments given here, and copies its report (stdout) to
@@ -49,6 +50,17 @@ if [ "${1:-}" = ws ]; then
     out="$target_dir/bench-ws-latest.txt"
     p2_log "running p2-ws-bench${*:+ $*} (open-file limit $(ulimit -n)); report also in $out"
     "$target_dir/release/p2-ws-bench" --polyproto "$target_dir/release/polyproto" "$@" | tee "$out"
+    exit "${PIPESTATUS[0]}"
+fi
+
+if [ "${1:-}" = federation ]; then
+    shift
+    command -v wrk >/dev/null 2>&1 || p2_apt_install wrk
+    p2_log "cargo build --release -p p2-bench --bin p2-bench"
+    cargo build --release -p p2-bench --bin p2-bench
+    out="$target_dir/bench-federation-latest.txt"
+    p2_log "running p2-bench federation${*:+ $*}; report also in $out"
+    "$target_dir/release/p2-bench" federation "$@" | tee "$out"
     exit "${PIPESTATUS[0]}"
 fi
 

@@ -11,6 +11,7 @@
 //! the exit status is non-zero only when a measurement itself failed. See `bench/README.md`;
 //! run it through `scripts/bench.sh`.
 
+mod federation;
 mod flood;
 mod memory;
 mod report;
@@ -104,6 +105,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // `p2-bench federation [flags]`: the federation benchmark (issue 10).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "federation")
+    {
+        return federation::main(std::env::args_os().skip(1));
+    }
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
