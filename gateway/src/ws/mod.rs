@@ -45,6 +45,8 @@ use crate::openapi;
 
 pub mod compress;
 pub mod connection;
+pub mod deflate;
+mod handshake;
 pub mod protocol;
 pub mod state;
 pub mod upstream;
@@ -266,13 +268,13 @@ pub async fn gateway(
     State(state): State<AppState>,
     slot: Option<axum::Extension<crate::server::ConnectionSlot>>,
     axum::extract::Query(query): axum::extract::Query<GatewayQuery>,
-    upgrade: WebSocketUpgrade,
+    request: axum::extract::Request,
 ) -> Response {
     let Some(compression) =
         compress::Compression::requested(query.compression.as_deref(), state.max_body_bytes())
     else {
         return ApiError::bad_request(
-            "compression must be `zstd` or `none` (permessage-deflate is not offered)",
+            "compression must be `zstd` or `none` (or leave it out and offer permessage-deflate)",
         )
         .into_response();
     };
@@ -285,10 +287,44 @@ pub async fn gateway(
         refused.retry_after = Some(1);
         return refused.into_response();
     }
-    let counted = hub.count();
+    let (mut parts, _body) = request.into_parts();
     let limit = state.max_body_bytes();
     let settings = hub.inner.settings.clone();
     let closing = hub.inner.closing.clone();
+    // zstd, when asked for, wins over a deflate offer (which is then declined).
+    if compression == compress::Compression::None
+        && let Some(upgrade) = handshake::deflate(&mut parts)
+    {
+        let counted = hub.count();
+        let upstream = upstream::GrpcUpstream::new(state);
+        let params = upgrade.params;
+        let on_upgrade = upgrade.on_upgrade;
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _counted = counted;
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = hyper_util::rt::TokioIo::new(upgraded);
+                    let socket = deflate::socket::DeflateSocket::new(io, params, limit);
+                    connection::run_with(socket, upstream, settings, closing, compression).await;
+                }
+                Err(error) => tracing::debug!(%error, "the WebSocket upgrade failed"),
+            }
+        });
+        return upgrade.response;
+    }
+    let upgrade =
+        match <WebSocketUpgrade as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+            &mut parts, &state,
+        )
+        .await
+        {
+            Ok(upgrade) => upgrade,
+            Err(rejection) => {
+                return ApiError::new(rejection.status(), rejection.body_text()).into_response();
+            }
+        };
+    let counted = hub.count();
     let upstream = upstream::GrpcUpstream::new(state);
     upgrade
         .max_message_size(limit)
