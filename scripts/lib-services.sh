@@ -12,6 +12,8 @@
 #                                 (idempotent; safe to call from an EXIT trap)
 #   p2_ensure_schemathesis        install schemathesis (PyPI) into a venv in the cache dir if
 #                                 missing and export P2_SCHEMATHESIS (the OpenAPI e2e test)
+#   p2_ensure_python_websockets   install websockets (PyPI) into that venv if missing and export
+#                                 P2_PYTHON (the permessage-deflate interop e2e test)
 
 p2_log() {
     printf '==> %s\n' "$*" >&2
@@ -289,22 +291,13 @@ p2_services_stop() {
 # The schemathesis release the OpenAPI e2e test is run with (pinned: its generated requests, and
 # so a seeded run, depend on the release).
 P2_SCHEMATHESIS_VERSION=${P2_SCHEMATHESIS_VERSION:-4.32.5}
+# The websockets release the permessage-deflate interop e2e test is run with (an independent
+# client implementation of RFC 7692).
+P2_WEBSOCKETS_VERSION=${P2_WEBSOCKETS_VERSION:-17.4}
 
-# Installs schemathesis into a virtualenv under the user's cache dir (reused by later runs) when
-# it is missing or another release, and exports P2_SCHEMATHESIS=<venv>/bin/schemathesis. A
-# P2_SCHEMATHESIS that is already set to an executable is used as it is.
-p2_ensure_schemathesis() {
-    if [ -n "${P2_SCHEMATHESIS:-}" ] && [ -x "$P2_SCHEMATHESIS" ]; then
-        p2_log "using schemathesis at P2_SCHEMATHESIS ($P2_SCHEMATHESIS)"
-        return 0
-    fi
+# Creates (or repairs) the virtualenv under the user's cache dir and prints its path.
+p2_ensure_venv() {
     local venv="${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/polyproto/venv"
-    local bin="$venv/bin/schemathesis"
-    if [ -x "$bin" ] && "$venv/bin/python" -c "import importlib.metadata as m, sys
-sys.exit(m.version('schemathesis') != '$P2_SCHEMATHESIS_VERSION')" 2>/dev/null; then
-        export P2_SCHEMATHESIS="$bin"
-        return 0
-    fi
     command -v python3 >/dev/null 2>&1 || p2_apt_install python3 python3-venv
     if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
         rm -rf "$venv"
@@ -314,13 +307,51 @@ sys.exit(m.version('schemathesis') != '$P2_SCHEMATHESIS_VERSION')" 2>/dev/null; 
             # Debian's python3 ships venv (ensurepip) separately.
             rm -rf "$venv"
             p2_apt_install python3-venv
-            python3 -m venv "$venv" || p2_die "python3 -m venv $venv failed"
+            python3 -m venv "$venv" >/dev/null || p2_die "python3 -m venv $venv failed"
         fi
     fi
-    p2_log "pip install schemathesis==$P2_SCHEMATHESIS_VERSION into $venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "schemathesis==$P2_SCHEMATHESIS_VERSION" \
-        || p2_die "pip install schemathesis==$P2_SCHEMATHESIS_VERSION failed"
-    [ -x "$bin" ] || p2_die "schemathesis was installed but $bin is missing"
-    export P2_SCHEMATHESIS="$bin"
+    printf '%s\n' "$venv"
+}
+
+# Whether PACKAGE==VERSION is installed in the venv at $1.
+p2_venv_has() {
+    "$1/bin/python" -c "import importlib.metadata as m, sys
+sys.exit(m.version('$2') != '$3')" 2>/dev/null
+}
+
+# pip-installs PACKAGE==VERSION into the venv at $1 unless it is there already.
+p2_venv_install() {
+    p2_venv_has "$1" "$2" "$3" && return 0
+    p2_log "pip install $2==$3 into $1"
+    "$1/bin/python" -m pip install --quiet --disable-pip-version-check "$2==$3" \
+        || p2_die "pip install $2==$3 failed"
+}
+
+# Installs schemathesis into a virtualenv under the user's cache dir (reused by later runs) when
+# it is missing or another release, and exports P2_SCHEMATHESIS=<venv>/bin/schemathesis. A
+# P2_SCHEMATHESIS that is already set to an executable is used as it is.
+p2_ensure_schemathesis() {
+    if [ -n "${P2_SCHEMATHESIS:-}" ] && [ -x "$P2_SCHEMATHESIS" ]; then
+        p2_log "using schemathesis at P2_SCHEMATHESIS ($P2_SCHEMATHESIS)"
+        return 0
+    fi
+    local venv
+    venv=$(p2_ensure_venv)
+    p2_venv_install "$venv" schemathesis "$P2_SCHEMATHESIS_VERSION"
+    [ -x "$venv/bin/schemathesis" ] || p2_die "schemathesis was installed but $venv/bin/schemathesis is missing"
+    export P2_SCHEMATHESIS="$venv/bin/schemathesis"
+}
+
+# Installs the websockets library into the same virtualenv and exports P2_PYTHON=<venv>/bin/python
+# (the permessage-deflate interop test runs its client with it). A P2_PYTHON already set that
+# imports websockets is used as it is.
+p2_ensure_python_websockets() {
+    if [ -n "${P2_PYTHON:-}" ] && "$P2_PYTHON" -c "import websockets" 2>/dev/null; then
+        p2_log "using websockets under P2_PYTHON ($P2_PYTHON)"
+        return 0
+    fi
+    local venv
+    venv=$(p2_ensure_venv)
+    p2_venv_install "$venv" websockets "$P2_WEBSOCKETS_VERSION"
+    export P2_PYTHON="$venv/bin/python"
 }

@@ -16,7 +16,9 @@
 #   3b. installs schemathesis (PyPI, the pinned release) into the virtualenv
 #      ${XDG_CACHE_HOME:-$HOME/.cache}/polyproto/venv when it is missing (python3 -m venv; apt-get
 #      install python3-venv if needed) and exports P2_SCHEMATHESIS=<venv>/bin/schemathesis for
-#      the OpenAPI e2e test (an executable P2_SCHEMATHESIS already set is used as it is);
+#      the OpenAPI e2e test (an executable P2_SCHEMATHESIS already set is used as it is), and
+#      the websockets library into the same venv, exporting P2_PYTHON=<venv>/bin/python for the
+#      permessage-deflate interop test (a P2_PYTHON that imports websockets is used as it is);
 #   3c. without a package selection (and unless P2_DEPLOY_CHECKED=1), runs
 #      scripts/check-deploy.sh: the deployment files, offline (it installs its own tools);
 #   4. runs `cargo test --workspace --doc`, then, if that passed,
@@ -65,6 +67,7 @@ if [ "$services_only" -eq 0 ]; then
 fi
 p2_services_start
 p2_ensure_schemathesis
+p2_ensure_python_websockets
 
 status=0
 if [ "$services_only" -eq 1 ]; then

@@ -25,6 +25,7 @@ mod invalidation_feed;
 mod metrics;
 mod openapi;
 mod operations;
+mod permessage_deflate;
 mod rate_limits;
 mod readiness;
 mod redis_restart;
