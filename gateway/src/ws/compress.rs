@@ -9,8 +9,8 @@
 //! realtime, higher for events like Resumed). Such a client may send zstd frames too (binary,
 //! starting with zstd's magic number), inflated to at most the gateway's message size limit,
 //! or plain JSON as text or binary. Without the parameter, everything stays uncompressed
-//! text. permessage-deflate is not offered: the WebSocket library does not implement it, and a
-//! server that declines the extension is what RFC 7692 prescribes for one that lacks it.
+//! text, or permessage-deflate when the client offers it ([`super::deflate`]; zstd wins when
+//! both are asked for).
 
 use std::cell::RefCell;
 

@@ -6,8 +6,9 @@
 //!
 //! Layout: [`protocol`] (the wire format, close codes, minified number lists), [`state`]
 //! (sequence counter, re-send buffer, heartbeat clock, rate limiter), [`connection`] (the state
-//! machine), [`upstream`] (the services it needs), this file (flags, the upgrade handler, the
-//! [`Hub`] counting and closing every open socket).
+//! machine), [`upstream`] (the services it needs), [`compress`] (zstd frames), [`deflate`]
+//! (permessage-deflate on an own RFC 6455 transport, with `handshake`), this file (flags, the
+//! upgrade handler, the [`Hub`] counting and closing every open socket).
 //!
 //! Close codes as sent:
 //!
@@ -254,7 +255,9 @@ impl Hub {
         op 4 (certificate invalidation), op 6 (server certificate change). Service channels: \
         op 8/9. Close codes 4000–4010 (see the README). The token travels in Identify, not \
         in a header. `?compression=zstd`: every server message arrives as a binary frame \
-        holding one zstd frame of its JSON (spec 3.6); the client may send zstd frames too.",
+        holding one zstd frame of its JSON (spec 3.6); the client may send zstd frames too. \
+        Without it, a `Sec-WebSocket-Extensions: permessage-deflate` offer (RFC 7692) is \
+        agreed, always with `server_no_context_takeover`.",
     params(
         ("compression" = Option<String>, Query, description = "`zstd` for zstd-compressed binary frames; absent or `none` for JSON text frames."),
     ),
