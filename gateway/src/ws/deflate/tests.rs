@@ -165,6 +165,26 @@ fn client_messages_inflate_with_and_without_context_takeover() {
         assert_eq!(&inflater.inflate(&compressed, 1024).unwrap(), message);
     }
     assert!(sizes[4] < sizes[0], "the context is used: {sizes:?}");
+    // Without client_max_window_bits: a 32 KiB window, reaching back over several messages.
+    let mut inflater = Inflater::new(&params("permessage-deflate"));
+    let mut compressor = Compress::new(Compression::default(), false);
+    let block = |seed: u32| -> Vec<u8> {
+        (0..8192u32)
+            .map(|i| ((i ^ seed).wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect()
+    };
+    for (round, seed) in [1, 2, 3, 1].into_iter().enumerate() {
+        let message = block(seed);
+        let compressed = client_deflate(&mut compressor, &message);
+        if round == 3 {
+            assert!(
+                compressed.len() < 1000,
+                "24 KiB back: {} bytes",
+                compressed.len()
+            );
+        }
+        assert_eq!(inflater.inflate(&compressed, 1 << 20).unwrap(), message);
+    }
     // No context: every message from a fresh compressor, through the thread's inflater.
     let mut inflater = Inflater::new(&params("permessage-deflate; client_no_context_takeover"));
     for message in &messages {
