@@ -22,6 +22,9 @@ use super::{InflateError, Inflater, Params};
 
 /// Initial read buffer: client messages are small; larger frames grow it.
 const READ_BUFFER: usize = 4096;
+/// Most frames one message may come in: empty continuations would otherwise keep a client's
+/// bytes flowing without ever making a message the rate limiter counts.
+pub const MAX_FRAGMENTS: u32 = 1024;
 /// Longest close reason sent (a close payload is at most 125 bytes, 2 of them the code).
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -31,6 +34,7 @@ struct Partial {
     text: bool,
     compressed: bool,
     data: BytesMut,
+    frames: u32,
 }
 
 /// One upgraded connection that agreed to permessage-deflate.
@@ -123,6 +127,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> DeflateSocket<T> {
                     text,
                     compressed: frame.compressed,
                     data,
+                    frames: 1,
                 });
                 Ok(None)
             }
@@ -132,6 +137,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> DeflateSocket<T> {
                 };
                 if partial.data.len() + frame.payload.len() > self.limit {
                     return Err(Error::Protocol("a message longer than the message limit"));
+                }
+                partial.frames += 1;
+                if partial.frames > MAX_FRAGMENTS {
+                    return Err(Error::Protocol("a message in too many frames"));
                 }
                 partial.data.extend_from_slice(&frame.payload);
                 if !frame.fin {
